@@ -1,0 +1,26 @@
+"""Typed, validated configuration: one pydantic model per component, one source of truth."""
+
+from mm1.config.data import TokenizerConfig, WorldConfig
+from mm1.config.eval import EvalConfig
+from mm1.config.load import ConfigError, dump, from_dict, load
+from mm1.config.model import ConnectorConfig, DecoderConfig, EncoderConfig, ModelConfig, MoEConfig
+from mm1.config.run import RunConfig
+from mm1.config.train import ParallelConfig, TrainConfig
+
+__all__ = [
+    "ConfigError",
+    "ConnectorConfig",
+    "DecoderConfig",
+    "EncoderConfig",
+    "EvalConfig",
+    "ModelConfig",
+    "MoEConfig",
+    "ParallelConfig",
+    "RunConfig",
+    "TokenizerConfig",
+    "TrainConfig",
+    "WorldConfig",
+    "dump",
+    "from_dict",
+    "load",
+]

@@ -1,0 +1,50 @@
+"""The whole run: every section, plus cross-section checks."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from mm1.config.base import Section
+from mm1.config.data import TokenizerConfig, WorldConfig
+from mm1.config.eval import EvalConfig
+from mm1.config.model import ModelConfig
+from mm1.config.train import ParallelConfig, TrainConfig
+
+
+class RunConfig(Section):
+    """One MM1 run: data, tokenizer, model, layout, training and evaluation."""
+
+    name: str = Field("mm1-tiny", pattern=r"^[A-Za-z0-9_.-]+$")
+    """Run name, used in logs and provenance (letters, digits, _ . -)."""
+    world: WorldConfig = WorldConfig()
+    """The synthetic MM1 world (data source of the miniature study)."""
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    """BPE tokenizer."""
+    model: ModelConfig = ModelConfig()
+    """The MM1 model."""
+    parallel: ParallelConfig = ParallelConfig()
+    """Parallel layout of training."""
+    train: TrainConfig = TrainConfig()
+    """Training."""
+    eval: EvalConfig = EvalConfig()
+    """Evaluation."""
+
+    @model_validator(mode="after")
+    def _cross(self) -> "RunConfig":
+        par, dec, moe = self.parallel, self.model.decoder, self.model.moe
+        for name, heads in (("decoder", dec.num_attention_heads), ("encoder", self.model.encoder.num_attention_heads)):
+            if heads % par.tp:
+                raise ValueError(f"parallel.tp={par.tp} must divide model.{name}.num_attention_heads={heads}")
+        if dec.num_layers % par.pp:
+            raise ValueError(f"parallel.pp={par.pp} must divide model.decoder.num_layers={dec.num_layers}")
+        if par.ep > 1 and not moe.enabled:
+            raise ValueError(f"parallel.ep={par.ep} needs an MoE decoder: set model.moe.num_experts")
+        if moe.enabled and moe.num_experts % par.ep:
+            raise ValueError(f"parallel.ep={par.ep} must divide model.moe.num_experts={moe.num_experts}")
+        per_step = self.train.micro_batch_size * par.dp
+        if self.train.global_batch_size % per_step:
+            raise ValueError(
+                f"train.global_batch_size={self.train.global_batch_size} must be a multiple of "
+                f"micro_batch_size*dp={per_step}"
+            )
+        return self

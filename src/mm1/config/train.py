@@ -1,0 +1,84 @@
+"""Config of training: parallel layout, optimisation, schedule, seed."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from mm1.config.base import Section
+
+
+class ParallelConfig(Section):
+    """Megatron parallel layout. The data-parallel size is derived: world_size / (tp * pp)."""
+
+    world_size: int = Field(1, ge=1)
+    """Number of training processes (GPUs on a cluster, gloo processes on CPU)."""
+    tp: int = Field(1, ge=1)
+    """Tensor-parallel size."""
+    pp: int = Field(1, ge=1)
+    """Pipeline-parallel size."""
+    ep: int = Field(1, ge=1)
+    """Expert-parallel size (MoE only); carved out of the data-parallel ranks."""
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    """torch.distributed backend; auto picks nccl with CUDA, gloo without."""
+
+    @model_validator(mode="after")
+    def _layout(self) -> "ParallelConfig":
+        if self.world_size % (self.tp * self.pp):
+            raise ValueError(
+                f"world_size={self.world_size} is not divisible by tp*pp={self.tp * self.pp}; "
+                f"use a world_size that is a multiple of {self.tp * self.pp}"
+            )
+        if (self.world_size // self.pp) % self.ep:
+            raise ValueError(
+                f"ep={self.ep} must divide world_size/pp={self.world_size // self.pp}"
+            )
+        return self
+
+    @property
+    def dp(self) -> int:
+        """Data-parallel size: world_size / (tp * pp)."""
+        return self.world_size // (self.tp * self.pp)
+
+
+class TrainConfig(Section):
+    """Optimisation of one training stage."""
+
+    seed: int = 1234
+    """Fixes parameter init and data order: the same config gives the same loss curve."""
+    steps: int = Field(300, ge=1)
+    """Optimizer steps."""
+    micro_batch_size: int = Field(8, ge=1)
+    """Sequences per forward pass per data-parallel rank."""
+    global_batch_size: int = Field(16, ge=1)
+    """Sequences per optimizer step: micro_batch_size * dp * gradient-accumulation steps."""
+    lr: float = Field(2e-3, gt=0)
+    """Peak learning rate (MM1 3B: exp(-0.4214 ln N - 0.5535) ~ 5.8e-5)."""
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    """Final LR as a fraction of the peak (MM1: cosine to 10%)."""
+    warmup_steps: int = Field(20, ge=0)
+    """Linear warm-up steps (MM1: 2k)."""
+    lr_decay: Literal["cosine", "linear", "constant"] = "cosine"
+    """Decay shape after warm-up."""
+    weight_decay: float = Field(0.01, ge=0)
+    """AdamW weight decay (MM1: 0.1 x peak LR)."""
+    adam_beta1: float = Field(0.9, gt=0, lt=1)
+    """AdamW beta1."""
+    adam_beta2: float = Field(0.95, gt=0, lt=1)
+    """AdamW beta2."""
+    clip_grad: float = Field(1.0, ge=0)
+    """Gradient-norm clipping threshold (0 disables)."""
+    log_interval: int = Field(10, ge=1)
+    """Log loss and LR every this many steps."""
+
+    @model_validator(mode="after")
+    def _warmup(self) -> "TrainConfig":
+        if self.warmup_steps >= self.steps:
+            raise ValueError(f"warmup_steps={self.warmup_steps} must be below steps={self.steps}")
+        if self.global_batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"global_batch_size={self.global_batch_size} is not a multiple of "
+                f"micro_batch_size={self.micro_batch_size}"
+            )
+        return self

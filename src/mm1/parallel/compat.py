@@ -1,0 +1,253 @@
+"""Run megatron-core 0.16.1 on CPU with the gloo backend.
+
+megatron-core assumes CUDA in a handful of places. This module patches exactly those places, and
+only when ``torch.cuda.is_available()`` is false: on a GPU the same training code runs NCCL and
+megatron unpatched. ``apply()`` is idempotent and is called by :mod:`mm1.parallel.setup` before
+any megatron object is built; nothing else in the project imports it.
+
+Each patch names the megatron functions it covers:
+
+1. ``torch.cuda.current_device`` -> ``"cpu"``.
+   Covers ``tensor_parallel.layers`` / ``mappings._AllToAll`` / ``distributed.param_and_grad_buffer``
+   (``device=torch.cuda.current_device()`` when allocating buffers and all-to-all outputs).
+2. A CPU RNG tracker installed as megatron's ``_CUDA_RNG_STATE_TRACKER``.
+   Covers ``tensor_parallel.random.model_parallel_cuda_manual_seed`` and ``get_cuda_rng_tracker().fork()``
+   (dropout in TP regions), which call ``torch.cuda.get_rng_state``/``set_rng_state``.
+3. A ``TorchFunctionMode`` that rewrites ``device="cuda"`` to CPU in tensor factories, and
+   ``Tensor.cuda()`` as a no-op. Covers ``optimizer.optimizer.MixedPrecisionOptimizer.__init__``
+   (``found_inf``), ``optimizer.clip_grads.get_grad_norm_fp32``/``clip_grad_by_total_norm_fp32``/
+   ``count_zeros_fp32``, ``pipeline_parallel.schedules.forward_backward_*`` (``total_num_tokens``),
+   ``optimizer.optimizer.MegatronOptimizer.get_loss_scale``.
+4. Inert ``torch.cuda.Stream`` / ``Event`` / ``stream()`` / ``current_stream`` / ``synchronize``.
+   Covers ``transformer.moe.token_dispatcher.MoEAlltoAllTokenDispatcher`` (its DtoH side stream),
+   ``dist_checkpointing.strategies.{fully_parallel,filesystem_async,async_utils}`` (``synchronize``).
+5. ``transformer.moe.moe_utils.te_general_gemm = None``.
+   Covers ``moe_utils.RouterGatingLinearFunction`` which references the Transformer-Engine GEMM
+   unconditionally (``NameError`` without TE); ``None`` selects its plain ``torch.matmul`` path.
+6. ``transformer.moe.moe_utils.maybe_move_tensor_to_cpu`` also converts CPU tensors to python ints
+   when asked for numpy. Covers ``MoEAlltoAllTokenDispatcher._maybe_dtoh_and_synchronize``: on a
+   GPU the split sizes arrive on the host as arrays; on CPU they stayed tensors, which gloo's
+   ``all_to_all_single`` rejects as split sizes.
+
+What is *not* patched but must be chosen by the caller on CPU (see :func:`required_flags`):
+``use_cpu_initialization=True`` (also makes weights independent of the TP size),
+``batch_p2p_sync=False``/``batch_p2p_comm=False`` (gloo has no batched isend/irecv),
+``persist_layer_norm=False``, ``gradient_accumulation_fusion=False``, MoE with
+``add_bias_linear=False``, torch-native norms (``WrappedTorchNorm``) for the ViT's ``ln_pre``/``ln_post``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+_APPLIED = False
+_MODE: TorchFunctionMode | None = None
+
+# Tensor factories whose ``device=`` keyword megatron sets to "cuda".
+_FACTORIES = frozenset(
+    {
+        torch.tensor,
+        torch.zeros,
+        torch.ones,
+        torch.empty,
+        torch.full,
+        torch.arange,
+        torch.zeros_like,
+        torch.ones_like,
+        torch.empty_like,
+        torch.full_like,
+        torch.as_tensor,
+        torch.randn,
+        torch.rand,
+        torch.randint,
+    }
+)
+
+
+def needed() -> bool:
+    """True when megatron must be patched: no CUDA device is usable."""
+    return not torch.cuda.is_available()
+
+
+def required_flags() -> dict[str, Any]:
+    """TransformerConfig fields that must hold on CPU (merged in by :mod:`mm1.models`)."""
+    if not needed():
+        return {}
+    return {
+        "use_cpu_initialization": True,
+        "batch_p2p_comm": False,
+        "batch_p2p_sync": False,
+        "persist_layer_norm": False,
+        "gradient_accumulation_fusion": False,
+        "bias_activation_fusion": False,
+        "masked_softmax_fusion": False,
+        "bias_dropout_fusion": False,
+        "apply_rope_fusion": False,
+    }
+
+
+def _is_cuda(device: Any) -> bool:
+    if isinstance(device, torch.device):
+        return device.type == "cuda"
+    if isinstance(device, str):
+        return device.startswith("cuda")
+    return False
+
+
+class _CudaToCpu(TorchFunctionMode):
+    """Patch 3: tensor factories asked for ``device="cuda"`` make CPU tensors instead."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _FACTORIES and _is_cuda(kwargs.get("device")):
+            kwargs = {**kwargs, "device": "cpu"}
+        return func(*args, **kwargs)
+
+
+class CpuRNGStatesTracker:
+    """Patch 2: megatron's named RNG-state tracker, backed by the CPU generator.
+
+    Same interface as ``tensor_parallel.random.CudaRNGStatesTracker``: ``add`` registers a seeded
+    state under a name, ``fork`` swaps it in for the duration of a block and stores its advance.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.use_cudagraphable_rng = False
+        self.is_inference_rng_tracker = False
+        self.reset()
+
+    def is_initialized(self) -> bool:
+        return self._is_initialized
+
+    def reset(self) -> None:
+        self._is_initialized = False
+        self.states_: dict[str, torch.Tensor] = {}
+        self.seeds_: set[int] = set()
+
+    def get_states(self) -> dict[str, torch.Tensor]:
+        return dict(self.states_)
+
+    def set_states(self, states: dict[str, torch.Tensor]) -> None:
+        self._is_initialized = True
+        self.states_ = states
+
+    def add(self, name: str, seed: int) -> None:
+        self._is_initialized = True
+        if seed in self.seeds_:
+            raise ValueError(f"RNG seed {seed} already tracked")
+        if name in self.states_:
+            raise ValueError(f"RNG state {name!r} already tracked")
+        self.seeds_.add(seed)
+        generator = torch.Generator().manual_seed(seed)
+        self.states_[name] = generator.get_state()
+
+    @contextlib.contextmanager
+    def fork(self, name: str = "model-parallel-rng"):
+        if name not in self.states_:
+            raise KeyError(f"RNG state {name!r} is not tracked")
+        outer = torch.get_rng_state()
+        torch.set_rng_state(self.states_[name])
+        try:
+            yield
+        finally:
+            self.states_[name] = torch.get_rng_state()
+            torch.set_rng_state(outer)
+
+
+class _InertStream:
+    """Patch 4: a CUDA stream/event stand-in; CPU work is already ordered."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def wait_stream(self, *args: Any) -> None:
+        pass
+
+    def wait_event(self, *args: Any) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+    def record_event(self, *args: Any) -> "_InertStream":
+        return _InertStream()
+
+    def record(self, *args: Any) -> None:
+        pass
+
+    def wait(self, *args: Any) -> None:
+        pass
+
+    def query(self) -> bool:
+        return True
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _InertStream)
+
+    def __hash__(self) -> int:
+        return 0
+
+
+_CURRENT_STREAM = _InertStream()
+
+
+def _patch_torch_cuda() -> None:
+    torch.cuda.current_device = lambda: "cpu"  # patch 1
+    torch.cuda.Stream = _InertStream  # patch 4
+    torch.cuda.Event = _InertStream
+    torch.cuda.current_stream = lambda *a, **k: _CURRENT_STREAM
+    torch.cuda.stream = lambda *a, **k: contextlib.nullcontext()
+    torch.cuda.synchronize = lambda *a, **k: None
+    torch.Tensor.cuda = lambda self, *a, **k: self  # patch 3 (method form)
+    torch.Tensor.record_stream = lambda self, *a, **k: None
+
+
+def _patch_rng_tracker() -> None:
+    from megatron.core.tensor_parallel import random as mrandom
+
+    mrandom._CUDA_RNG_STATE_TRACKER = CpuRNGStatesTracker()
+    mrandom._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
+    mrandom.CudaRNGStatesTracker = CpuRNGStatesTracker  # isinstance checks in get_all_rng_states
+
+
+def _patch_moe() -> None:
+    from megatron.core.transformer.moe import moe_utils, token_dispatcher
+
+    moe_utils.te_general_gemm = None  # patch 5
+    original = moe_utils.maybe_move_tensor_to_cpu
+
+    @functools.wraps(original)
+    def to_host(tensor, as_numpy=False, record_stream=False):  # patch 6
+        if torch.is_tensor(tensor) and not tensor.is_cuda and as_numpy:
+            return tensor.tolist()
+        return original(tensor, as_numpy=as_numpy, record_stream=record_stream)
+
+    moe_utils.maybe_move_tensor_to_cpu = to_host
+    token_dispatcher.maybe_move_tensor_to_cpu = to_host
+
+
+def apply() -> bool:
+    """Patch megatron-core for CPU if (and only if) CUDA is unavailable. Returns whether it did."""
+    global _APPLIED, _MODE
+    if _APPLIED:
+        return True
+    if not needed():
+        return False
+    _patch_torch_cuda()
+    _patch_rng_tracker()
+    _patch_moe()
+    _MODE = _CudaToCpu()
+    _MODE.__enter__()
+    _APPLIED = True
+    return True
+
+
+def reset_rng_tracker() -> None:
+    """Give megatron a fresh CPU tracker (``model_parallel_cuda_manual_seed`` re-adds its states)."""
+    if _APPLIED:
+        _patch_rng_tracker()
