@@ -29,6 +29,10 @@ Each patch names the megatron functions it covers:
    GPU the split sizes arrive on the host as arrays; on CPU they stayed tensors, which gloo's
    ``all_to_all_single`` rejects as split sizes.
 
+7. ``optimizer.clip_grads.clip_grad_by_total_norm_fp32`` (also as imported by
+   ``optimizer.optimizer``): the original asserts ``grad.type() == 'torch.cuda.FloatTensor'``;
+   the replacement scales the same gradients in place by ``max_norm / (total_norm + 1e-6)``.
+
 What is *not* patched but must be chosen by the caller on CPU (see :func:`required_flags`):
 ``use_cpu_initialization=True`` (also makes weights independent of the TP size),
 ``batch_p2p_sync=False``/``batch_p2p_comm=False`` (gloo has no batched isend/irecv),
@@ -231,6 +235,26 @@ def _patch_moe() -> None:
     token_dispatcher.maybe_move_tensor_to_cpu = to_host
 
 
+def _clip_grad_by_total_norm_fp32(parameters, max_norm, total_norm, use_decoupled_grad=False):
+    """Patch 7: megatron's gradient clipping without its CUDA-tensor-type assertion."""
+    clip_coeff = max_norm / (total_norm + 1.0e-6)
+    if clip_coeff >= 1.0:
+        return
+    if isinstance(parameters, torch.Tensor):
+        parameters = [parameters]
+    for param in parameters:
+        grad = getattr(param, "decoupled_grad", None) if use_decoupled_grad else param.grad
+        if grad is not None:
+            grad.detach().mul_(clip_coeff)
+
+
+def _patch_clip_grads() -> None:
+    from megatron.core.optimizer import clip_grads, optimizer
+
+    clip_grads.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_fp32
+    optimizer.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_fp32
+
+
 def apply() -> bool:
     """Patch megatron-core for CPU if (and only if) CUDA is unavailable. Returns whether it did."""
     global _APPLIED, _MODE
@@ -241,6 +265,7 @@ def apply() -> bool:
     _patch_torch_cuda()
     _patch_rng_tracker()
     _patch_moe()
+    _patch_clip_grads()
     _MODE = _CudaToCpu()
     _MODE.__enter__()
     _APPLIED = True

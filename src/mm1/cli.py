@@ -1,0 +1,189 @@
+"""The ``mm1`` command: parses arguments and calls the library. Nothing else lives here.
+
+    mm1 config show   [--config FILE] [--set section.field=value ...]
+    mm1 config schema [--write PATH | --check PATH]
+    mm1 data      --out DIR                                  (the synthetic MM1 world)
+    mm1 tokenizer --pairs FILE --out DIR
+    mm1 train     --pairs FILE --tokenizer FILE --out DIR
+    mm1 eval      --pairs FILE --tokenizer FILE --checkpoint DIR --out DIR
+    mm1 figure    --metrics FILE --scores FILE --out DIR
+
+Every stage takes the config as ``--config FILE`` and/or ``--config-json TEXT`` plus ``--set``.
+Errors in the input are reported in one line; set MM1_DEBUG=1 for the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from mm1.config import ConfigError, RunConfig
+from mm1.config.load import apply_overrides, from_dict, read_yaml
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="YAML config file (default: built-in defaults)")
+    p.add_argument("--config-json", help="config as a JSON object, merged over --config")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted override, e.g. --set train.steps=10 (repeatable)")
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def resolve(args: argparse.Namespace) -> RunConfig:
+    data = read_yaml(args.config) if args.config else {}
+    source = str(args.config) if args.config else "defaults"
+    if args.config_json:
+        try:
+            data = _deep_merge(data, json.loads(args.config_json))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--config-json is not valid JSON: {exc}") from None
+        source += " + --config-json"
+    if args.overrides:
+        data = apply_overrides(data, args.overrides)
+        source += " + " + " ".join(args.overrides)
+    return from_dict(data, source)
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from mm1.config import dump
+    from mm1.config.schema import render
+
+    if args.action == "show":
+        sys.stdout.write(dump(resolve(args)))
+        return 0
+    text = render()
+    if args.check:
+        current = Path(args.check).read_text() if Path(args.check).is_file() else ""
+        if current != text:
+            print(f"{args.check} is out of date; regenerate it with `mm1 config schema --write {args.check}`",
+                  file=sys.stderr)
+            return 1
+        return 0
+    if args.write:
+        from mm1 import atomic
+
+        atomic.write_text(Path(args.write), text)
+        return 0
+    sys.stdout.write(text)
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from mm1.data.stages import make_world
+
+    make_world(resolve(args).world, args.out)
+    return 0
+
+
+def _cmd_tokenizer(args: argparse.Namespace) -> int:
+    from mm1.data.stages import make_tokenizer
+
+    tok = make_tokenizer(resolve(args).tokenizer, args.pairs, args.out)
+    print(f"tokenizer: {tok.vocab_size} tokens -> {tok.path}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from mm1.parallel.launch import relaunch_if_needed
+
+    cfg = resolve(args)
+    code = relaunch_if_needed(cfg.parallel, sys.argv[1:])
+    if code is not None:
+        return code
+    from mm1.train.trainer import train
+
+    result = train(cfg, args.pairs, args.tokenizer, args.out)
+    if os.environ.get("RANK", "0") != "0":
+        return 0
+    first, last = result.metrics["loss"][0], result.metrics["loss"][-1]
+    print(f"train: loss {first:.3f} -> {last:.3f} over {len(result.metrics)} steps; checkpoint {result.checkpoint}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from mm1.eval.captioning import evaluate_captioning
+
+    cfg = resolve(args)
+    result = evaluate_captioning(cfg.eval, cfg.name, args.pairs, args.tokenizer, args.checkpoint, args.out)
+    print(result.scores)
+    return 0
+
+
+def _cmd_figure(args: argparse.Namespace) -> int:
+    from mm1.figures.tiny_study import tiny_study
+
+    result = tiny_study(args.metrics, args.scores, args.out)
+    print(f"figure: {result.png}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mm1", description="Reproduce the MM1 study, stage by stage.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("config", help="show the resolved config or the JSON schema")
+    c.add_argument("action", choices=["show", "schema"])
+    c.add_argument("--write", metavar="PATH", help="schema: write it to PATH")
+    c.add_argument("--check", metavar="PATH", help="schema: exit 1 if PATH differs from the models")
+    _config_args(c)
+    c.set_defaults(func=_cmd_config)
+
+    d = sub.add_parser("data", help="render the synthetic MM1 world (train/test image-caption pairs)")
+    _config_args(d)
+    d.add_argument("--out", type=Path, required=True)
+    d.set_defaults(func=_cmd_data)
+
+    t = sub.add_parser("tokenizer", help="train the BPE tokenizer on the training captions")
+    _config_args(t)
+    t.add_argument("--pairs", type=Path, required=True, help="train.parquet of the data stage")
+    t.add_argument("--out", type=Path, required=True)
+    t.set_defaults(func=_cmd_tokenizer)
+
+    tr = sub.add_parser("train", help="multimodal pre-training with megatron-core")
+    _config_args(tr)
+    tr.add_argument("--pairs", type=Path, required=True)
+    tr.add_argument("--tokenizer", type=Path, required=True)
+    tr.add_argument("--out", type=Path, required=True)
+    tr.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("eval", help="0-shot captioning of held-out images, scored with CIDEr")
+    _config_args(e)
+    e.add_argument("--pairs", type=Path, required=True, help="test.parquet of the data stage")
+    e.add_argument("--tokenizer", type=Path, required=True)
+    e.add_argument("--checkpoint", type=Path, required=True)
+    e.add_argument("--out", type=Path, required=True)
+    e.set_defaults(func=_cmd_eval)
+
+    f = sub.add_parser("figure", help="the miniature study's figure and results table")
+    f.add_argument("--metrics", type=Path, required=True)
+    f.add_argument("--scores", type=Path, required=True)
+    f.add_argument("--out", type=Path, required=True)
+    f.set_defaults(func=_cmd_figure)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"mm1: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        if os.environ.get("MM1_DEBUG"):
+            raise
+        print(f"mm1 {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

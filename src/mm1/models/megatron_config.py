@@ -1,0 +1,91 @@
+"""Translate mm1 config sections into megatron-core TransformerConfigs.
+
+The parallel sizes arrive as a plain ``Layout`` so that model code never reads process groups;
+the CPU-only flags come from :func:`mm1.parallel.compat.required_flags`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from mm1.config import DecoderConfig, EncoderConfig, MoEConfig
+from mm1.parallel import compat
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from megatron.core.transformer import TransformerConfig
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Parallel sizes a model is built for (tensor, pipeline, expert)."""
+
+    tp: int = 1
+    pp: int = 1
+    ep: int = 1
+
+
+def _common(layout: Layout) -> dict:
+    return {
+        "tensor_model_parallel_size": layout.tp,
+        "params_dtype": torch.float32,
+        "init_method_std": 0.02,
+        "hidden_dropout": 0.0,
+        "attention_dropout": 0.0,
+        **compat.required_flags(),
+    }
+
+
+def _quiet_config(**kwargs) -> TransformerConfig:
+    with warnings.catch_warnings():  # deprecation notes about CUDA-graph defaults we do not use
+        warnings.simplefilter("ignore")
+        return TransformerConfig(**kwargs)
+
+
+def decoder_config(dec: DecoderConfig, moe: MoEConfig, layout: Layout) -> TransformerConfig:
+    """The GPT decoder's TransformerConfig (LLaMA-style by default: RMSNorm, SwiGLU, no biases)."""
+    swiglu = dec.activation == "swiglu"
+    kwargs = {
+        **_common(layout),
+        "num_layers": dec.num_layers,
+        "hidden_size": dec.hidden_size,
+        "num_attention_heads": dec.num_attention_heads,
+        "ffn_hidden_size": dec.ffn_hidden_size,
+        "normalization": dec.normalization,
+        "gated_linear_unit": swiglu,
+        "activation_func": F.silu if swiglu else F.gelu,
+        "add_bias_linear": False,
+        "pipeline_model_parallel_size": layout.pp,
+        "expert_model_parallel_size": layout.ep,
+    }
+    if moe.enabled:
+        kwargs.update(
+            num_moe_experts=moe.num_experts,
+            moe_layer_freq=moe.layer_freq,
+            moe_router_topk=moe.top_k,
+            moe_aux_loss_coeff=moe.aux_loss_coeff,
+            moe_z_loss_coeff=moe.z_loss_coeff,
+            moe_router_load_balancing_type="aux_loss",
+            moe_token_dispatcher_type="alltoall",
+            moe_grouped_gemm=False,
+        )
+    return _quiet_config(**kwargs)
+
+
+def encoder_config(enc: EncoderConfig, layout: Layout) -> TransformerConfig:
+    """The ViT's TransformerConfig: LayerNorm, GELU, biases; never pipelined (it lives on stage 0)."""
+    return _quiet_config(
+        **_common(layout),
+        num_layers=enc.num_layers,
+        hidden_size=enc.hidden_size,
+        num_attention_heads=enc.num_attention_heads,
+        ffn_hidden_size=enc.ffn_hidden_size,
+        normalization="LayerNorm",
+        activation_func=F.gelu,
+        add_bias_linear=True,
+        pipeline_model_parallel_size=1,
+    )

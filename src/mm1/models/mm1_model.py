@@ -1,0 +1,103 @@
+"""The MM1 model: ViT -> connector -> megatron GPT decoder, image tokens spliced into the text.
+
+A sequence holds text token ids and, where an image goes, ``num_tokens`` copies of the
+``<image>`` id. The first pipeline stage embeds the text, encodes the images, and replaces the
+embeddings at the ``<image>`` positions with the connector's outputs, in order.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from mm1.config import ModelConfig
+from mm1.models.connector import build_connector
+from mm1.models.encoder import ImageEncoder
+from mm1.models.megatron_config import Layout, decoder_config
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from megatron.core.enums import ModelType
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec
+    from megatron.core.transformer.module import MegatronModule
+
+
+def padded_vocab_size(vocab_size: int, multiple: int = 128) -> int:
+    """Pad the vocabulary so it splits evenly over TP ranks (independent of the TP size)."""
+    return -(-vocab_size // multiple) * multiple
+
+
+def splice_images(text: torch.Tensor, image_tokens: torch.Tensor, is_image: torch.Tensor) -> torch.Tensor:
+    """Put image tokens where ``is_image`` is set, in order.
+
+    text: (S, B, H) embeddings; image_tokens: (B, K, H); is_image: (B, S) with K trues per row.
+    """
+    counts = is_image.sum(dim=1)
+    if not torch.all(counts == image_tokens.shape[1]):
+        raise ValueError(
+            f"each sequence needs {image_tokens.shape[1]} <image> positions, found {counts.tolist()}"
+        )
+    index = (is_image.cumsum(dim=1) - 1).clamp(min=0)  # (B, S): which image token goes where
+    gathered = image_tokens.gather(1, index.unsqueeze(-1).expand(-1, -1, image_tokens.shape[-1]))
+    return torch.where(is_image.T.unsqueeze(-1), gathered.transpose(0, 1), text)  # (S, B, H)
+
+
+class MM1Model(MegatronModule):
+    """forward(tokens, images, labels) -> per-token loss (B, S), or logits (B, S, V) without labels."""
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        vocab_size: int,
+        image_token_id: int,
+        layout: Layout = Layout(),
+        pre_process: bool = True,
+        post_process: bool = True,
+    ) -> None:
+        config = decoder_config(cfg.decoder, cfg.moe, layout)
+        super().__init__(config=config)
+        self.cfg = cfg
+        self.model_type = ModelType.encoder_or_decoder
+        self.image_token_id = image_token_id
+        self.pre_process = pre_process
+        self.post_process = post_process
+        self.language_model = GPTModel(
+            config=config,
+            transformer_layer_spec=get_gpt_decoder_block_spec(config, use_transformer_engine=False),
+            vocab_size=padded_vocab_size(vocab_size),
+            max_sequence_length=cfg.decoder.seq_length,
+            pre_process=pre_process,
+            post_process=post_process,
+            position_embedding_type=cfg.decoder.position_embedding,
+            share_embeddings_and_output_weights=False,
+        )
+        if pre_process:
+            self.encoder = ImageEncoder(cfg.encoder, layout)
+            self.connector = build_connector(
+                cfg.connector, cfg.encoder.hidden_size, cfg.encoder.grid, cfg.decoder.hidden_size
+            )
+
+    def set_input_tensor(self, input_tensor) -> None:
+        self.language_model.set_input_tensor(input_tensor)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,  # (B, S) int64
+        images: torch.Tensor | None,  # (B, 3, H, W) float, one image per sequence
+        labels: torch.Tensor | None = None,  # (B, S) next-token targets
+    ) -> torch.Tensor:
+        position_ids = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0).expand_as(tokens)
+        decoder_input = None
+        if self.pre_process:
+            text = self.language_model.embedding(input_ids=tokens, position_ids=position_ids)  # (S, B, H)
+            image_tokens = self.connector(self.encoder(images))  # (B, N, H)
+            decoder_input = splice_images(text, image_tokens, tokens == self.image_token_id)
+        return self.language_model(
+            input_ids=tokens,
+            position_ids=position_ids,
+            attention_mask=None,
+            decoder_input=decoder_input,
+            labels=labels,
+        )
