@@ -27,8 +27,14 @@ from mm1.config.load import apply_overrides, from_dict, read_yaml
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="YAML config file (default: built-in defaults)")
     p.add_argument("--config-json", help="config as a JSON object, merged over --config")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="dotted override, e.g. --set train.steps=10 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted override, e.g. --set train.steps=10 (repeatable)",
+    )
 
 
 def _deep_merge(base: dict, top: dict) -> dict:
@@ -64,8 +70,10 @@ def _cmd_config(args: argparse.Namespace) -> int:
     if args.check:
         current = Path(args.check).read_text() if Path(args.check).is_file() else ""
         if current != text:
-            print(f"{args.check} is out of date; regenerate it with `mm1 config schema --write {args.check}`",
-                  file=sys.stderr)
+            print(
+                f"{args.check} is out of date; regenerate it with `mm1 config schema --write {args.check}`",
+                file=sys.stderr,
+            )
             return 1
         return 0
     if args.write:

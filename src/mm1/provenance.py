@@ -88,7 +88,7 @@ def record(
     out_dir = Path(out_dir)
     info = {
         "stage": stage,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "seed": seed,
         "config": config,
         "git": git_state(),

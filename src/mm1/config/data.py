@@ -10,7 +10,7 @@ from mm1.config.base import Section
 class WorldConfig(Section):
     """The built-in synthetic "MM1 world": seeded procedural scenes with captions."""
 
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     """Seed of the scene generator; the same seed gives byte-identical images and captions."""
     n_train: int = Field(2000, ge=1)
     """Number of image-caption pairs in the training split."""

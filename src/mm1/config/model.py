@@ -27,7 +27,7 @@ class EncoderConfig(Section):
     """Width of the ViT's MLP."""
 
     @model_validator(mode="after")
-    def _shapes(self) -> "EncoderConfig":
+    def _shapes(self) -> EncoderConfig:
         if self.image_size % self.patch_size:
             below = self.image_size - self.image_size % self.patch_size
             raise ValueError(
@@ -55,7 +55,7 @@ class ConnectorConfig(Section):
     """Image tokens per image (MM1: 64 or 144). avg_pool needs a square number."""
 
     @model_validator(mode="after")
-    def _square(self) -> "ConnectorConfig":
+    def _square(self) -> ConnectorConfig:
         side = math.isqrt(self.num_tokens)
         if side * side != self.num_tokens:
             lo, hi = side * side, (side + 1) ** 2
@@ -84,7 +84,7 @@ class DecoderConfig(Section):
     """MLP activation; swiglu doubles the first projection's width."""
 
     @model_validator(mode="after")
-    def _heads(self) -> "DecoderConfig":
+    def _heads(self) -> DecoderConfig:
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}"
@@ -107,7 +107,7 @@ class MoEConfig(Section):
     """Weight of the router z-loss."""
 
     @model_validator(mode="after")
-    def _topk(self) -> "MoEConfig":
+    def _topk(self) -> MoEConfig:
         if self.num_experts and self.top_k > self.num_experts:
             raise ValueError(f"top_k={self.top_k} exceeds num_experts={self.num_experts}")
         return self
@@ -130,7 +130,7 @@ class ModelConfig(Section):
     """Mixture-of-experts settings of the decoder."""
 
     @model_validator(mode="after")
-    def _pooling_fits(self) -> "ModelConfig":
+    def _pooling_fits(self) -> ModelConfig:
         side = math.isqrt(self.connector.num_tokens)
         grid = self.encoder.grid
         if self.connector.kind == "avg_pool" and grid % side:

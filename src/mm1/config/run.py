@@ -30,7 +30,7 @@ class RunConfig(Section):
     """Evaluation."""
 
     @model_validator(mode="after")
-    def _cross(self) -> "RunConfig":
+    def _cross(self) -> RunConfig:
         par, dec, moe = self.parallel, self.model.decoder, self.model.moe
         for name, heads in (("decoder", dec.num_attention_heads), ("encoder", self.model.encoder.num_attention_heads)):
             if heads % par.tp:

@@ -13,9 +13,7 @@ SCHEMA_PATH = "workflow/schemas/config.schema.json"
 def json_schema() -> dict[str, Any]:
     schema = RunConfig.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["description"] = (
-        "Generated from mm1.config (pydantic) by `mm1 config schema`; do not edit by hand."
-    )
+    schema["description"] = "Generated from mm1.config (pydantic) by `mm1 config schema`; do not edit by hand."
     return schema
 
 

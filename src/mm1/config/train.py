@@ -24,16 +24,14 @@ class ParallelConfig(Section):
     """torch.distributed backend; auto picks nccl with CUDA, gloo without."""
 
     @model_validator(mode="after")
-    def _layout(self) -> "ParallelConfig":
+    def _layout(self) -> ParallelConfig:
         if self.world_size % (self.tp * self.pp):
             raise ValueError(
                 f"world_size={self.world_size} is not divisible by tp*pp={self.tp * self.pp}; "
                 f"use a world_size that is a multiple of {self.tp * self.pp}"
             )
         if (self.world_size // self.pp) % self.ep:
-            raise ValueError(
-                f"ep={self.ep} must divide world_size/pp={self.world_size // self.pp}"
-            )
+            raise ValueError(f"ep={self.ep} must divide world_size/pp={self.world_size // self.pp}")
         return self
 
     @property
@@ -73,7 +71,7 @@ class TrainConfig(Section):
     """Log loss and LR every this many steps."""
 
     @model_validator(mode="after")
-    def _warmup(self) -> "TrainConfig":
+    def _warmup(self) -> TrainConfig:
         if self.warmup_steps >= self.steps:
             raise ValueError(f"warmup_steps={self.warmup_steps} must be below steps={self.steps}")
         if self.global_batch_size % self.micro_batch_size:

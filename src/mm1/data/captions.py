@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import torch
 
 from mm1.data.images import stack_images
 from mm1.data.sequence import caption_sequence
 from mm1.data.tokenizer import TextTokenizer
+from mm1.world import read_split
 
 
 @dataclass
@@ -36,21 +36,10 @@ class CaptionSet:
         return len(self.ids)
 
 
-def read_pairs(path: Path) -> pl.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; run the data stage first")
-    df = pl.read_parquet(path)
-    missing = {"id", "image", "caption"} - set(df.columns)
-    if missing:
-        raise ValueError(f"{path} lacks the columns {sorted(missing)} (has {df.columns})")
-    return df
-
-
 def load_caption_set(
     path: Path, tok: TextTokenizer, num_image_tokens: int, seq_length: int, image_size: int
 ) -> CaptionSet:
-    df = read_pairs(path)
+    df = read_split(path)
     seqs = [caption_sequence(tok, c, num_image_tokens, seq_length) for c in df["caption"].to_list()]
     return CaptionSet(
         ids=df["id"].to_list(),

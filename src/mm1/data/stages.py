@@ -6,8 +6,8 @@ from pathlib import Path
 
 from mm1 import provenance
 from mm1.config import TokenizerConfig, WorldConfig
-from mm1.data.captions import read_pairs
 from mm1.data.tokenizer import TextTokenizer, train_tokenizer
+from mm1.world import read_split
 from mm1.world.scenes import generate_world
 
 
@@ -20,7 +20,7 @@ def make_world(cfg: WorldConfig, out_dir: Path) -> dict[str, Path]:
 
 def make_tokenizer(cfg: TokenizerConfig, train_pairs: Path, out_dir: Path) -> TextTokenizer:
     """Train the BPE tokenizer on the training captions; writes ``out_dir/tokenizer.json``."""
-    texts = read_pairs(train_pairs)["caption"].to_list()
+    texts = read_split(train_pairs)["caption"].to_list()
     path = train_tokenizer(cfg, texts, Path(out_dir) / "tokenizer.json")
     tok = TextTokenizer(path)
     provenance.record(

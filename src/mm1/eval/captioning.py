@@ -10,9 +10,7 @@ from pathlib import Path
 import polars as pl
 
 from mm1 import atomic, provenance
-from mm1.progress import progress
 from mm1.config import EvalConfig, ParallelConfig
-from mm1.data.captions import read_pairs
 from mm1.data.images import stack_images
 from mm1.data.sequence import prompt_ids
 from mm1.data.tokenizer import TextTokenizer
@@ -20,7 +18,9 @@ from mm1.eval.cider import cider_d
 from mm1.eval.generate import greedy
 from mm1.models.mm1_model import MM1Model
 from mm1.parallel.setup import distributed
+from mm1.progress import progress
 from mm1.train import checkpoint
+from mm1.world import read_split
 
 SECTIONS = ("eval",)
 
@@ -44,7 +44,7 @@ def evaluate_captioning(
             f"checkpoint {ckpt} was trained with a {meta['vocab_size']}-token vocabulary, "
             f"tokenizer {tokenizer_path} has {tok.vocab_size}; evaluate with the run's own tokenizer"
         )
-    df = read_pairs(data_path)
+    df = read_split(data_path)
     if "references" not in df.columns:
         raise ValueError(f"{data_path} has no 'references' column; captioning eval needs reference captions")
     if cfg.num_examples:
@@ -59,11 +59,9 @@ def evaluate_captioning(
         for start in progress(range(0, len(ids), cfg.micro_batch_size), desc="caption", unit="batch"):
             chunk = slice(start, start + cfg.micro_batch_size)
             images = stack_images(pngs[chunk], mc.encoder.image_size)
-            outs = greedy(
-                model, tok, [prompt] * images.shape[0], images, mc.decoder.seq_length, cfg.max_new_tokens
-            )
-            candidates.update({i: tok.decode(o) for i, o in zip(ids[chunk], outs)})
-    references = dict(zip(df["id"].to_list(), df["references"].to_list()))
+            outs = greedy(model, tok, [prompt] * images.shape[0], images, mc.decoder.seq_length, cfg.max_new_tokens)
+            candidates.update({i: tok.decode(o) for i, o in zip(ids[chunk], outs, strict=False)})
+    references = dict(zip(df["id"].to_list(), df["references"].to_list(), strict=False))
     score, per_image = cider_d(candidates, references)
     captions = pl.DataFrame(
         {
@@ -86,6 +84,8 @@ def evaluate_captioning(
     )
     if rank.is_main:
         atomic.write_text(out_dir / "scores.csv", scores.write_csv())
+        summary = {"captioning_0shot_cider": score, "n_examples": len(candidates)}
+        atomic.write_text(out_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
         atomic.write_text(
             out_dir / "captions.jsonl", "".join(json.dumps(r) + "\n" for r in captions.iter_rows(named=True))
         )
@@ -98,5 +98,5 @@ def evaluate_captioning(
             extra={"cider": score, "prompt_template": cfg.caption_prompt},
         )
     if score == 0.0:
-        warnings.warn("CIDEr is 0: the model wrote nothing that matches the references")
+        warnings.warn("CIDEr is 0: the model wrote nothing that matches the references", stacklevel=2)
     return EvalResult(scores=scores, captions=captions)

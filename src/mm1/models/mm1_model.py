@@ -36,9 +36,7 @@ def splice_images(text: torch.Tensor, image_tokens: torch.Tensor, is_image: torc
     """
     counts = is_image.sum(dim=1)
     if not torch.all(counts == image_tokens.shape[1]):
-        raise ValueError(
-            f"each sequence needs {image_tokens.shape[1]} <image> positions, found {counts.tolist()}"
-        )
+        raise ValueError(f"each sequence needs {image_tokens.shape[1]} <image> positions, found {counts.tolist()}")
     index = (is_image.cumsum(dim=1) - 1).clamp(min=0)  # (B, S): which image token goes where
     gathered = image_tokens.gather(1, index.unsqueeze(-1).expand(-1, -1, image_tokens.shape[-1]))
     return torch.where(is_image.T.unsqueeze(-1), gathered.transpose(0, 1), text)  # (S, B, H)
@@ -52,10 +50,11 @@ class MM1Model(MegatronModule):
         cfg: ModelConfig,
         vocab_size: int,
         image_token_id: int,
-        layout: Layout = Layout(),
+        layout: Layout | None = None,
         pre_process: bool = True,
         post_process: bool = True,
     ) -> None:
+        layout = layout or Layout()
         config = decoder_config(cfg.decoder, cfg.moe, layout)
         super().__init__(config=config)
         self.cfg = cfg

@@ -178,7 +178,7 @@ class _InertStream:
     def synchronize(self) -> None:
         pass
 
-    def record_event(self, *args: Any) -> "_InertStream":
+    def record_event(self, *args: Any) -> _InertStream:
         return _InertStream()
 
     def record(self, *args: Any) -> None:

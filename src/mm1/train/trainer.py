@@ -18,13 +18,13 @@ import polars as pl
 import torch
 
 from mm1 import atomic, provenance
-from mm1.progress import progress
 from mm1.config import RunConfig
 from mm1.data.captions import CaptionSet, load_caption_set, micro_batches
 from mm1.data.tokenizer import TextTokenizer
 from mm1.models.megatron_config import Layout
 from mm1.models.mm1_model import MM1Model
 from mm1.parallel.setup import Rank, distributed
+from mm1.progress import progress
 from mm1.train import checkpoint
 from mm1.train.optim import build_optimizer, wrap_ddp
 
@@ -93,9 +93,7 @@ def _train_loop(cfg: RunConfig, data: CaptionSet, model, optimizer, scheduler, r
         t0 = time.perf_counter()
         model.zero_grad_buffer()
         optimizer.zero_grad()
-        it = micro_batches(
-            data, step, tc.seed, tc.global_batch_size, tc.micro_batch_size, rank.dp_rank, rank.dp_size
-        )
+        it = micro_batches(data, step, tc.seed, tc.global_batch_size, tc.micro_batch_size, rank.dp_rank, rank.dp_size)
         reports = forward_backward(
             forward_step_func=_forward_step,
             data_iterator=it,
@@ -135,11 +133,11 @@ def train(cfg: RunConfig, data_path: Path, tokenizer_path: Path, out_dir: Path) 
     tok = TextTokenizer(tokenizer_path)
     mc = cfg.model
     with distributed(cfg.parallel, cfg.train.seed) as rank:
-        data = load_caption_set(
-            data_path, tok, mc.connector.num_tokens, mc.decoder.seq_length, mc.encoder.image_size
-        )
+        data = load_caption_set(data_path, tok, mc.connector.num_tokens, mc.decoder.seq_length, mc.encoder.image_size)
         if rank.is_main and data.truncated:
-            warnings.warn(f"{data.truncated} captions were cut to model.decoder.seq_length={mc.decoder.seq_length}")
+            warnings.warn(
+                f"{data.truncated} captions were cut to model.decoder.seq_length={mc.decoder.seq_length}", stacklevel=2
+            )
         model = wrap_ddp(build(cfg, tok))
         optimizer, scheduler = build_optimizer(model, cfg.train)
         rows = _train_loop(cfg, data, model, optimizer, scheduler, rank)
@@ -150,7 +148,7 @@ def train(cfg: RunConfig, data_path: Path, tokenizer_path: Path, out_dir: Path) 
             "steps": cfg.train.steps,
             "trained_layout": {"tp": cfg.parallel.tp, "pp": cfg.parallel.pp, "ep": cfg.parallel.ep},
         }
-        ckpt = checkpoint.save(model, meta, out_dir / "checkpoint")
+        ckpt = checkpoint.save(model.module, meta, out_dir / "checkpoint")  # unwrapped: no "module." keys
         metrics = pl.DataFrame(rows)
         if rank.is_main:
             atomic.write_text(out_dir / "metrics.csv", metrics.write_csv())

@@ -1,0 +1,124 @@
+"""CIDEr-D: agreement with the COCO toolkit, hand-computed values, properties, tokenizer, errors."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+
+from mm1.eval.cider import cider_d, tokenize
+from mm1.world.scenes import sample_captions, sample_scene
+
+
+def _random_corpus(seed: int) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Sentences over a 6-word vocabulary: many repeated n-grams (clipping), empty and 1-word ones."""
+    rng = random.Random(seed)
+    words = ["a", "b", "c", "d", "e", "f"]
+
+    def sentence() -> str:
+        return " ".join(rng.choice(words) for _ in range(rng.randint(0, 12)))
+
+    ids = [f"img{k}" for k in range(rng.randint(2, 30))]
+    return {i: sentence() for i in ids}, {i: [sentence() for _ in range(rng.randint(1, 5))] for i in ids}
+
+
+def _world_corpus(seed: int) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """World captions: the candidate is a paraphrase of the image's caption, or another image's."""
+    rng = np.random.default_rng(seed)
+    scenes = [sample_scene(rng, 3) for _ in range(40)]
+    refs = {f"test-{k}": [tokenize(c) for c in sample_captions(s, rng, 4)] for k, s in enumerate(scenes)}
+    cands = {}
+    for k, scene in enumerate(scenes):
+        source = scene if rng.random() < 0.5 else scenes[int(rng.integers(len(scenes)))]
+        cands[f"test-{k}"] = tokenize(sample_captions(source, rng, 1)[0])
+    return cands, refs
+
+
+@pytest.mark.parametrize("corpus", [_random_corpus(s) for s in range(6)] + [_world_corpus(s) for s in range(3)])
+def test_matches_pycocoevalcap(corpus: tuple[dict[str, str], dict[str, list[str]]]) -> None:
+    cider_module = pytest.importorskip("pycocoevalcap.cider.cider")
+    cands, refs = corpus
+    ref_score, ref_per_image = cider_module.Cider().compute_score(refs, {i: [c] for i, c in cands.items()})
+    score, per_image = cider_d(cands, refs, tokenize_text=False)
+    assert score == pytest.approx(float(ref_score), abs=1e-9)
+    assert list(per_image) == list(refs)
+    np.testing.assert_allclose(list(per_image.values()), ref_per_image, rtol=0, atol=1e-9)
+    assert cider_d(cands, refs) == (score, per_image)  # the text is already tokenised
+
+
+def test_hand_computed_length_penalty() -> None:
+    # N = 2 images; every reference n-gram occurs in one image: idf = log 2 - log 1 = L for all.
+    # "x": cand "a b" = ref "a b": cosine 1 for n=1,2, 0 for n=3,4 (no n-grams) -> 10 * 2/4 = 5.
+    # "y": cand "c" vs ref "c d": n=1 cosine = L*L / (L * sqrt(2) L) = 1/sqrt(2); n=2..4: 0.
+    #      lengths 1 and 2 words -> penalty exp(-1 / (2 * 6^2)) -> 10/4 * penalty/sqrt(2).
+    score, per_image = cider_d({"x": "a b", "y": "c"}, {"x": ["a b"], "y": ["c d"]})
+    y = 10 / 4 * math.exp(-1 / 72) / math.sqrt(2)
+    assert per_image == pytest.approx({"x": 5.0, "y": y}, abs=1e-12)
+    assert score == pytest.approx((5.0 + y) / 2, abs=1e-12)
+
+
+def test_hand_computed_clipping() -> None:
+    # idf = L for every n-gram (N = 2, df <= 1). Cand "a a b" vs ref "a b":
+    # n=1: cand (a: 2L, b: L), |.| = sqrt(5) L; ref (a: L, b: L), |.| = sqrt(2) L;
+    #      clipped dot = min(2L, L) L + min(L, L) L = 2 L^2 -> 2/sqrt(10) (unclipped would be 3/sqrt(10)).
+    # n=2: cand (aa: L, ab: L), |.| = sqrt(2) L; ref (ab: L) -> 1/sqrt(2).   n=3: ref has none -> 0.
+    # lengths: 3 and 2 words -> penalty exp(-1/72).   "y": "c" vs "c" -> n=1 only: 10/4.
+    _, per_image = cider_d({"x": "a a b", "y": "c"}, {"x": ["a b"], "y": ["c"]})
+    x = 10 / 4 * (2 / math.sqrt(10) + 1 / math.sqrt(2)) * math.exp(-1 / 72)
+    assert per_image == pytest.approx({"x": x, "y": 2.5}, abs=1e-12)
+
+
+def test_a_single_image_scores_zero() -> None:
+    # log N = log 1 = 0 makes every idf weight 0: CIDEr needs a corpus.
+    assert cider_d({"x": "a red circle"}, {"x": ["a red circle"]}) == (0.0, {"x": 0.0})
+
+
+def test_matching_candidate_beats_an_unrelated_one() -> None:
+    cands, refs = _world_corpus(7)
+    matching = {i: r[0] for i, r in refs.items()}
+    unrelated = {i: "a photo of a dog playing with a frisbee" for i in refs}
+    good, _ = cider_d(matching, refs)
+    bad, _ = cider_d(unrelated, refs)
+    assert good > 2.0 and bad < 0.2
+
+
+def test_invariant_to_reference_and_image_order() -> None:
+    cands, refs = _world_corpus(8)
+    score, per_image = cider_d(cands, refs)
+    shuffled_ids = list(reversed(refs))
+    shuffled = {i: list(reversed(refs[i])) for i in shuffled_ids}
+    score2, per_image2 = cider_d({i: cands[i] for i in shuffled_ids}, shuffled)
+    assert score2 == pytest.approx(score, abs=1e-12)
+    assert per_image2 == pytest.approx(per_image, abs=1e-12)
+
+
+def test_length_penalty_lowers_a_padded_candidate() -> None:
+    cands, refs = _world_corpus(9)
+    exact = {i: r[0] for i, r in refs.items()}
+    padded = {i: r[0] + " " + r[0] for i, r in refs.items()}  # same n-grams, twice as long
+    assert cider_d(padded, refs)[0] < 0.5 * cider_d(exact, refs)[0]
+
+
+def test_tokenize_mimics_ptb_and_is_idempotent() -> None:
+    examples = {
+        "Two shapes: a big RED circle, and a cube.": "two shapes a big red circle and a cube",
+        "A man's T-shirt isn't (really) blue!": "a man 's t-shirt is n't really blue",
+        'They can\'t see 3.5 or 1,000 "dogs"...': "they ca n't see 3.5 or 1,000 dogs",
+        "It's the 3rd time -- at 5 o'clock; ok?": "it 's the 3rd time at 5 o'clock ok",
+    }
+    for raw, expected in examples.items():
+        assert tokenize(raw) == expected
+        assert tokenize(expected) == expected
+
+
+def test_inputs_are_checked() -> None:
+    with pytest.raises(ValueError, match=r"same image ids; only in candidates: \['b'\], only in references: \[\]"):
+        cider_d({"a": "x", "b": "y"}, {"a": ["x"]})
+    with pytest.raises(ValueError, match=r"references\['a'\] must be a non-empty list"):
+        cider_d({"a": "x", "b": "y"}, {"a": [], "b": ["y"]})
+    with pytest.raises(ValueError, match=r"references\['a'\] must be a non-empty list"):
+        cider_d({"a": "x"}, {"a": "x"})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="at least one image"):
+        cider_d({}, {})
