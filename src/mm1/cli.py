@@ -49,9 +49,12 @@ def resolve(args: argparse.Namespace) -> RunConfig:
     source = str(args.config) if args.config else "defaults"
     if args.config_json:
         try:
-            data = _deep_merge(data, json.loads(args.config_json))
+            extra = json.loads(args.config_json)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"--config-json is not valid JSON: {exc}") from None
+        if not isinstance(extra, dict):
+            raise ConfigError(f"--config-json must be a JSON object of sections, not {type(extra).__name__}")
+        data = _deep_merge(data, extra)
         source += " + --config-json"
     if args.overrides:
         data = apply_overrides(data, args.overrides)

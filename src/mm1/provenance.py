@@ -65,6 +65,8 @@ def package_versions() -> dict[str, str | None]:
 def hash_path(path: Path) -> str:
     """sha256 of a file, or of a folder's relative paths and file contents (sorted)."""
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"cannot record provenance: input {path} does not exist")
     digest = hashlib.sha256()
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for f in files:

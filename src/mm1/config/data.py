@@ -12,9 +12,9 @@ class WorldConfig(Section):
 
     seed: int = Field(0, ge=0)
     """Seed of the scene generator; the same seed gives byte-identical images and captions."""
-    n_train: int = Field(2000, ge=1)
+    n_train: int = Field(4000, ge=1)
     """Number of image-caption pairs in the training split."""
-    n_test: int = Field(64, ge=1)
+    n_test: int = Field(100, ge=1)
     """Number of held-out image-caption pairs used for 0-shot captioning evaluation."""
     image_size: int = Field(32, ge=8, le=4096)
     """Side of the square rendered images, in pixels."""
@@ -27,7 +27,7 @@ class WorldConfig(Section):
 class TokenizerConfig(Section):
     """Byte-level BPE tokenizer trained with HF tokenizers on the training text."""
 
-    vocab_size: int = Field(320, ge=64, le=262144)
-    """Target vocabulary size, special tokens included."""
+    vocab_size: int = Field(512, ge=260, le=262144)
+    """Largest vocabulary size, special tokens included (256 byte symbols + 4 specials at least)."""
     min_frequency: int = Field(2, ge=1)
     """A merge must occur at least this often in the training text."""

@@ -12,7 +12,7 @@ class EvalConfig(Section):
 
     caption_prompt: str = ""
     """Text placed after the image before the model writes its caption (recorded with results)."""
-    max_new_tokens: int = Field(24, ge=1)
+    max_new_tokens: int = Field(40, ge=1)
     """Greedy decoding stops at end-of-text or after this many tokens."""
     num_examples: int = Field(0, ge=0)
     """Evaluate the first N held-out images; 0 means all of them."""

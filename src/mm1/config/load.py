@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import copy
 import typing
 from pathlib import Path
 from typing import Any
@@ -78,7 +78,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Set each dotted override in a (deep-copied) nested dict; validation happens afterwards."""
-    data = json.loads(json.dumps(data))
+    data = copy.deepcopy(data)
     for text in overrides:
         path, value = parse_override(text)
         node = data

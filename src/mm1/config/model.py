@@ -66,13 +66,13 @@ class ConnectorConfig(Section):
 class DecoderConfig(Section):
     """The decoder-only LLM (megatron-core GPTModel)."""
 
-    num_layers: int = Field(2, ge=1)
+    num_layers: int = Field(4, ge=1)
     """Transformer layers."""
-    hidden_size: int = Field(64, ge=8)
+    hidden_size: int = Field(128, ge=8)
     """Model width."""
     num_attention_heads: int = Field(4, ge=1)
     """Attention heads; must divide hidden_size."""
-    ffn_hidden_size: int = Field(256, ge=8)
+    ffn_hidden_size: int = Field(384, ge=8)
     """Width of the MLP (per expert when MoE)."""
     seq_length: int = Field(64, ge=8)
     """Tokens per training sequence, image tokens included (MM1: 4096)."""

@@ -30,8 +30,11 @@ class ParallelConfig(Section):
                 f"world_size={self.world_size} is not divisible by tp*pp={self.tp * self.pp}; "
                 f"use a world_size that is a multiple of {self.tp * self.pp}"
             )
-        if (self.world_size // self.pp) % self.ep:
-            raise ValueError(f"ep={self.ep} must divide world_size/pp={self.world_size // self.pp}")
+        if self.dp % self.ep:
+            raise ValueError(
+                f"ep={self.ep} must divide the data-parallel size world_size/(tp*pp)={self.dp} "
+                "(experts are spread over data-parallel ranks)"
+            )
         return self
 
     @property
@@ -43,19 +46,19 @@ class ParallelConfig(Section):
 class TrainConfig(Section):
     """Optimisation of one training stage."""
 
-    seed: int = 1234
+    seed: int = Field(1234, ge=0)
     """Fixes parameter init and data order: the same config gives the same loss curve."""
-    steps: int = Field(300, ge=1)
+    steps: int = Field(500, ge=1)
     """Optimizer steps."""
-    micro_batch_size: int = Field(8, ge=1)
+    micro_batch_size: int = Field(16, ge=1)
     """Sequences per forward pass per data-parallel rank."""
-    global_batch_size: int = Field(16, ge=1)
+    global_batch_size: int = Field(32, ge=1)
     """Sequences per optimizer step: micro_batch_size * dp * gradient-accumulation steps."""
     lr: float = Field(2e-3, gt=0)
     """Peak learning rate (MM1 3B: exp(-0.4214 ln N - 0.5535) ~ 5.8e-5)."""
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     """Final LR as a fraction of the peak (MM1: cosine to 10%)."""
-    warmup_steps: int = Field(20, ge=0)
+    warmup_steps: int = Field(25, ge=0)
     """Linear warm-up steps (MM1: 2k)."""
     lr_decay: Literal["cosine", "linear", "constant"] = "cosine"
     """Decay shape after warm-up."""

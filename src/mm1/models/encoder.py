@@ -5,8 +5,6 @@ from __future__ import annotations
 import copy
 import warnings
 
-import torch
-
 from mm1.config import EncoderConfig
 from mm1.models.megatron_config import Layout, encoder_config
 
@@ -25,22 +23,20 @@ def vit_layer_spec():
     return spec
 
 
-class ImageEncoder(torch.nn.Module):
-    """Images (B, 3, H, W) -> patch features (B, grid*grid, hidden)."""
+def build_encoder(cfg: EncoderConfig, layout: Layout) -> CLIPViTModel:
+    """Images (B, 3, H, W) -> patch features (B, grid*grid, hidden).
 
-    def __init__(self, cfg: EncoderConfig, layout: Layout) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.vit = CLIPViTModel(
-            encoder_config(cfg, layout),
-            vit_layer_spec(),
-            ln_pre_impl=WrappedTorchNorm,  # megatron's default is TE/apex LayerNorm
-            ln_post_impl=WrappedTorchNorm,
-            add_class_token=False,
-            patch_dim=cfg.patch_size,
-            img_h=cfg.image_size,
-            img_w=cfg.image_size,
-        )
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.vit(images)  # (B, P, Hv)
+    The ViT is returned unwrapped: megatron collects its TP-sharded checkpoint tensors only from
+    modules that define ``sharded_state_dict``; a plain wrapper would save one rank's shard as if
+    it were replicated.
+    """
+    return CLIPViTModel(
+        encoder_config(cfg, layout),
+        vit_layer_spec(),
+        ln_pre_impl=WrappedTorchNorm,  # megatron's default is TE/apex LayerNorm
+        ln_post_impl=WrappedTorchNorm,
+        add_class_token=False,
+        patch_dim=cfg.patch_size,
+        img_h=cfg.image_size,
+        img_w=cfg.image_size,
+    )

@@ -13,7 +13,7 @@ import torch
 
 from mm1.config import ModelConfig
 from mm1.models.connector import build_connector
-from mm1.models.encoder import ImageEncoder
+from mm1.models.encoder import build_encoder
 from mm1.models.megatron_config import Layout, decoder_config
 
 with warnings.catch_warnings():
@@ -73,7 +73,7 @@ class MM1Model(MegatronModule):
             share_embeddings_and_output_weights=False,
         )
         if pre_process:
-            self.encoder = ImageEncoder(cfg.encoder, layout)
+            self.encoder = build_encoder(cfg.encoder, layout)
             self.connector = build_connector(
                 cfg.connector, cfg.encoder.hidden_size, cfg.encoder.grid, cfg.decoder.hidden_size
             )

@@ -32,5 +32,6 @@ def relaunch_if_needed(parallel: ParallelConfig, argv: list[str]) -> int | None:
         "mm1.cli",
         *argv,
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    cores = int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // parallel.world_size))}  # share the cores
     return subprocess.call(cmd, env=env)

@@ -1,0 +1,217 @@
+"""CPU patches for megatron-core: the CPU RNG tracker, the CUDA -> CPU rewrites, required config flags."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mm1.parallel import compat
+from mm1.parallel.compat import CpuRNGStatesTracker
+
+NEEDS_PATCH = pytest.mark.skipif(
+    torch.cuda.is_available(), reason="compat.apply() patches only when CUDA is unavailable"
+)
+
+# --- CpuRNGStatesTracker ------------------------------------------------------------------------
+
+
+def test_fork_restores_the_outer_rng_state() -> None:
+    tracker = CpuRNGStatesTracker()
+    tracker.add("tp", 5)
+    torch.manual_seed(0)
+    outer = torch.get_rng_state()
+    with tracker.fork("tp"):
+        torch.rand(10)
+    assert torch.equal(torch.get_rng_state(), outer)
+
+
+def test_fork_restores_the_outer_state_when_the_block_raises() -> None:
+    tracker = CpuRNGStatesTracker()
+    tracker.add("tp", 5)
+    torch.manual_seed(0)
+    outer = torch.get_rng_state()
+    with pytest.raises(RuntimeError), tracker.fork("tp"):
+        torch.rand(3)
+        raise RuntimeError("inside the fork")
+    assert torch.equal(torch.get_rng_state(), outer)
+
+
+def test_forked_stream_is_the_seeded_generator_and_advances() -> None:
+    tracker = CpuRNGStatesTracker()
+    tracker.add("model-parallel-rng", 42)
+    reference = torch.Generator().manual_seed(42)
+    torch.manual_seed(7)  # the outer state must not matter
+    with tracker.fork():
+        first = torch.rand(4)
+    with tracker.fork():
+        second = torch.rand(4)
+    assert torch.equal(first, torch.rand(4, generator=reference))
+    assert torch.equal(second, torch.rand(4, generator=reference))  # continues, does not restart
+    assert not torch.equal(first, second)
+
+
+def test_same_seed_gives_the_same_stream_in_two_trackers() -> None:
+    a, b = CpuRNGStatesTracker(), CpuRNGStatesTracker()
+    a.add("x", 9)
+    b.add("x", 9)
+    with a.fork("x"):
+        ra = torch.randn(5)
+    with b.fork("x"):
+        rb = torch.randn(5)
+    assert torch.equal(ra, rb)
+
+
+def test_named_streams_are_independent() -> None:
+    tracker = CpuRNGStatesTracker()
+    tracker.add("a", 1)
+    tracker.add("b", 2)
+    with tracker.fork("a"):
+        ra = torch.rand(4)
+    with tracker.fork("b"):
+        rb = torch.rand(4)
+    assert torch.equal(ra, torch.rand(4, generator=torch.Generator().manual_seed(1)))
+    assert torch.equal(rb, torch.rand(4, generator=torch.Generator().manual_seed(2)))
+
+
+def test_duplicate_seed_or_name_is_rejected() -> None:
+    tracker = CpuRNGStatesTracker()
+    tracker.add("a", 1)
+    with pytest.raises(ValueError, match="seed 1"):
+        tracker.add("b", 1)
+    with pytest.raises(ValueError, match="'a'"):
+        tracker.add("a", 2)
+
+
+def test_fork_of_an_unknown_name_raises() -> None:
+    tracker = CpuRNGStatesTracker()
+    with pytest.raises(KeyError, match="nope"):
+        with tracker.fork("nope"):
+            pass
+
+
+def test_get_set_states_replays_a_stream() -> None:
+    tracker = CpuRNGStatesTracker()
+    assert not tracker.is_initialized()
+    tracker.add("a", 3)
+    assert tracker.is_initialized()
+    saved = tracker.get_states()
+    with tracker.fork("a"):
+        first = torch.rand(3)
+    tracker.set_states(saved)
+    with tracker.fork("a"):
+        again = torch.rand(3)
+    assert torch.equal(first, again)
+
+
+def test_reset_forgets_states_and_seeds() -> None:
+    tracker = CpuRNGStatesTracker()
+    tracker.add("a", 3)
+    tracker.reset()
+    assert not tracker.is_initialized()
+    assert tracker.get_states() == {}
+    tracker.add("a", 3)  # neither the name nor the seed is taken any more
+
+
+# --- compat.apply() -----------------------------------------------------------------------------
+
+
+def test_required_flags_match_the_device() -> None:
+    flags = compat.required_flags()
+    if torch.cuda.is_available():
+        assert flags == {}
+    else:
+        assert flags["use_cpu_initialization"] is True
+        assert flags["gradient_accumulation_fusion"] is False
+        assert flags["batch_p2p_comm"] is False
+
+
+def test_required_flags_are_valid_transformer_config_fields() -> None:
+    from megatron.core.transformer import TransformerConfig
+
+    fields = set(TransformerConfig.__dataclass_fields__)
+    assert set(compat.required_flags()) <= fields
+
+
+def test_apply_is_a_no_op_with_cuda() -> None:
+    if torch.cuda.is_available():
+        assert compat.apply() is False
+    else:
+        assert compat.apply() is True
+        assert compat.apply() is True  # idempotent
+
+
+@NEEDS_PATCH
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: torch.zeros(2, device="cuda"),
+        lambda: torch.ones(2, device=torch.device("cuda")),
+        lambda: torch.tensor([1.0, 2.0], device="cuda:0"),
+        lambda: torch.full((2,), 3.0, device="cuda"),
+        lambda: torch.arange(3, device="cuda"),
+        lambda: torch.empty(2, device="cuda"),
+    ],
+)
+def test_cuda_factories_make_cpu_tensors_after_apply(make) -> None:
+    compat.apply()
+    t = make()
+    assert t.device.type == "cpu"
+
+
+@NEEDS_PATCH
+def test_tensor_cuda_and_current_device_after_apply() -> None:
+    compat.apply()
+    t = torch.ones(2)
+    assert t.cuda() is t
+    assert torch.cuda.current_device() == "cpu"
+    with torch.cuda.stream(torch.cuda.Stream()):
+        torch.cuda.current_stream().synchronize()
+    torch.cuda.synchronize()
+
+
+@NEEDS_PATCH
+def test_apply_installs_the_cpu_tracker_in_megatron() -> None:
+    from megatron.core.tensor_parallel import random as mrandom
+
+    compat.apply()
+    assert isinstance(mrandom.get_cuda_rng_tracker(), CpuRNGStatesTracker)
+    compat.reset_rng_tracker()
+    assert not mrandom.get_cuda_rng_tracker().is_initialized()
+
+
+@NEEDS_PATCH
+def test_megatron_seeding_runs_on_the_cpu_tracker() -> None:
+    from megatron.core.tensor_parallel import random as mrandom
+
+    from mm1.config import ParallelConfig
+    from mm1.parallel.setup import distributed
+
+    draws = []
+    for seed in (123, 123, 124):
+        with distributed(ParallelConfig(), seed=seed):  # calls megatron's model_parallel_cuda_manual_seed
+            tracker = mrandom.get_cuda_rng_tracker()
+            assert isinstance(tracker, CpuRNGStatesTracker) and tracker.is_initialized()
+            outer = torch.get_rng_state()
+            with tracker.fork():
+                draws.append(torch.rand(4))
+            assert torch.equal(torch.get_rng_state(), outer)
+    assert torch.equal(draws[0], draws[1])
+    assert not torch.equal(draws[0], draws[2])
+
+
+@NEEDS_PATCH
+def test_patched_clip_scales_gradients_by_the_total_norm() -> None:
+    from megatron.core.optimizer import clip_grads
+
+    compat.apply()
+    params = [torch.nn.Parameter(torch.zeros(3)) for _ in range(2)]
+    params[0].grad = torch.tensor([3.0, 0.0, 0.0])
+    params[1].grad = torch.tensor([0.0, 4.0, 0.0])
+    total = 5.0
+    clip_grads.clip_grad_by_total_norm_fp32(params, max_norm=1.0, total_norm=total)
+    norm = torch.cat([p.grad for p in params]).norm()
+    torch.testing.assert_close(norm, torch.tensor(1.0), atol=1e-5, rtol=0)
+    # below the threshold nothing changes
+    before = [p.grad.clone() for p in params]
+    clip_grads.clip_grad_by_total_norm_fp32(params, max_norm=10.0, total_norm=1.0)
+    assert all(torch.equal(b, p.grad) for b, p in zip(before, params, strict=True))

@@ -1,0 +1,129 @@
+"""Provenance beside every artifact, and atomic writes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import stat
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mm1 import atomic, provenance
+from mm1.config import dump, load
+
+
+def _config() -> dict:
+    return yaml.safe_load(dump(load(None, ["train.steps=77", "train.warmup_steps=3"])))
+
+
+def _record(out: Path, inputs: dict[str, Path] | None = None, **kwargs) -> dict:
+    path = provenance.record(out, "train", _config(), seed=1234, inputs=inputs, **kwargs)
+    assert path == out / provenance.FILENAME
+    return json.loads(path.read_text())
+
+
+# --- provenance ---------------------------------------------------------------------------------
+
+
+def test_record_writes_provenance_and_config(tmp_path: Path) -> None:
+    data = tmp_path / "train.parquet"
+    data.write_bytes(b"some pairs")
+    info = _record(tmp_path / "out", {"pairs": data})
+    assert info["stage"] == "train"
+    assert info["seed"] == 1234
+    assert info["config"] == _config()
+    assert set(info["git"]) == {"commit", "dirty"}
+    assert info["packages"]["torch"] == metadata.version("torch")
+    assert info["packages"]["megatron-core"] == metadata.version("megatron-core")
+    assert info["inputs"]["pairs"] == {"path": str(data), "sha256": hashlib.sha256(b"some pairs").hexdigest()}
+    assert {"created", "python", "host"} <= set(info)
+    assert yaml.safe_load((tmp_path / "out" / "config.yaml").read_text()) == _config()
+
+
+def test_git_state_of_this_checkout(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    state = provenance.git_state(repo)
+    if state["commit"] is not None:  # a source tree without .git or git is allowed
+        assert len(state["commit"]) == 40
+        assert isinstance(state["dirty"], bool)
+    assert provenance.git_state(tmp_path) == {"commit": None, "dirty": None}
+
+
+def test_input_hash_changes_with_the_input(tmp_path: Path) -> None:
+    data = tmp_path / "in.txt"
+    data.write_text("a")
+    first = _record(tmp_path / "o1", {"x": data})["inputs"]["x"]["sha256"]
+    assert _record(tmp_path / "o2", {"x": data})["inputs"]["x"]["sha256"] == first
+    data.write_text("b")
+    assert _record(tmp_path / "o3", {"x": data})["inputs"]["x"]["sha256"] != first
+
+
+def test_folder_hash_covers_contents_and_names(tmp_path: Path) -> None:
+    folder = tmp_path / "ckpt"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.bin").write_bytes(b"1")
+    (folder / "sub" / "b.bin").write_bytes(b"2")
+    base = provenance.hash_path(folder)
+    assert provenance.hash_path(folder) == base
+    (folder / "sub" / "b.bin").write_bytes(b"3")
+    changed = provenance.hash_path(folder)
+    assert changed != base
+    (folder / "sub" / "b.bin").rename(folder / "sub" / "c.bin")
+    assert provenance.hash_path(folder) != changed
+
+
+def test_extra_keys_are_recorded(tmp_path: Path) -> None:
+    info = _record(tmp_path, extra={"steps_done": 5})
+    assert info["steps_done"] == 5
+    assert info["inputs"] == {}
+
+
+def test_missing_input_is_an_error_not_the_hash_of_nothing(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        provenance.record(tmp_path / "out", "train", {}, seed=0, inputs={"x": tmp_path / "missing.bin"})
+    assert not (tmp_path / "out" / provenance.FILENAME).exists()
+
+
+# --- atomic writes ------------------------------------------------------------------------------
+
+
+def test_write_text_leaves_no_temp_files_and_mode_0644(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "er" / "file.txt"
+    assert atomic.write_text(path, "hello") == path
+    assert path.read_text() == "hello"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert [p.name for p in path.parent.iterdir()] == ["file.txt"]
+
+
+def test_write_replaces_an_existing_file(tmp_path: Path) -> None:
+    path = tmp_path / "f.bin"
+    atomic.write_bytes(path, b"old")
+    atomic.write_bytes(path, b"new")
+    assert path.read_bytes() == b"new"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_failing_writer_keeps_the_old_file(tmp_path: Path) -> None:
+    path = tmp_path / "f.txt"
+    atomic.write_text(path, "old")
+
+    def half_then_fail(tmp: Path) -> None:
+        tmp.write_text("half of the new")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic.write_with(path, half_then_fail)
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_failing_writer_creates_nothing(tmp_path: Path) -> None:
+    def fail(tmp: Path) -> None:
+        raise ValueError("bad data")
+
+    with pytest.raises(ValueError):
+        atomic.write_with(tmp_path / "f.txt", fail)
+    assert list(tmp_path.iterdir()) == []
