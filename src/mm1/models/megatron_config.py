@@ -60,6 +60,7 @@ def decoder_config(dec: DecoderConfig, moe: MoEConfig, layout: Layout) -> Transf
         "activation_func": F.silu if swiglu else F.gelu,
         "add_bias_linear": False,
         "pipeline_model_parallel_size": layout.pp,
+        "pipeline_dtype": torch.float32,
         "expert_model_parallel_size": layout.ep,
     }
     if moe.enabled:

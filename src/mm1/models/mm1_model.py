@@ -39,7 +39,8 @@ def splice_images(text: torch.Tensor, image_tokens: torch.Tensor, is_image: torc
         raise ValueError(f"each sequence needs {image_tokens.shape[1]} <image> positions, found {counts.tolist()}")
     index = (is_image.cumsum(dim=1) - 1).clamp(min=0)  # (B, S): which image token goes where
     gathered = image_tokens.gather(1, index.unsqueeze(-1).expand(-1, -1, image_tokens.shape[-1]))
-    return torch.where(is_image.T.unsqueeze(-1), gathered.transpose(0, 1), text)  # (S, B, H)
+    spliced = torch.where(is_image.T.unsqueeze(-1), gathered.transpose(0, 1), text)  # (S, B, H)
+    return spliced.contiguous()  # where() keeps the transposed layout; pipeline sends need contiguous
 
 
 class MM1Model(MegatronModule):
@@ -59,6 +60,7 @@ class MM1Model(MegatronModule):
         super().__init__(config=config)
         self.cfg = cfg
         self.model_type = ModelType.encoder_or_decoder
+        self.share_embeddings_and_output_weights = False  # read by finalize_model_grads under PP
         self.image_token_id = image_token_id
         self.pre_process = pre_process
         self.post_process = post_process

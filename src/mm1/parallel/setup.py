@@ -109,11 +109,15 @@ def initialize(parallel: ParallelConfig, seed: int, timeout_s: int = 300) -> Ran
     )
 
 
-def shutdown() -> None:
-    """Tear down megatron's groups and the process group (safe to call twice)."""
+def shutdown(clean: bool = True) -> None:
+    """Tear down megatron's groups and the process group (safe to call twice).
+
+    ``clean=False`` (after an error) skips the final barrier: the other ranks may be blocked in a
+    collective that will never complete, and the launcher ends them when this rank exits.
+    """
     parallel_state.destroy_model_parallel()
     if torch.distributed.is_initialized():
-        with contextlib.suppress(Exception):
+        if clean:
             torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
@@ -124,5 +128,7 @@ def distributed(parallel: ParallelConfig, seed: int):
     rank = initialize(parallel, seed)
     try:
         yield rank
-    finally:
-        shutdown()
+    except BaseException:
+        shutdown(clean=False)
+        raise
+    shutdown()

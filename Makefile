@@ -1,0 +1,51 @@
+# One-command entry points. `make study` and `make test` install into .venv first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(abspath $(VENV))/bin
+# torch 2.13.0 is pinned to its CPU build (constraints.txt). Where pip's indexes do not carry
+# it, point pip at PyTorch's CPU wheels: make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+PIP    := $(BIN)/python -m pip
+RUN    := PATH="$(BIN):$$PATH"
+
+.PHONY: install study test test-fast lint schema lock clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt torch==2.13.0 $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+	$(PIP) install -q -c constraints.txt -e '.[test]'
+	$(PIP) check
+	touch $@
+
+## The miniature MM1 study: data -> tokenizer -> train -> eval -> figure (results/figures/).
+study: install
+	$(RUN) snakemake --cores all
+
+## The whole test suite (what CI runs), slow and multi-process tests included.
+test: install lint
+	$(RUN) pytest
+
+## The tests without the slow end-to-end runs.
+test-fast: install
+	$(RUN) pytest -m "not slow"
+
+lint: install
+	$(RUN) ruff check src tests
+	$(RUN) ruff format --check src tests
+	$(RUN) mm1 config schema --check workflow/schemas/config.schema.json
+
+## Regenerate the Snakemake schema from the pydantic models.
+schema: install
+	$(RUN) mm1 config schema --write workflow/schemas/config.schema.json
+
+## Re-pin every package after changing pyproject.toml.
+lock: install
+	{ echo "# Exact versions of every package in the project environment: \`make install\` installs with"; \
+	  echo "# \`-c constraints.txt\`, so two installs get the same versions. Regenerate with \`make lock\`."; \
+	  $(PIP) freeze --exclude-editable | grep -v '^mm1'; } > constraints.txt
+
+clean:
+	rm -rf results logs benchmarks .snakemake
