@@ -84,13 +84,16 @@ def initialize(parallel: ParallelConfig, seed: int, timeout_s: int = 300) -> Ran
             f"parallel.world_size={parallel.world_size} but {world_size} process(es) were started; "
             f"launch with `torchrun --nproc-per-node {parallel.world_size}` or set parallel.world_size={world_size}"
         )
-    if "RANK" not in os.environ:  # a plain single process
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+        timeout = datetime.timedelta(seconds=timeout_s)
+        if "RANK" in os.environ:  # under torchrun/srun: rendezvous from the environment
+            torch.distributed.init_process_group(backend, timeout=timeout)
+        else:  # a plain single process; os.environ is left alone so child processes start clean
+            torch.distributed.init_process_group(
+                backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1, timeout=timeout
+            )
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=parallel.tp,
         pipeline_model_parallel_size=parallel.pp,
