@@ -29,6 +29,7 @@ TINY = [
 ]
 LAYOUTS = {
     "tp1": [],
+    "tp1_again": [],  # the same config once more: the loss curve must repeat exactly
     "tp2": ["parallel.world_size=2", "parallel.tp=2"],
     "dp2": ["parallel.world_size=2"],
     # Two pipeline stages: the ViT and layer 1 on rank 0, layer 2 and the LM head on rank 1.
@@ -73,6 +74,13 @@ def runs(world) -> dict[str, Path]:
             ]
         )
     return out
+
+
+def test_same_config_gives_the_same_loss_curve(runs):
+    first = pl.read_csv(runs["tp1"] / "metrics.csv")
+    again = pl.read_csv(runs["tp1_again"] / "metrics.csv")
+    assert first["loss"].to_list() == again["loss"].to_list()
+    assert first["grad_norm"].to_list() == again["grad_norm"].to_list()
 
 
 @pytest.mark.parametrize("layout", ["tp2", "dp2"])
