@@ -52,13 +52,13 @@ def evaluate_captioning(
     prompt = prompt_ids(tok, mc.connector.num_tokens, cfg.caption_prompt)
     candidates: dict[str, str] = {}
     with distributed(ParallelConfig(), seed=0) as rank:
-        model = MM1Model(mc, vocab_size=tok.vocab_size, image_token_id=tok.image_id)
+        model = MM1Model(mc, vocab_size=tok.vocab_size, image_token_id=tok.image_id).to(rank.device)
         checkpoint.load_into(model, ckpt)
         model.eval()
         ids, pngs = df["id"].to_list(), df["image"].to_list()
         for start in progress(range(0, len(ids), cfg.micro_batch_size), desc="caption", unit="batch"):
             chunk = slice(start, start + cfg.micro_batch_size)
-            images = stack_images(pngs[chunk], mc.encoder.image_size)
+            images = stack_images(pngs[chunk], mc.encoder.image_size).to(rank.device)
             outs = greedy(model, tok, [prompt] * images.shape[0], images, mc.decoder.seq_length, cfg.max_new_tokens)
             candidates.update({i: tok.decode(o) for i, o in zip(ids[chunk], outs, strict=False)})
     references = dict(zip(df["id"].to_list(), df["references"].to_list(), strict=False))

@@ -21,18 +21,18 @@ def greedy(
     lengths = [len(p) for p in prompts]
     if max(lengths) >= seq_length:
         raise ValueError(f"a prompt of {max(lengths)} tokens leaves no room in seq_length={seq_length}")
-    tokens = torch.full((b, seq_length), tok.pad_id, dtype=torch.long)
+    tokens = torch.full((b, seq_length), tok.pad_id, dtype=torch.long, device=images.device)
     for i, p in enumerate(prompts):
         tokens[i, : len(p)] = torch.tensor(p)
-    banned = torch.tensor([tok.pad_id, tok.bos_id, tok.image_id])
-    cursor = torch.tensor(lengths)
+    banned = torch.tensor([tok.pad_id, tok.bos_id, tok.image_id], device=images.device)
+    cursor = torch.tensor(lengths, device=images.device)
     done = torch.zeros(b, dtype=torch.bool)
     out: list[list[int]] = [[] for _ in range(b)]
     for _ in range(max_new_tokens):
         if done.all() or int(cursor.max()) >= seq_length:
             break
         logits = model(tokens, images)  # (B, S, V_padded)
-        last = logits[torch.arange(b), cursor - 1, : tok.vocab_size].float()
+        last = logits[torch.arange(b, device=images.device), cursor - 1, : tok.vocab_size].float()
         last[:, banned] = float("-inf")
         nxt = last.argmax(dim=-1)
         for i in range(b):

@@ -36,6 +36,9 @@ def _common(layout: Layout) -> dict:
         "init_method_std": 0.02,
         "hidden_dropout": 0.0,
         "attention_dropout": 0.0,
+        # Full weights are drawn on the CPU and each rank keeps its shard, so the initial model
+        # does not depend on the TP size; the trainer moves it to the GPU afterwards.
+        "use_cpu_initialization": True,
         **compat.required_flags(),
     }
 

@@ -46,10 +46,6 @@ class Rank:
     def is_last_stage(self) -> bool:
         return parallel_state.is_pipeline_last_stage()
 
-    @property
-    def is_first_stage(self) -> bool:
-        return parallel_state.is_pipeline_first_stage()
-
 
 def _free_port() -> int:
     with socket.socket() as s:

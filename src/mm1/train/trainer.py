@@ -51,7 +51,8 @@ def _loss_func(loss_mask: torch.Tensor, per_token: torch.Tensor):
 
 
 def _forward_step(data_iterator, model):
-    batch = next(data_iterator)
+    device = next(model.parameters()).device
+    batch = {k: v.to(device, non_blocking=True) for k, v in next(data_iterator).items()}
     out = model(batch["tokens"], batch["images"], batch["labels"])
     return out, functools.partial(_loss_func, batch["loss_mask"])
 
@@ -138,7 +139,7 @@ def train(cfg: RunConfig, data_path: Path, tokenizer_path: Path, out_dir: Path) 
             warnings.warn(
                 f"{data.truncated} captions were cut to model.decoder.seq_length={mc.decoder.seq_length}", stacklevel=2
             )
-        model = wrap_ddp(build(cfg, tok))
+        model = wrap_ddp(build(cfg, tok).to(rank.device))
         optimizer, scheduler = build_optimizer(model, cfg.train)
         rows = _train_loop(cfg, data, model, optimizer, scheduler, rank)
         meta = {
