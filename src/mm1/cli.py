@@ -2,10 +2,12 @@
 
     mm1 config show   [--config FILE] [--set section.field=value ...]
     mm1 config schema [--write PATH | --check PATH]
-    mm1 data      --out DIR                                  (the synthetic MM1 world)
-    mm1 tokenizer --pairs FILE --out DIR
-    mm1 train     --pairs FILE --tokenizer FILE --out DIR
-    mm1 eval      --pairs FILE --tokenizer FILE --checkpoint DIR --out DIR
+    mm1 world     --out DIR                         (the synthetic MM1 world, as datasets)
+    mm1 acquire   --out DIR                         (the datasets listed in data.sources)
+    mm1 tokenizer --manifest FILE --out DIR
+    mm1 pack      --manifest FILE --tokenizer FILE --out DIR
+    mm1 train     --packed FILE --tokenizer FILE --out DIR
+    mm1 eval      --benchmark FILE --tokenizer FILE --checkpoint DIR --out DIR
     mm1 figure    --metrics FILE --scores FILE --out DIR
 
 Every stage takes the config as ``--config FILE`` and/or ``--config-json TEXT`` plus ``--set``.
@@ -88,18 +90,44 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_data(args: argparse.Namespace) -> int:
+def _cmd_world(args: argparse.Namespace) -> int:
     from mm1.data.stages import make_world
 
-    make_world(resolve(args).world, args.out)
+    manifest = make_world(resolve(args).world, args.out)
+    print(f"world: {manifest.height} files, {int(manifest['samples'].sum())} records -> {args.out}")
+    return 0
+
+
+def _cmd_acquire(args: argparse.Namespace) -> int:
+    from mm1.data.acquire import AcquireError, acquire
+
+    cfg = resolve(args).data
+    if not cfg.sources:
+        raise ConfigError(
+            "data.sources is empty: list the datasets to acquire (name, url, sha256, format, role, licence)"
+        )
+    try:
+        manifest = acquire(cfg.sources, args.out, cfg.max_bad_fraction)
+    except AcquireError as exc:  # unreachable, bad hash, empty source: the user's to fix
+        raise ValueError(str(exc)) from exc
+    print(f"acquire: {manifest.height} sources, {int(manifest['samples'].sum())} samples -> {args.out}")
     return 0
 
 
 def _cmd_tokenizer(args: argparse.Namespace) -> int:
     from mm1.data.stages import make_tokenizer
 
-    tok = make_tokenizer(resolve(args).tokenizer, args.pairs, args.out)
+    cfg = resolve(args)
+    tok = make_tokenizer(cfg.tokenizer, args.manifest, args.out, cfg.data.max_bad_fraction)
     print(f"tokenizer: {tok.vocab_size} tokens -> {tok.path}")
+    return 0
+
+
+def _cmd_pack(args: argparse.Namespace) -> int:
+    from mm1.data.stages import pack
+
+    mixture = pack(resolve(args), args.manifest, args.tokenizer, args.out)
+    print(mixture)
     return 0
 
 
@@ -112,7 +140,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return code
     from mm1.train.trainer import train
 
-    result = train(cfg, args.pairs, args.tokenizer, args.out)
+    result = train(cfg, args.packed, args.tokenizer, args.out)
     if os.environ.get("RANK", "0") != "0":
         return 0
     first, last = result.metrics["loss"][0], result.metrics["loss"][-1]
@@ -121,10 +149,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from mm1.data.formats import read_coco_captions
     from mm1.eval.captioning import evaluate_captioning
 
     cfg = resolve(args)
-    result = evaluate_captioning(cfg.eval, cfg.name, args.pairs, args.tokenizer, args.checkpoint, args.out)
+    bench = read_coco_captions(args.benchmark)
+    result = evaluate_captioning(cfg.eval, cfg.name, bench, args.benchmark, args.tokenizer, args.checkpoint, args.out)
     print(result.scores)
     return 0
 
@@ -135,6 +165,47 @@ def _cmd_figure(args: argparse.Namespace) -> int:
     result = tiny_study(args.metrics, args.scores, args.out)
     print(f"figure: {result.png}")
     return 0
+
+
+# Stage commands: name -> (help, function, takes the config, (path option, help) ...); every stage has --out.
+STAGES = {
+    "world": ("write the synthetic MM1 world as datasets + manifest", _cmd_world, True, ()),
+    "acquire": ("download and verify the datasets in data.sources", _cmd_acquire, True, ()),
+    "tokenizer": (
+        "train the BPE tokenizer on the text of the pre-training sources",
+        _cmd_tokenizer,
+        True,
+        (("--manifest", "manifest.parquet of the world or acquire stage"),),
+    ),
+    "pack": (
+        "draw and pack the run's pre-training sequences from the mixture",
+        _cmd_pack,
+        True,
+        (("--manifest", "manifest.parquet of the world or acquire stage"), ("--tokenizer", "tokenizer.json")),
+    ),
+    "train": (
+        "multimodal pre-training with megatron-core",
+        _cmd_train,
+        True,
+        (("--packed", "train.parquet of the pack stage"), ("--tokenizer", "tokenizer.json")),
+    ),
+    "eval": (
+        "0-shot captioning of a COCO-format benchmark split, scored with CIDEr-D",
+        _cmd_eval,
+        True,
+        (
+            ("--benchmark", "captions_<split>.json (images under images/<split>/ beside it)"),
+            ("--tokenizer", "tokenizer.json"),
+            ("--checkpoint", "checkpoint folder of the train stage"),
+        ),
+    ),
+    "figure": (
+        "the miniature study's figure and results table",
+        _cmd_figure,
+        False,
+        (("--metrics", "metrics.csv of the train stage"), ("--scores", "scores.csv of the eval stage")),
+    ),
+}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -148,37 +219,14 @@ def parser() -> argparse.ArgumentParser:
     _config_args(c)
     c.set_defaults(func=_cmd_config)
 
-    d = sub.add_parser("data", help="render the synthetic MM1 world (train/test image-caption pairs)")
-    _config_args(d)
-    d.add_argument("--out", type=Path, required=True)
-    d.set_defaults(func=_cmd_data)
-
-    t = sub.add_parser("tokenizer", help="train the BPE tokenizer on the training captions")
-    _config_args(t)
-    t.add_argument("--pairs", type=Path, required=True, help="train.parquet of the data stage")
-    t.add_argument("--out", type=Path, required=True)
-    t.set_defaults(func=_cmd_tokenizer)
-
-    tr = sub.add_parser("train", help="multimodal pre-training with megatron-core")
-    _config_args(tr)
-    tr.add_argument("--pairs", type=Path, required=True)
-    tr.add_argument("--tokenizer", type=Path, required=True)
-    tr.add_argument("--out", type=Path, required=True)
-    tr.set_defaults(func=_cmd_train)
-
-    e = sub.add_parser("eval", help="0-shot captioning of held-out images, scored with CIDEr")
-    _config_args(e)
-    e.add_argument("--pairs", type=Path, required=True, help="test.parquet of the data stage")
-    e.add_argument("--tokenizer", type=Path, required=True)
-    e.add_argument("--checkpoint", type=Path, required=True)
-    e.add_argument("--out", type=Path, required=True)
-    e.set_defaults(func=_cmd_eval)
-
-    f = sub.add_parser("figure", help="the miniature study's figure and results table")
-    f.add_argument("--metrics", type=Path, required=True)
-    f.add_argument("--scores", type=Path, required=True)
-    f.add_argument("--out", type=Path, required=True)
-    f.set_defaults(func=_cmd_figure)
+    for name, (help_, func, configured, paths) in STAGES.items():
+        stage = sub.add_parser(name, help=help_)
+        if configured:
+            _config_args(stage)
+        for flag, path_help in paths:
+            stage.add_argument(flag, type=Path, required=True, help=path_help)
+        stage.add_argument("--out", type=Path, required=True, help="output folder")
+        stage.set_defaults(func=func)
     return p
 
 

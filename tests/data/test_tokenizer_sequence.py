@@ -33,7 +33,7 @@ def tok(tmp_path_factory: pytest.TempPathFactory) -> TextTokenizer:
 
 
 def test_special_ids_are_distinct_and_in_the_vocabulary(tok: TextTokenizer) -> None:
-    ids = [tok.pad_id, tok.bos_id, tok.eos_id, tok.image_id]
+    ids = [tok.pad_id, tok.bos_id, tok.eos_id, tok.image_id, tok.eoc_id]
     assert len(set(ids)) == len(SPECIALS)
     assert all(0 <= i < tok.vocab_size for i in ids)
 
@@ -56,7 +56,7 @@ def test_encode_decode_round_trip(tok: TextTokenizer, text: str) -> None:
 
 
 def test_encoding_adds_no_special_tokens(tok: TextTokenizer) -> None:
-    specials = {tok.pad_id, tok.bos_id, tok.eos_id, tok.image_id}
+    specials = {tok.pad_id, tok.bos_id, tok.eos_id, tok.image_id, tok.eoc_id}
     assert not specials & set(tok.encode(CAPTIONS[1]))
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from mm1.eval.cider import cider_d, tokenize
-from mm1.world.scenes import sample_captions, sample_scene
+from mm1.world.language import reference_captions as sample_captions
+from mm1.world.scene import sample_scene
 
 
 def _random_corpus(seed: int) -> tuple[dict[str, str], dict[str, list[str]]]:

@@ -48,8 +48,23 @@ def test_splice_rejects_rows_with_the_wrong_number_of_slots(bad_row: list[int]) 
     with pytest.raises(ValueError) as info:
         splice_images(text, image_tokens, is_image)
     msg = str(info.value)
-    assert "2 <image> positions" in msg
+    assert f"{len(bad_row) + 2} <image> slots but 2 images x 2 tokens = 4" in msg
     assert str([len(bad_row), 2]) in msg
+
+
+def test_splice_handles_several_images_in_one_sequence_and_none_in_another() -> None:
+    S, B, H, N = 8, 3, 4, 2
+    text = torch.randn(S, B, H)
+    is_image = torch.zeros(B, S, dtype=torch.bool)
+    is_image[0, [1, 2, 5, 6]] = True  # two images
+    is_image[2, [3, 4]] = True  # one image; row 1 is text only
+    image_tokens = torch.randn(3, N, H)
+    out = splice_images(text, image_tokens, is_image)
+    expected = [(0, 1, 0, 0), (0, 2, 0, 1), (0, 5, 1, 0), (0, 6, 1, 1), (2, 3, 2, 0), (2, 4, 2, 1)]
+    for b, s, m, k in expected:
+        assert torch.equal(out[s, b], image_tokens[m, k])
+    assert torch.equal(out[:, 1], text[:, 1])
+    assert torch.equal(splice_images(text, image_tokens[:0], torch.zeros(B, S, dtype=torch.bool)), text)
 
 
 def test_splice_passes_gradients_to_image_tokens_and_text() -> None:
@@ -221,5 +236,5 @@ def test_decoder_is_causal(cfg: ModelConfig, model: MM1Model) -> None:
 def test_forward_rejects_sequences_without_all_image_slots(cfg: ModelConfig, model: MM1Model) -> None:
     tokens, images, slots = _inputs(cfg)
     tokens[0, slots.start] = IMAGE_ID + 1
-    with torch.no_grad(), pytest.raises(ValueError, match="<image> positions"):
+    with torch.no_grad(), pytest.raises(ValueError, match="<image> slots but"):
         model(tokens, images)

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from mm1.config import load
-from mm1.data.stages import make_tokenizer, make_world
+from mm1.data.stages import make_tokenizer, make_world, pack
 
 pytestmark = pytest.mark.multiprocess
 
@@ -46,13 +46,34 @@ def mm1(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
     return proc
 
 
+WORLD = [
+    "world.n_captions=64",
+    "world.n_documents=16",
+    "world.n_text=32",
+    "world.n_bench_val=8",
+    "world.n_bench_train=4",
+    "world.n_textcore=4",
+    "world.n_sft=4",
+    "world.n_multiple_choice=4",
+    "tokenizer.vocab_size=320",
+]
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict[str, Path]:
+    """A tiny world, its tokenizer, and the 6 x 8 packed sequences every layout trains on."""
     root = tmp_path_factory.mktemp("layouts")
-    cfg = load(None, ["world.n_train=64", "world.n_test=8", "tokenizer.vocab_size=300"])
-    paths = make_world(cfg.world, root / "data")
-    tok = make_tokenizer(cfg.tokenizer, paths["train"], root / "tokenizer")
-    return {"root": root, "train": paths["train"], "test": paths["test"], "tokenizer": tok.path}
+    cfg = load(None, WORLD + TINY)
+    make_world(cfg.world, root / "world")
+    manifest = root / "world" / "manifest.parquet"
+    tok = make_tokenizer(cfg.tokenizer, manifest, root / "tokenizer", cfg.data.max_bad_fraction)
+    pack(cfg, manifest, tok.path, root / "packed")
+    return {
+        "root": root,
+        "packed": root / "packed" / "train.parquet",
+        "benchmark": root / "world" / "benchmarks" / "coco" / "captions_val.json",
+        "tokenizer": tok.path,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +85,8 @@ def runs(world) -> dict[str, Path]:
         mm1(
             [
                 "train",
-                "--pairs",
-                str(world["train"]),
+                "--packed",
+                str(world["packed"]),
                 "--tokenizer",
                 str(world["tokenizer"]),
                 "--out",
@@ -98,7 +119,15 @@ def test_layout_reproduces_single_process_losses(runs, layout):
 def captions_of(world, ckpt: Path, out: Path) -> list[str]:
     """Greedy 0-shot captions of the test images by a checkpoint, evaluated in one process."""
     mm1(
-        ["eval", "--pairs", str(world["test"]), "--tokenizer", str(world["tokenizer"]), "--checkpoint", str(ckpt)]
+        [
+            "eval",
+            "--benchmark",
+            str(world["benchmark"]),
+            "--tokenizer",
+            str(world["tokenizer"]),
+            "--checkpoint",
+            str(ckpt),
+        ]
         + ["--out", str(out), "--set", "eval.max_new_tokens=6"]
     )
     return [json.loads(line)["candidate"] for line in (out / "captions.jsonl").read_text().splitlines()]

@@ -23,22 +23,26 @@ def test_lint_passes(project: Path):
     assert "Lints for" not in out.stdout + out.stderr
 
 
-def test_dag_runs_data_tokenizer_train_eval_figure(project: Path):
+def test_dag_runs_world_tokenizer_pack_train_eval_figure(project: Path):
     edges = dag_edges(project)
     for edge in [
-        ("data", "tokenizer"),
-        ("data", "train"),
+        ("world", "tokenizer"),
+        ("world", "pack"),
+        ("tokenizer", "pack"),
+        ("pack", "train"),
         ("tokenizer", "train"),
         ("train", "eval"),
-        ("data", "eval"),
+        ("world", "eval"),
         ("eval", "figure"),
         ("train", "figure"),
         ("figure", "all"),
+        ("pack", "all"),
     ]:
         assert edge in edges, f"missing {edge} in {sorted(edges)}"
     dry = run(["snakemake", "-n"], project).stdout
-    for rule in ("data", "tokenizer", "train", "eval", "figure"):
+    for rule in ("world", "tokenizer", "pack", "train", "eval", "figure"):
         assert re.search(rf"^{rule}\s+1$", dry, flags=re.M), dry
+    assert not re.search(r"^acquire\s", dry, flags=re.M), "the default config must not acquire anything"
 
 
 def test_invalid_config_is_refused_before_anything_runs(project: Path):
@@ -62,16 +66,18 @@ def test_smoke_study_end_to_end(project: Path):
     assert metrics["loss"][-5:].mean() < 0.7 * metrics["loss"][:5].mean(), "loss did not go down"
     scores = pl.read_csv(results / "eval/scores.csv")
     assert scores.filter(pl.col("metric") == "CIDEr").height == 1
-    assert scores["value"][0] >= 0.0 and scores["n_examples"][0] == 16
+    assert scores["value"][0] >= 0.0 and scores["n_examples"][0] == 12
     png = results / "figures/tiny_study.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
-    for stage in ("data", "tokenizer", "train", "eval", "figures"):
+    mixture = pl.read_csv(results / "packed/mixture.csv")
+    assert set(mixture["source"]) == {"caption", "interleaved", "text"} and mixture["sequences"].sum() == 40 * 16
+    for stage in ("world", "tokenizer", "packed", "train", "eval", "figures"):
         prov = json.loads((results / stage / "provenance.json").read_text())
         assert prov["packages"]["megatron-core"] == "0.16.1", stage
         assert "commit" in prov["git"], stage
     train_prov = json.loads((results / "train/provenance.json").read_text())
     assert train_prov["seed"] == 1234 and train_prov["config"]["train"]["steps"] == 40
-    for rule in ("data", "tokenizer", "train", "eval", "figure"):
+    for rule in ("world", "tokenizer", "pack", "train", "eval", "figure"):
         assert (project / "logs" / f"{rule}.log").is_file()
         assert (project / "benchmarks" / f"{rule}.tsv").is_file()
     # Nothing left to do: a second run is a no-op.

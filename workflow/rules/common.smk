@@ -1,9 +1,15 @@
-# Shared helpers: the validated run config, and the slice of it each stage reads.
+# Shared helpers: the validated run config, the slice of it each stage reads, where data comes from.
 import json
 
 from mm1.config import from_dict
 
 RUN = from_dict(config, "snakemake config")
+
+# The pre-training data manifest: the synthetic world's, or the acquisition stage's (data.source).
+DATA_MANIFEST = {
+    "world": "results/world/manifest.parquet",
+    "acquired": "results/acquired/manifest.parquet",
+}[RUN.data.source]
 
 
 def stage_config(*keys):

@@ -1,7 +1,7 @@
 rule eval:
-    """0-shot captioning of the held-out images, scored with CIDEr-D."""
+    """0-shot captioning of the COCO-like benchmark's held-out images, scored with CIDEr-D."""
     input:
-        pairs="results/data/test.parquet",
+        benchmarks="results/world/benchmarks",
         tokenizer="results/tokenizer/tokenizer.json",
         checkpoint="results/train/checkpoint",
     output:
@@ -18,5 +18,6 @@ rule eval:
     conda:
         "../../envs/mm1.yaml"
     shell:
-        "mm1 eval --config-json {params.cfg:q} --pairs {input.pairs} --tokenizer {input.tokenizer} "
+        "mm1 eval --config-json {params.cfg:q} --benchmark {input.benchmarks}/coco/captions_val.json "
+        "--tokenizer {input.tokenizer} "
         "--checkpoint {input.checkpoint} --out $(dirname {output.scores}) > {log} 2>&1"

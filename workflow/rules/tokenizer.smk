@@ -1,12 +1,12 @@
 rule tokenizer:
-    """Train the BPE tokenizer on the training captions."""
+    """Train the BPE tokenizer on the text of the pre-training sources."""
     input:
-        pairs="results/data/train.parquet",
+        manifest=DATA_MANIFEST,
     output:
         tokenizer="results/tokenizer/tokenizer.json",
         provenance="results/tokenizer/provenance.json",
     params:
-        cfg=stage_config("tokenizer"),
+        cfg=stage_config("tokenizer", "data"),
     log:
         "logs/tokenizer.log",
     benchmark:
@@ -14,5 +14,5 @@ rule tokenizer:
     conda:
         "../../envs/mm1.yaml"
     shell:
-        "mm1 tokenizer --config-json {params.cfg:q} --pairs {input.pairs} "
+        "mm1 tokenizer --config-json {params.cfg:q} --manifest {input.manifest} "
         "--out $(dirname {output.tokenizer}) > {log} 2>&1"

@@ -1,7 +1,7 @@
 rule train:
     """Multimodal pre-training (megatron-core); parallel.world_size processes via torchrun."""
     input:
-        pairs="results/data/train.parquet",
+        packed="results/packed/train.parquet",
         tokenizer="results/tokenizer/tokenizer.json",
     output:
         checkpoint=directory("results/train/checkpoint"),
@@ -19,5 +19,5 @@ rule train:
     conda:
         "../../envs/mm1.yaml"
     shell:
-        "mm1 train --config-json {params.cfg:q} --pairs {input.pairs} "
+        "mm1 train --config-json {params.cfg:q} --packed {input.packed} "
         "--tokenizer {input.tokenizer} --out $(dirname {output.metrics}) > {log} 2>&1"

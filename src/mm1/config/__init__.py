@@ -1,6 +1,6 @@
 """Typed, validated configuration: one pydantic model per component, one source of truth."""
 
-from mm1.config.data import TokenizerConfig, WorldConfig
+from mm1.config.data import DataConfig, MixtureConfig, SourceSpec, TokenizerConfig, WorldConfig
 from mm1.config.eval import EvalConfig
 from mm1.config.load import ConfigError, dump, from_dict, load
 from mm1.config.model import ConnectorConfig, DecoderConfig, EncoderConfig, ModelConfig, MoEConfig
@@ -10,13 +10,16 @@ from mm1.config.train import ParallelConfig, TrainConfig
 __all__ = [
     "ConfigError",
     "ConnectorConfig",
+    "DataConfig",
     "DecoderConfig",
     "EncoderConfig",
     "EvalConfig",
+    "MixtureConfig",
     "ModelConfig",
     "MoEConfig",
     "ParallelConfig",
     "RunConfig",
+    "SourceSpec",
     "TokenizerConfig",
     "TrainConfig",
     "WorldConfig",

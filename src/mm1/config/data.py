@@ -1,33 +1,128 @@
-"""Config of the data side: the synthetic MM1 world and the tokenizer."""
+"""Config of the data side: the synthetic MM1 world, acquisition of real data, the mixture, the tokenizer."""
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, model_validator
 
 from mm1.config.base import Section
 
 
 class WorldConfig(Section):
-    """The built-in synthetic "MM1 world": seeded procedural scenes with captions."""
+    """The built-in synthetic "MM1 world": seeded procedural scenes and every data type of the paper."""
 
     seed: int = Field(0, ge=0)
-    """Seed of the scene generator; the same seed gives byte-identical images and captions."""
-    n_train: int = Field(4000, ge=1)
-    """Number of image-caption pairs in the training split."""
-    n_test: int = Field(100, ge=1)
-    """Number of held-out image-caption pairs used for 0-shot captioning evaluation."""
-    image_size: int = Field(32, ge=8, le=4096)
-    """Side of the square rendered images, in pixels."""
-    max_objects: int = Field(2, ge=1, le=6)
+    """Seed of the generator; the same seed gives byte-identical datasets."""
+    render_size: int = Field(64, ge=16, le=4096)
+    """Images are rendered once at this size; the encoder's resolution is applied at load time."""
+    max_objects: int = Field(3, ge=1, le=6)
     """Each scene holds between 1 and this many objects."""
-    captions_per_image: int = Field(3, ge=1, le=10)
-    """Reference captions written per test image (CIDEr compares against all of them)."""
+    text_fraction: float = Field(0.3, ge=0, le=1)
+    """Share of images that carry rendered text (a word or number; small sizes need resolution)."""
+    degraded_fraction: float = Field(0.1, ge=0, le=1)
+    """Share of images degraded by blur, occlusion or low contrast."""
+    n_captions: int = Field(4000, ge=1)
+    """Image-caption pairs for pre-training (each has an alt-text and a synthetic caption)."""
+    n_documents: int = Field(1000, ge=0)
+    """Interleaved image-text documents for pre-training."""
+    images_per_document: int = Field(3, ge=1, le=16)
+    """Most images in one interleaved document (at least 1)."""
+    n_text: int = Field(2000, ge=0)
+    """Text-only documents (language about the world and the knowledge base)."""
+    n_bench_val: int = Field(100, ge=1)
+    """Evaluation images per benchmark (held out from every training source)."""
+    n_bench_train: int = Field(200, ge=0)
+    """Images per benchmark's train split (the pool few-shot demonstrations are drawn from)."""
+    captions_per_image: int = Field(5, ge=1, le=10)
+    """Reference captions per captioning-benchmark image (COCO: 5)."""
+    answers_per_question: int = Field(10, ge=1, le=10)
+    """Human answers per VQA question (VQAv2: 10)."""
+    n_textcore: int = Field(200, ge=0)
+    """Text-only evaluation items (the TextCore analogue)."""
+    n_sft: int = Field(1000, ge=0)
+    """SFT conversations (LLaVA format)."""
+    n_multiple_choice: int = Field(200, ge=0)
+    """Multiple-choice evaluation items for the SFT stage."""
+    shard_size: int = Field(1000, ge=1)
+    """Samples per webdataset tar shard."""
+
+
+Format = Literal["webdataset", "obelics", "jsonl", "coco", "vqa", "llava"]
+
+
+class SourceSpec(Section):
+    """One dataset to acquire: where it is, what it must hash to, how it is stored, under what licence."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    """Folder name under results/acquired/ (letters, digits, _ . -)."""
+    url: str
+    """http(s):// or file:// URL, or a local path, of one file (a tar shard, parquet, jsonl or json)."""
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    """Expected sha256 of the file; a mismatch stops the stage."""
+    format: Format
+    """How the file is stored: webdataset (tar), obelics (parquet), jsonl, coco / vqa / llava (json)."""
+    role: Literal["caption", "interleaved", "text", "benchmark", "sft"]
+    """What the data is used for."""
+    licence: str
+    """Licence of the data, recorded in the manifest."""
+
+
+class MixtureConfig(Section):
+    """How pre-training sequences are drawn from the three data types and packed."""
+
+    caption: float = Field(0.45, ge=0)
+    """Weight of image-caption pairs (MM1: 45%)."""
+    interleaved: float = Field(0.45, ge=0)
+    """Weight of interleaved documents (MM1: 45%)."""
+    text: float = Field(0.10, ge=0)
+    """Weight of text-only documents (MM1: 10%)."""
+    synthetic_captions: float = Field(0.07, ge=0, le=1)
+    """Share of caption pairs that use the synthetic (VeCap-like) caption instead of the alt-text."""
+    max_images_per_sequence: int = Field(16, ge=1)
+    """Most images in one sequence (MM1: 16); fewer when the sequence has no room for more."""
+
+    @model_validator(mode="after")
+    def _weights(self) -> MixtureConfig:
+        if self.caption + self.interleaved + self.text <= 0:
+            raise ValueError("caption + interleaved + text weights must be positive")
+        return self
+
+    @property
+    def fractions(self) -> dict[str, float]:
+        """The weights normalised to sum to 1."""
+        total = self.caption + self.interleaved + self.text
+        return {"caption": self.caption / total, "interleaved": self.interleaved / total, "text": self.text / total}
+
+
+class DataConfig(Section):
+    """Where pre-training data comes from and how it is mixed."""
+
+    source: Literal["world", "acquired"] = "world"
+    """world: the built-in synthetic world; acquired: the datasets listed in ``sources``."""
+    sources: tuple[SourceSpec, ...] = ()
+    """Datasets to download and verify when source is "acquired"."""
+    max_bad_fraction: float = Field(0.01, ge=0, le=1)
+    """A stage fails when more than this share of samples is quarantined (undecodable, bad UTF-8...)."""
+    mixture: MixtureConfig = MixtureConfig()
+    """The pre-training mixture."""
+
+    @model_validator(mode="after")
+    def _sources(self) -> DataConfig:
+        if self.source == "acquired" and not self.sources:
+            raise ValueError('source="acquired" needs at least one entry in data.sources')
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"data.sources names must be unique, got {names}")
+        return self
 
 
 class TokenizerConfig(Section):
-    """Byte-level BPE tokenizer trained with HF tokenizers on the training text."""
+    """Byte-level BPE tokenizer trained with HF tokenizers on the text of the mixture."""
 
-    vocab_size: int = Field(512, ge=260, le=262144)
-    """Largest vocabulary size, special tokens included (256 byte symbols + 4 specials at least)."""
+    vocab_size: int = Field(1024, ge=261, le=262144)
+    """Largest vocabulary size, special tokens included (256 byte symbols + 5 specials at least)."""
     min_frequency: int = Field(2, ge=1)
     """A merge must occur at least this often in the training text."""
+    path: str | None = None
+    """Use this existing tokenizer.json (HF format, must contain mm1's special tokens) instead of training one."""

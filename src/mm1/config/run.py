@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from mm1.config.base import Section
-from mm1.config.data import TokenizerConfig, WorldConfig
+from mm1.config.data import DataConfig, TokenizerConfig, WorldConfig
 from mm1.config.eval import EvalConfig
 from mm1.config.model import ModelConfig
 from mm1.config.train import ParallelConfig, TrainConfig
@@ -18,6 +18,8 @@ class RunConfig(Section):
     """Run name, used in logs and provenance (letters, digits, _ . -)."""
     world: WorldConfig = WorldConfig()
     """The synthetic MM1 world (data source of the miniature study)."""
+    data: DataConfig = DataConfig()
+    """Where pre-training data comes from and how it is mixed and packed."""
     tokenizer: TokenizerConfig = TokenizerConfig()
     """BPE tokenizer."""
     model: ModelConfig = ModelConfig()

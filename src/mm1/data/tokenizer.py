@@ -10,8 +10,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from mm1 import atomic
 from mm1.config import TokenizerConfig
 
-PAD, BOS, EOS, IMAGE = "<pad>", "<bos>", "<eos>", "<image>"
-SPECIALS = [PAD, BOS, EOS, IMAGE]
+PAD, BOS, EOS, IMAGE, EOC = "<pad>", "<bos>", "<eos>", "<image>", "<eoc>"
+SPECIALS = [PAD, BOS, EOS, IMAGE, EOC]
+"""<eoc> ends a chunk inside a packed sequence (e.g. one caption of several packed together)."""
 
 
 def train_tokenizer(cfg: TokenizerConfig, texts: Iterable[str], out: Path) -> Path:
@@ -39,11 +40,12 @@ class TextTokenizer:
             raise FileNotFoundError(f"tokenizer file {path} does not exist; run the tokenizer stage first")
         self.path = path
         self._tok = Tokenizer.from_file(str(path))
+        self._tok.encode_special_tokens = True  # "<image>" written in web text stays text, never a slot
         ids = {name: self._tok.token_to_id(name) for name in SPECIALS}
         missing = [name for name, i in ids.items() if i is None]
         if missing:
             raise ValueError(f"tokenizer {path} lacks the special tokens {missing}; retrain it with mm1")
-        self.pad_id, self.bos_id, self.eos_id, self.image_id = (ids[n] for n in SPECIALS)
+        self.pad_id, self.bos_id, self.eos_id, self.image_id, self.eoc_id = (ids[n] for n in SPECIALS)
 
     @property
     def vocab_size(self) -> int:

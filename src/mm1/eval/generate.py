@@ -16,7 +16,7 @@ def greedy(
     seq_length: int,
     max_new_tokens: int,
 ) -> list[list[int]]:
-    """Continue each prompt until <eos> or ``max_new_tokens``; returns the generated ids (no <eos>)."""
+    """Continue each prompt until <eos>/<eoc> or ``max_new_tokens``; returns the generated ids (no stop token)."""
     b = len(prompts)
     lengths = [len(p) for p in prompts]
     if max(lengths) >= seq_length:
@@ -39,7 +39,7 @@ def greedy(
             if done[i] or cursor[i] >= seq_length:
                 done[i] = True
                 continue
-            if int(nxt[i]) == tok.eos_id:
+            if int(nxt[i]) in (tok.eos_id, tok.eoc_id):
                 done[i] = True
                 continue
             tokens[i, cursor[i]] = nxt[i]

@@ -30,16 +30,24 @@ def padded_vocab_size(vocab_size: int, multiple: int = 128) -> int:
 
 
 def splice_images(text: torch.Tensor, image_tokens: torch.Tensor, is_image: torch.Tensor) -> torch.Tensor:
-    """Put image tokens where ``is_image`` is set, in order.
+    """Put the image tokens into the ``<image>`` slots of the batch, in order.
 
-    text: (S, B, H) embeddings; image_tokens: (B, K, H); is_image: (B, S) with K trues per row.
+    text: (S, B, H) embeddings; image_tokens: (M, N, H), the M images of the batch in reading order
+    (sequence by sequence, left to right), N tokens each; is_image: (B, S) with M*N slots in all.
+    A sequence may hold any number of images, including none.
     """
-    counts = is_image.sum(dim=1)
-    if not torch.all(counts == image_tokens.shape[1]):
-        raise ValueError(f"each sequence needs {image_tokens.shape[1]} <image> positions, found {counts.tolist()}")
-    index = (is_image.cumsum(dim=1) - 1).clamp(min=0)  # (B, S): which image token goes where
-    gathered = image_tokens.gather(1, index.unsqueeze(-1).expand(-1, -1, image_tokens.shape[-1]))
-    spliced = torch.where(is_image.T.unsqueeze(-1), gathered.transpose(0, 1), text)  # (S, B, H)
+    m, n, h = image_tokens.shape
+    slots = int(is_image.sum())
+    if slots != m * n:
+        raise ValueError(
+            f"the batch has {slots} <image> slots but {m} images x {n} tokens = {m * n}; "
+            f"slots per sequence: {is_image.sum(dim=1).tolist()}"
+        )
+    flat = is_image.reshape(-1)  # (B*S,) in reading order
+    index = (flat.cumsum(0) - 1).clamp(min=0)  # which image token goes to each position
+    gathered = image_tokens.reshape(m * n, h)[index] if m else text.new_zeros(flat.numel(), h)
+    gathered = gathered.reshape(*is_image.shape, h).transpose(0, 1)  # (S, B, H)
+    spliced = torch.where(is_image.T.unsqueeze(-1), gathered, text)
     return spliced.contiguous()  # where() keeps the transposed layout; pipeline sends need contiguous
 
 
@@ -80,20 +88,25 @@ class MM1Model(MegatronModule):
                 cfg.connector, cfg.encoder.hidden_size, cfg.encoder.grid, cfg.decoder.hidden_size
             )
 
+    def _no_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(0, N, H) image tokens for a batch without images (text-only sequences)."""
+        h = self.cfg.decoder.hidden_size
+        return images.new_zeros(0, self.cfg.connector.num_tokens, h)
+
     def set_input_tensor(self, input_tensor) -> None:
         self.language_model.set_input_tensor(input_tensor)
 
     def forward(
         self,
         tokens: torch.Tensor,  # (B, S) int64
-        images: torch.Tensor | None,  # (B, 3, H, W) float, one image per sequence
+        images: torch.Tensor | None,  # (M, 3, H, W) float: the batch's images in reading order
         labels: torch.Tensor | None = None,  # (B, S) next-token targets
     ) -> torch.Tensor:
         position_ids = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0).expand_as(tokens)
         decoder_input = None
         if self.pre_process:
             text = self.language_model.embedding(input_ids=tokens, position_ids=position_ids)  # (S, B, H)
-            image_tokens = self.connector(self.encoder(images))  # (B, N, H)
+            image_tokens = self.connector(self.encoder(images)) if len(images) else self._no_images(images)
             decoder_input = splice_images(text, image_tokens, tokens == self.image_token_id)
         return self.language_model(
             input_ids=tokens,

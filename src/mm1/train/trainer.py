@@ -19,7 +19,7 @@ import torch
 
 from mm1 import atomic, provenance
 from mm1.config import RunConfig
-from mm1.data.captions import CaptionSet, load_caption_set, micro_batches
+from mm1.data.batches import PackedData, micro_batches
 from mm1.data.tokenizer import TextTokenizer
 from mm1.models.megatron_config import Layout
 from mm1.models.mm1_model import MM1Model
@@ -82,7 +82,7 @@ def build(cfg: RunConfig, tok: TextTokenizer) -> MM1Model:
     )
 
 
-def _train_loop(cfg: RunConfig, data: CaptionSet, model, optimizer, scheduler, rank: Rank) -> list[dict]:
+def _train_loop(cfg: RunConfig, data: PackedData, model, optimizer, scheduler, rank: Rank) -> list[dict]:
     tc, mc = cfg.train, cfg.model
     n_micro = tc.global_batch_size // (tc.micro_batch_size * rank.dp_size)
     forward_backward = get_forward_backward_func()
@@ -94,7 +94,7 @@ def _train_loop(cfg: RunConfig, data: CaptionSet, model, optimizer, scheduler, r
         t0 = time.perf_counter()
         model.zero_grad_buffer()
         optimizer.zero_grad()
-        it = micro_batches(data, step, tc.seed, tc.global_batch_size, tc.micro_batch_size, rank.dp_rank, rank.dp_size)
+        it = micro_batches(data, step, tc.global_batch_size, tc.micro_batch_size, rank.dp_rank, rank.dp_size)
         reports = forward_backward(
             forward_step_func=_forward_step,
             data_iterator=it,
@@ -128,17 +128,13 @@ def _train_loop(cfg: RunConfig, data: CaptionSet, model, optimizer, scheduler, r
     return rows
 
 
-def train(cfg: RunConfig, data_path: Path, tokenizer_path: Path, out_dir: Path) -> TrainResult:
-    """Train on the image-caption pairs in ``data_path``; write checkpoint, metrics and provenance."""
+def train(cfg: RunConfig, packed_path: Path, tokenizer_path: Path, out_dir: Path) -> TrainResult:
+    """Train on the packed sequences in ``packed_path``; write checkpoint, metrics and provenance."""
     out_dir = Path(out_dir)
     tok = TextTokenizer(tokenizer_path)
     mc = cfg.model
     with distributed(cfg.parallel, cfg.train.seed) as rank:
-        data = load_caption_set(data_path, tok, mc.connector.num_tokens, mc.decoder.seq_length, mc.encoder.image_size)
-        if rank.is_main and data.truncated:
-            warnings.warn(
-                f"{data.truncated} captions were cut to model.decoder.seq_length={mc.decoder.seq_length}", stacklevel=2
-            )
+        data = PackedData.load(packed_path, mc.decoder.seq_length, mc.encoder.image_size)
         model = wrap_ddp(build(cfg, tok).to(rank.device))
         optimizer, scheduler = build_optimizer(model, cfg.train)
         rows = _train_loop(cfg, data, model, optimizer, scheduler, rank)
@@ -158,7 +154,7 @@ def train(cfg: RunConfig, data_path: Path, tokenizer_path: Path, out_dir: Path) 
                 stage="train",
                 config={k: getattr(cfg, k).model_dump(mode="json") for k in SECTIONS},
                 seed=cfg.train.seed,
-                inputs={"data": Path(data_path), "tokenizer": Path(tokenizer_path)},
+                inputs={"packed": Path(packed_path), "tokenizer": Path(tokenizer_path)},
                 extra={
                     "layout": {"world_size": rank.world_size, "dp": rank.dp_size},
                     "final_loss": rows[-1]["loss"],

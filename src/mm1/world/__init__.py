@@ -1,5 +1,19 @@
-"""The synthetic MM1 world: seeded procedural scenes of shapes with captions (see `scenes`)."""
+"""The synthetic MM1 world: seeded scenes of shapes and every data type of the MM1 paper as records.
 
-from mm1.world.scenes import SPLIT_COLUMNS, decode_image, generate_world, read_split
+`build_world(cfg)` returns a `World` of records (`mm1.data.records`): caption pairs (alt-text and
+synthetic captions), interleaved documents, text documents with a knowledge base, captioning / VQA /
+TextCore benchmarks on held-out images, SFT conversations and multiple-choice items.
+"""
 
-__all__ = ["SPLIT_COLUMNS", "decode_image", "generate_world", "read_split"]
+from mm1.world.render import decode_image, encode_png, render_scene
+from mm1.world.samples import render_samples_png
+from mm1.world.world import World, build_world
+
+__all__ = [
+    "World",
+    "build_world",
+    "decode_image",
+    "encode_png",
+    "render_samples_png",
+    "render_scene",
+]

@@ -1,0 +1,212 @@
+"""How pre-tokenised records become fixed-length pre-training sequences (MM1's three data types).
+
+A sequence holds ``seq_length + 1`` tokens (inputs = tokens[:-1], labels = tokens[1:]); an image
+takes ``image_tokens`` copies of ``<image>`` (the connector's N). The three layouts:
+
+    caption      <bos> [<image>xN caption <eoc>] [<image>xN caption <eoc>] ... <pad> ...
+    interleaved  <bos> text <image>xN text ... <eos> <pad> ...          (one document)
+    text         <bos> ...doc <eos> doc <eos> do                          (a continuous stream, no pad)
+
+loss_mask[t] = 1 when the label tokens[t + 1] is a text token, ``<eoc>`` or ``<eos>``; 0 when it is
+``<bos>``, an image slot or ``<pad>``. Every image slot is an input position (never the last,
+label-only token), so the inputs hold exactly ``image_tokens * len(images)`` slots. The mask is derived from the token ids, so a loss on an
+``<image>`` slot cannot happen by construction. Text is cleaned of special ids when it is encoded
+(:func:`encode_text`), so a literal "<image>" in web text never becomes a slot without an image.
+
+The functions here are pure: they build one sequence from pieces they are given. Which records
+go into which sequence (the cursors, the epochs, the mixture) is :mod:`mm1.data.mixture`'s job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from mm1.data.tokenizer import TextTokenizer
+
+SOURCES = ("caption", "interleaved", "text")
+
+
+@dataclass(frozen=True, eq=False)
+class PackedSequence:
+    """One training sequence and the images that fill its ``<image>`` slots."""
+
+    tokens: np.ndarray  # (S + 1,) int32
+    loss_mask: np.ndarray  # (S,) uint8, aligned with labels = tokens[1:]
+    images: list[bytes]  # encoded images, in the order of their slots
+    source: str  # "caption" | "interleaved" | "text"
+
+    def __post_init__(self) -> None:
+        if self.tokens.dtype != np.int32 or self.loss_mask.dtype != np.uint8:
+            raise ValueError(
+                f"tokens must be int32 and loss_mask uint8, got {self.tokens.dtype}/{self.loss_mask.dtype}"
+            )
+        if self.tokens.ndim != 1 or self.loss_mask.shape != (len(self.tokens) - 1,):
+            raise ValueError(
+                f"loss_mask must have len(tokens) - 1 entries, got {self.loss_mask.shape} for {self.tokens.shape}"
+            )
+        if self.source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
+
+    @property
+    def seq_length(self) -> int:
+        return len(self.loss_mask)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PackedSequence):
+            return NotImplemented
+        return (
+            self.source == other.source
+            and self.images == other.images
+            and np.array_equal(self.tokens, other.tokens)
+            and np.array_equal(self.loss_mask, other.loss_mask)
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable numpy payload
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Sizes and special ids every packed sequence is built with."""
+
+    seq_length: int
+    image_tokens: int
+    max_images: int
+    pad_id: int
+    bos_id: int
+    eos_id: int
+    image_id: int
+    eoc_id: int
+
+    def __post_init__(self) -> None:
+        if self.image_tokens < 1:
+            raise ValueError(f"image_tokens must be >= 1, got {self.image_tokens}")
+        if self.max_images < 1:
+            raise ValueError(f"max_images_per_sequence must be >= 1, got {self.max_images}")
+        if self.seq_length < self.image_tokens + 2:
+            raise ValueError(
+                f"seq_length {self.seq_length} leaves no room for <bos>, one image ({self.image_tokens} slots) "
+                "and a caption token; raise seq_length or lower the connector's num_tokens"
+            )
+
+    @classmethod
+    def from_tokenizer(cls, tok: TextTokenizer, seq_length: int, image_tokens: int, max_images: int) -> Layout:
+        return cls(seq_length, image_tokens, max_images, tok.pad_id, tok.bos_id, tok.eos_id, tok.image_id, tok.eoc_id)
+
+    @property
+    def budget(self) -> int:
+        """Tokens per sequence, the extra label included."""
+        return self.seq_length + 1
+
+    @property
+    def specials(self) -> np.ndarray:
+        return np.array([self.pad_id, self.bos_id, self.eos_id, self.image_id, self.eoc_id], dtype=np.int32)
+
+
+def encode_text(tok: TextTokenizer, text: str, layout: Layout) -> np.ndarray:
+    """Token ids of ``text`` (int32) without any special id. TextTokenizer already encodes a literal
+    "<image>" or "<eos>" in web text as plain text; the filter guards tokenizers that do not."""
+    ids = np.asarray(tok.encode(text), dtype=np.int32)
+    special = np.isin(ids, layout.specials)
+    return ids[~special] if special.any() else ids
+
+
+def _finish(layout: Layout, parts: list[np.ndarray], images: list[bytes], source: str) -> PackedSequence:
+    tokens = np.full(layout.budget, layout.pad_id, dtype=np.int32)
+    ids = np.concatenate(parts) if parts else np.empty(0, np.int32)
+    tokens[: len(ids)] = ids
+    label = tokens[1:]
+    mask = (label != layout.pad_id) & (label != layout.bos_id) & (label != layout.image_id)
+    return PackedSequence(tokens=tokens, loss_mask=mask.astype(np.uint8), images=images, source=source)
+
+
+# --- caption pairs --------------------------------------------------------------------------------
+
+
+def caption_pair_length(layout: Layout, caption: np.ndarray) -> int:
+    """Tokens one pair takes: N image slots, the caption, <eoc>."""
+    return layout.image_tokens + len(caption) + 1
+
+
+def captions_that_fit(layout: Layout, lengths: Iterable[int]) -> int:
+    """How many of the next pairs (their caption lengths, in order) go into one sequence: pairs are
+    added until the next one does not fit or max_images is reached; always at least one (a pair
+    longer than the sequence is cut, see :func:`caption_sequence`)."""
+    used, n = 1, 0  # <bos>
+    for length in lengths:
+        need = layout.image_tokens + length + 1
+        if n == layout.max_images or (n > 0 and used + need > layout.budget):
+            break
+        used += need
+        n += 1
+    return max(n, 1)
+
+
+def caption_sequence(layout: Layout, pairs: Sequence[tuple[bytes, np.ndarray]]) -> PackedSequence:
+    """``<bos>`` then ``<image>xN caption <eoc>`` per pair. A lone pair longer than the sequence
+    keeps its image and is cut inside the caption (without ``<eoc>``: the caption did not end)."""
+    if not pairs or len(pairs) > layout.max_images:
+        raise ValueError(f"a caption sequence takes 1..{layout.max_images} pairs, got {len(pairs)}")
+    slots = np.full(layout.image_tokens, layout.image_id, dtype=np.int32)
+    eoc = np.array([layout.eoc_id], dtype=np.int32)
+    parts, used = [np.array([layout.bos_id], dtype=np.int32)], 1
+    for _, caption in pairs:
+        used += caption_pair_length(layout, caption)
+        parts += [slots, caption, eoc]
+    if used > layout.budget:
+        if len(pairs) > 1:
+            raise ValueError(f"{len(pairs)} caption pairs need {used} tokens, more than {layout.budget}")
+        parts[-1] = parts[-1][:0]
+        parts[-2] = parts[-2][: layout.budget - 1 - layout.image_tokens]
+    return _finish(layout, parts, [image for image, _ in pairs], "caption")
+
+
+# --- interleaved documents ------------------------------------------------------------------------
+
+
+def interleaved_sequence(layout: Layout, segments: Sequence[np.ndarray | bytes]) -> PackedSequence:
+    """One document: ``<bos>``, its text (token arrays) and images (bytes) in order, ``<eos>``.
+
+    Images past max_images are dropped with their slots. A document longer than the sequence is
+    cut at a token boundary; an image whose slots would not all lie in the inputs (tokens[:-1])
+    is dropped whole (the cut moves before it) and the rest of the document is discarded. ``<eos>`` is only written when
+    the document ends inside the sequence."""
+    budget = layout.budget
+    slots = np.full(layout.image_tokens, layout.image_id, dtype=np.int32)
+    parts, images, used = [np.array([layout.bos_id], dtype=np.int32)], [], 1
+    for seg in segments:
+        if used == budget:
+            break
+        if isinstance(seg, bytes):
+            if len(images) == layout.max_images:
+                continue
+            if used + layout.image_tokens > layout.seq_length:  # every slot must be an input position
+                break
+            parts.append(slots)
+            images.append(seg)
+            used += layout.image_tokens
+        else:
+            take = seg[: budget - used]
+            parts.append(take)
+            used += len(take)
+            if len(take) < len(seg):
+                break
+    else:
+        if used < budget:
+            parts.append(np.array([layout.eos_id], dtype=np.int32))
+    return _finish(layout, parts, images, "interleaved")
+
+
+# --- text-only documents --------------------------------------------------------------------------
+
+
+def text_sequence(layout: Layout, pieces: Sequence[np.ndarray]) -> PackedSequence:
+    """``<bos>`` then ``pieces`` (document token runs, each ending in ``<eos>`` unless the document
+    continues in the next sequence), cut at the sequence's end."""
+    parts = [np.array([layout.bos_id], dtype=np.int32), *pieces]
+    used = sum(len(p) for p in parts)
+    if used > layout.budget:
+        raise ValueError(f"text pieces of {used} tokens exceed the sequence's {layout.budget}")
+    return _finish(layout, parts, [], "text")
