@@ -8,7 +8,9 @@ cores, and measures sequences/s and tokens/s (non-pad input tokens, and loss tok
   (tokenises the caption at every call, builds torch tensors);
 - sampler, first pass: a fresh ``MixtureSampler`` (5:5:1 mixture), records tokenised on first use;
 - sampler, steady: the same sampler after every source finished an epoch (tokens cached);
-- sampler, dp=4 rank 0 steady: one rank of four (it walks the whole global stream, packs 1/4).
+- sampler, dp=4 rank 0 steady: one rank of four (it walks the whole global stream, packs 1/4);
+- trainer batches: what the trainer does per step with the pack stage's file: read the packed
+  parquet, then build micro-batches of 16 (tensors + every image decoded and resized to 32 px).
 
 Writes bench/results/loader.json (machine, versions, numbers, ratios) and prints a table.
 
@@ -42,7 +44,9 @@ from PIL import Image, ImageDraw  # noqa: E402
 from mm1 import atomic  # noqa: E402
 from mm1.config import TokenizerConfig  # noqa: E402
 from mm1.config.data import MixtureConfig  # noqa: E402
+from mm1.data.batches import PackedData  # noqa: E402
 from mm1.data.mixture import MixtureSampler  # noqa: E402
+from mm1.data.packed_io import write_packed  # noqa: E402
 from mm1.data.records import CaptionSample, InterleavedDoc, TextDoc  # noqa: E402
 from mm1.data.sequence import caption_sequence  # noqa: E402
 from mm1.data.tokenizer import TextTokenizer, train_tokenizer  # noqa: E402
@@ -142,6 +146,22 @@ def bench_sampler(tok: TextTokenizer, sources: dict, seq_length: int, n: int) ->
     return out
 
 
+def bench_batches(
+    seqs: list, seq_length: int, pad_id: int, tmp: Path, image_size: int = 32, micro_batch: int = 16
+) -> dict:
+    """The trainer's side: the packed file -> micro-batches with images decoded at the encoder's size."""
+    path = write_packed(seqs, tmp / f"packed-{seq_length}.parquet")
+    t0 = time.perf_counter()
+    data = PackedData.load(path, seq_length, image_size)
+    n = len(data) - len(data) % micro_batch
+    non_pad = loss = 0
+    for start in range(0, n, micro_batch):
+        batch = data.batch(np.arange(start, start + micro_batch))
+        non_pad += int((batch["tokens"] != pad_id).sum())
+        loss += int(batch["loss_mask"].sum())
+    return _result(n, non_pad, loss, time.perf_counter() - t0, seq_length)
+
+
 def machine() -> dict:
     cpu = platform.processor()
     try:
@@ -179,11 +199,14 @@ def main(argv: list[str] | None = None) -> int:
         for seq_length in SEQ_LENGTHS:
             row = {"baseline_one_caption": bench_baseline(tok, sources["caption"], seq_length, n_seq)}
             row.update(bench_sampler(tok, sources, seq_length, n_seq))
+            sampler = MixtureSampler(sources, MixtureConfig(), tok, seq_length, IMAGE_TOKENS, seed=0)
+            seqs = [next(sampler) for _ in range(min(n_seq, 4000))]
+            row["trainer_batches"] = bench_batches(seqs, seq_length, tok.pad_id, Path(tmp))
             base = row["baseline_one_caption"]
             row["ratio_to_baseline"] = {
                 k: {m: row[k][m] / base[m] for m in ("sequences_per_s", "tokens_per_s", "loss_tokens_per_s")}
                 for k in row
-                if k.startswith("sampler")
+                if k.startswith(("sampler", "trainer"))
             }
             results[str(seq_length)] = row
 
