@@ -51,18 +51,6 @@ def caption_shard(folder, n=4, prefix="captions"):
     return path
 
 
-def raw_tar(path, members):
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            if isinstance(data, tarfile.TarInfo):
-                tar.addfile(data)
-            else:
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    return path
-
-
 def symlink(name, target):
     info = tarfile.TarInfo(name)
     info.type, info.linkname = tarfile.SYMTYPE, target
@@ -199,7 +187,7 @@ def outside_files(tmp_path, out):
     ids=["dotdot", "dotdot2", "absolute", "symlink"],
 )
 @pytest.mark.parametrize("fmt", ["webdataset", "coco"])
-def test_malicious_tar_is_refused(tmp_path, server, member, fmt):
+def test_malicious_tar_is_refused(tmp_path, server, member, fmt, raw_tar):
     """Read in place (webdataset) or extracted (a coco archive): refused either way, nothing outside out_dir."""
     path = raw_tar(server.root / "evil.tar", [("k.png", png()), ("k.txt", b"caption"), member])
     out = tmp_path / "a" / "out"
@@ -223,7 +211,7 @@ def test_truncated_tar_is_an_error_naming_the_file(tmp_path, server):
         acquire([spec("caps", f"{server.url}/{shard.name}", shard)], tmp_path / "out", 1.0)
 
 
-def bad_shard(folder):
+def bad_shard(raw_tar, folder):
     return raw_tar(
         folder / "mixed.tar",
         [m for i in range(8) for m in ((f"{i:02d}.png", png(i)), (f"{i:02d}.txt", f"caption {i}".encode()))]
@@ -231,8 +219,8 @@ def bad_shard(folder):
     )
 
 
-def test_bad_samples_are_quarantined_with_file_key_reason(tmp_path, server):
-    path = bad_shard(server.root)
+def test_bad_samples_are_quarantined_with_file_key_reason(tmp_path, server, raw_tar):
+    path = bad_shard(raw_tar, server.root)
     out = tmp_path / "out"
     df = acquire([spec("mixed", f"{server.url}/mixed.tar", path)], out, max_bad_fraction=0.25)
     assert df["samples"].to_list() == [8] and df["bad_samples"].to_list() == [2]
@@ -242,8 +230,8 @@ def test_bad_samples_are_quarantined_with_file_key_reason(tmp_path, server):
     assert "cannot be decoded" in q["reason"][0] and "09.txt is not UTF-8" in q["reason"][1]
 
 
-def test_too_many_bad_samples_is_an_error(tmp_path, server):
-    path = bad_shard(server.root)
+def test_too_many_bad_samples_is_an_error(tmp_path, server, raw_tar):
+    path = bad_shard(raw_tar, server.root)
     out = tmp_path / "out"
     with pytest.raises(QuarantineError, match=r"'mixed': 2 of 10 samples rejected") as e:
         acquire([spec("mixed", f"{server.url}/mixed.tar", path)], out, max_bad_fraction=0.1)

@@ -1,4 +1,3 @@
-import io
 import tarfile
 
 import pytest
@@ -15,19 +14,6 @@ def samples(png, n=5):
     ]
     out.append(CaptionSample("jpeg-only-alt", png(9, "JPEG"), {"alt": "naïve café ☕"}))
     return out
-
-
-def raw_tar(path, members):
-    """A tar with the given (name, bytes | TarInfo) members, as is."""
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            if isinstance(data, tarfile.TarInfo):
-                tar.addfile(data)
-            else:
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    return path
 
 
 def test_round_trip_in_shards(tmp_path, png):
@@ -59,7 +45,7 @@ def test_writer_refuses_bad_keys(tmp_path, png):
         write_caption_shards([CaptionSample("k", png(), {"alt": "x"})] * 2, tmp_path, 5)
 
 
-def test_bad_samples_are_quarantined(tmp_path, png):
+def test_bad_samples_are_quarantined(tmp_path, png, raw_tar):
     path = raw_tar(
         tmp_path / "bad.tar",
         [
@@ -100,7 +86,7 @@ def link(name, target, kind=tarfile.SYMTYPE):
     + [("k.txt", link("k.txt", "../../outside")), ("k.png", link("k.png", "../x", tarfile.LNKTYPE))],
     ids=["dotdot", "absolute", "symlink-absolute", "symlink-outside", "hardlink-outside"],
 )
-def test_unsafe_members_are_refused(tmp_path, png, member):
+def test_unsafe_members_are_refused(tmp_path, png, member, raw_tar):
     path = raw_tar(tmp_path / "evil.tar", [("k.png", png()), member])
     with pytest.raises(UnsafeArchiveError, match="unsafe tar member") as e:
         list(read_caption_shards([path], Quarantine()))
@@ -108,7 +94,7 @@ def test_unsafe_members_are_refused(tmp_path, png, member):
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["evil.tar"]
 
 
-def test_link_inside_the_archive_is_quarantined(tmp_path, png):
+def test_link_inside_the_archive_is_quarantined(tmp_path, png, raw_tar):
     path = raw_tar(tmp_path / "s.tar", [("k.png", png()), ("k.txt", link("k.txt", "k.png"))])
     q = Quarantine()
     assert list(read_caption_shards([path], q)) == []
