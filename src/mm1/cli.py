@@ -1,16 +1,20 @@
 """The ``mm1`` command: parses arguments and calls the library. Nothing else lives here.
 
-    mm1 config show   [--config FILE] [--set section.field=value ...]
+    mm1 config show   [--preset NAME] [--config FILE] [--set section.field=value ...]
     mm1 config schema [--write PATH | --check PATH]
+    mm1 presets [NAME ...] [--check]              (sizes and LR law of config/presets/*.yaml)
+    mm1 flops   [--preset NAME] [--config FILE] [--set ...] [--images-per-sequence N]  (FLOPs of one step)
     mm1 world     --out DIR                         (the synthetic MM1 world, as datasets)
     mm1 acquire   --out DIR                         (the datasets listed in data.sources)
     mm1 tokenizer --manifest FILE --out DIR
     mm1 pack      --manifest FILE --tokenizer FILE --out DIR
     mm1 train     --packed FILE --tokenizer FILE --out DIR
     mm1 eval      --benchmark FILE --tokenizer FILE --checkpoint DIR --out DIR
+    mm1 upcycle   --checkpoint DIR --out DIR --set model.moe.num_experts=N   (dense -> MoE)
     mm1 figure    --metrics FILE --scores FILE --out DIR
 
-Every stage takes the config as ``--config FILE`` and/or ``--config-json TEXT`` plus ``--set``.
+Every stage takes the config as ``--preset NAME`` (applied first), ``--config FILE``, then
+``--config-json TEXT``, then ``--set`` (each merged over the one before).
 Errors in the input are reported in one line; set MM1_DEBUG=1 for the traceback.
 """
 
@@ -24,10 +28,12 @@ from pathlib import Path
 
 from mm1.config import ConfigError, RunConfig
 from mm1.config.load import apply_overrides, from_dict, read_yaml
+from mm1.config.presets import deep_merge, preset_data
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="YAML config file (default: built-in defaults)")
+    p.add_argument("--preset", metavar="NAME", help="start from config/presets/NAME.yaml (see `mm1 presets`)")
+    p.add_argument("--config", type=Path, help="YAML config file merged over the preset (default: built-in defaults)")
     p.add_argument("--config-json", help="config as a JSON object, merged over --config")
     p.add_argument(
         "--set",
@@ -39,16 +45,13 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _deep_merge(base: dict, top: dict) -> dict:
-    out = dict(base)
-    for key, value in top.items():
-        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def resolve(args: argparse.Namespace) -> RunConfig:
-    data = read_yaml(args.config) if args.config else {}
-    source = str(args.config) if args.config else "defaults"
+    data = preset_data(args.preset) if args.preset else {}
+    sources = [f"preset {args.preset}"] if args.preset else []
+    if args.config:
+        data = deep_merge(data, read_yaml(args.config))
+        sources.append(str(args.config))
+    source = " + ".join(sources) or "defaults"
     if args.config_json:
         try:
             extra = json.loads(args.config_json)
@@ -56,7 +59,7 @@ def resolve(args: argparse.Namespace) -> RunConfig:
             raise ConfigError(f"--config-json is not valid JSON: {exc}") from None
         if not isinstance(extra, dict):
             raise ConfigError(f"--config-json must be a JSON object of sections, not {type(extra).__name__}")
-        data = _deep_merge(data, extra)
+        data = deep_merge(data, extra)
         source += " + --config-json"
     if args.overrides:
         data = apply_overrides(data, args.overrides)
@@ -87,6 +90,52 @@ def _cmd_config(args: argparse.Namespace) -> int:
         atomic.write_text(Path(args.write), text)
         return 0
     sys.stdout.write(text)
+    return 0
+
+
+def _cmd_presets(args: argparse.Namespace) -> int:
+    from mm1.config.presets import available, load_preset
+    from mm1.models.size import count_mismatches, count_model, decoder_params, law_weight_decay, peak_lr
+
+    names = args.names or available()
+    configs = {name: load_preset(name) for name in names}
+    print("name,total_params,active_params,peak_lr,weight_decay")
+    for name, cfg in configs.items():
+        m, vocab = cfg.model, cfg.tokenizer.vocab_size
+        total = count_model(m, vocab)["total"]
+        n = decoder_params(m.decoder, m.moe, vocab).active  # the law's N: active decoder parameters
+        print(f"{name},{total.total},{total.active},{peak_lr(n):.3e},{law_weight_decay(n):.3e}")
+    if not args.check:
+        return 0
+    from mm1.config import ParallelConfig
+    from mm1.parallel.setup import distributed
+
+    failed = 0
+    with distributed(ParallelConfig(), seed=0):
+        for name, cfg in configs.items():
+            for line in count_mismatches(cfg.model, cfg.tokenizer.vocab_size):
+                print(f"mm1 presets: {name}: {line}", file=sys.stderr)
+                failed += 1
+    if failed:
+        print(f"mm1 presets: {failed} count(s) disagree with the instantiated models", file=sys.stderr)
+        return 1
+    print(f"mm1 presets: {len(configs)} preset(s) match their instantiated (meta-device) models", file=sys.stderr)
+    return 0
+
+
+def _cmd_flops(args: argparse.Namespace) -> int:
+    from mm1.models.flops import step_flops
+
+    cfg = resolve(args)
+    ips = args.images_per_sequence
+    if ips is None:
+        ips = cfg.data.mixture.max_images_per_sequence
+    flops = step_flops(cfg, ips)
+    batch, seq = cfg.train.global_batch_size, cfg.model.decoder.seq_length
+    print(f"# {cfg.name}: one step = {batch} sequences x {seq} tokens, {ips:g} images per sequence")
+    print("component,flops")
+    for key, value in flops.items():
+        print(f"{key},{value:.6e}")
     return 0
 
 
@@ -159,6 +208,24 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_upcycle(args: argparse.Namespace) -> int:
+    from mm1.models.upcycle import upcycle_checkpoint
+    from mm1.train.checkpoint import read_meta
+
+    cfg = resolve(args)
+    if not cfg.model.moe.enabled:
+        raise ConfigError(
+            "mm1 upcycle needs an MoE target: set model.moe.num_experts (e.g. --set model.moe.num_experts=8)"
+        )
+    dense = read_meta(args.checkpoint)["model"]
+    target = dense.model_copy(update={"moe": cfg.model.moe})  # the parent's model, the config's MoE section
+    out = upcycle_checkpoint(args.checkpoint, target, args.out, seed=cfg.train.seed)
+    print(
+        f"upcycled {args.checkpoint} -> {out}: {cfg.model.moe.num_experts} experts every {cfg.model.moe.layer_freq} layer(s)"
+    )
+    return 0
+
+
 def _cmd_figure(args: argparse.Namespace) -> int:
     from mm1.figures.tiny_study import tiny_study
 
@@ -199,6 +266,12 @@ STAGES = {
             ("--checkpoint", "checkpoint folder of the train stage"),
         ),
     ),
+    "upcycle": (
+        "build an MoE checkpoint from a dense one (each FFN copied into its experts; model.moe from the config)",
+        _cmd_upcycle,
+        True,
+        (("--checkpoint", "dense checkpoint folder (e.g. of the train stage)"),),
+    ),
     "figure": (
         "the miniature study's figure and results table",
         _cmd_figure,
@@ -218,6 +291,23 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--check", metavar="PATH", help="schema: exit 1 if PATH differs from the models")
     _config_args(c)
     c.set_defaults(func=_cmd_config)
+
+    pr = sub.add_parser("presets", help="CSV of the presets: parameters (total, active) and the MM1 LR law")
+    pr.add_argument("names", nargs="*", metavar="NAME", help="only these presets (default: all)")
+    pr.add_argument(
+        "--check", action="store_true", help="also build each model on the meta device; exit 1 on any count mismatch"
+    )
+    pr.set_defaults(func=_cmd_presets)
+
+    fl = sub.add_parser("flops", help="matmul FLOPs of one training step (one global batch)")
+    fl.add_argument(
+        "--images-per-sequence",
+        type=float,
+        metavar="N",
+        help="average images per sequence (data-dependent; default: data.mixture.max_images_per_sequence)",
+    )
+    _config_args(fl)
+    fl.set_defaults(func=_cmd_flops)
 
     for name, (help_, func, configured, paths) in STAGES.items():
         stage = sub.add_parser(name, help=help_)

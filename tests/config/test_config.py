@@ -174,9 +174,11 @@ def test_bad_value_names_the_field(override: str, field: str) -> None:
         (["model.encoder.image_size=32", "model.encoder.patch_size=5"], ["image_size=32", "patch_size=5", "30", "35"]),
         (["model.connector.num_tokens=10"], ["num_tokens=10", "9", "16"]),
         (
-            ["model.encoder.image_size=32", "model.encoder.patch_size=4", "model.connector.num_tokens=9"],
-            ["connector.num_tokens=9", "8x8"],
+            ["model.encoder.image_size=32", "model.encoder.patch_size=4", "model.connector.num_tokens=81"],
+            ["connector.num_tokens=81", "8x8", "at most 64"],
         ),
+        (["model.connector.kind=attn_pool", "model.connector.num_heads=5"], ["num_heads=5", "hidden_size=64"]),
+        (["model.decoder.num_query_groups=3"], ["num_query_groups=3", "num_attention_heads=4"]),
         (
             ["model.connector.num_tokens=16", "model.decoder.seq_length=16"],
             ["connector.num_tokens=16", "seq_length=16"],

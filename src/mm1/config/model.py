@@ -10,6 +10,43 @@ from pydantic import Field, model_validator
 from mm1.config.base import Section
 
 
+class ClipHeadConfig(Section):
+    """CLIP pre-training head: a small causal text tower and a contrastive (InfoNCE) loss."""
+
+    text_layers: int = Field(2, ge=1)
+    """Layers of the text tower."""
+    text_hidden_size: int = Field(64, ge=8)
+    """Width of the text tower."""
+    text_attention_heads: int = Field(4, ge=1)
+    """Attention heads of the text tower; must divide text_hidden_size."""
+    text_seq_length: int = Field(32, ge=4)
+    """Caption tokens the text tower reads (longer captions are cut; the last token is <eoc>)."""
+    embed_dim: int = Field(64, ge=4)
+    """Width of the joint image-text embedding space."""
+    init_temperature: float = Field(0.07, gt=0, le=1)
+    """Initial softmax temperature (learned, as log(1/T), clamped at T >= 0.01)."""
+
+    @model_validator(mode="after")
+    def _heads(self) -> ClipHeadConfig:
+        if self.text_hidden_size % self.text_attention_heads:
+            raise ValueError(
+                f"text_hidden_size={self.text_hidden_size} is not divisible by "
+                f"text_attention_heads={self.text_attention_heads}"
+            )
+        return self
+
+
+class AimHeadConfig(Section):
+    """AIM pre-training head: prefix-causal ViT, an MLP predicting each next patch's pixels."""
+
+    head_layers: int = Field(2, ge=1)
+    """MLP blocks of the pixel-prediction head (AIM: 12)."""
+    head_hidden_size: int = Field(256, ge=8)
+    """Width of the head's MLP blocks (AIM: 2048)."""
+    normalize_pixels: bool = True
+    """Regress per-patch normalised pixels (zero mean, unit variance per patch), as AIM does."""
+
+
 class EncoderConfig(Section):
     """The ViT image encoder (megatron-core CLIPViTModel, bidirectional attention)."""
 
@@ -25,6 +62,18 @@ class EncoderConfig(Section):
     """Attention heads; must divide hidden_size."""
     ffn_hidden_size: int = Field(256, ge=8)
     """Width of the ViT's MLP."""
+    class_token: bool = False
+    """Prepend a learned class token (OpenAI/HF CLIP ViTs have one; the connectors drop it)."""
+    activation: Literal["gelu", "quick_gelu"] = "gelu"
+    """MLP activation (OpenAI CLIP checkpoints use quick_gelu)."""
+    norm_epsilon: float = Field(1e-5, gt=0)
+    """LayerNorm epsilon."""
+    objective: Literal["clip", "aim"] = "clip"
+    """Encoder pre-training objective (MM1 Table 1): contrastive CLIP or reconstructive AIM."""
+    clip: ClipHeadConfig = ClipHeadConfig()
+    """The CLIP head (used when objective=clip)."""
+    aim: AimHeadConfig = AimHeadConfig()
+    """The AIM head (used when objective=aim)."""
 
     @model_validator(mode="after")
     def _shapes(self) -> EncoderConfig:
@@ -49,17 +98,26 @@ class EncoderConfig(Section):
 class ConnectorConfig(Section):
     """Maps encoder patches to ``num_tokens`` image tokens in the decoder's width."""
 
-    kind: Literal["avg_pool"] = "avg_pool"
-    """Connector type. avg_pool: n x n average pooling of the patch grid, then a linear projection."""
+    kind: Literal["avg_pool", "attn_pool", "c_abstractor"] = "avg_pool"
+    """Connector type. avg_pool: adaptive n x n average pooling of the patch grid + a linear
+    projection; attn_pool: num_tokens learned queries cross-attending to the patches;
+    c_abstractor: ResNet blocks -> adaptive average pool to n x n -> ResNet blocks -> MLP (Honeybee)."""
     num_tokens: int = Field(16, ge=1)
-    """Image tokens per image (MM1: 64 or 144). avg_pool needs a square number."""
+    """Image tokens per image (MM1: 64 or 144). avg_pool and c_abstractor need a square number."""
+    num_heads: int = Field(4, ge=1)
+    """Attention heads of attn_pool; must divide model.encoder.hidden_size."""
+    depth: int = Field(2, ge=1)
+    """ResNet blocks before and after the pooling in c_abstractor (Honeybee: 3)."""
 
     @model_validator(mode="after")
     def _square(self) -> ConnectorConfig:
         side = math.isqrt(self.num_tokens)
-        if side * side != self.num_tokens:
+        if self.kind != "attn_pool" and side * side != self.num_tokens:
             lo, hi = side * side, (side + 1) ** 2
-            raise ValueError(f"num_tokens={self.num_tokens} is not a square number; use {lo} or {hi}")
+            raise ValueError(
+                f"num_tokens={self.num_tokens} is not a square number, which kind={self.kind} needs; "
+                f"use {lo} or {hi}, or kind=attn_pool"
+            )
         return self
 
 
@@ -72,6 +130,8 @@ class DecoderConfig(Section):
     """Model width."""
     num_attention_heads: int = Field(4, ge=1)
     """Attention heads; must divide hidden_size."""
+    num_query_groups: int | None = Field(None, ge=1)
+    """Key/value heads for grouped-query attention; None = num_attention_heads (plain MHA)."""
     ffn_hidden_size: int = Field(384, ge=8)
     """Width of the MLP (per expert when MoE)."""
     seq_length: int = Field(64, ge=8)
@@ -82,6 +142,10 @@ class DecoderConfig(Section):
     """Norm used in every layer."""
     activation: Literal["swiglu", "gelu"] = "swiglu"
     """MLP activation; swiglu doubles the first projection's width."""
+    rotary_base: float = Field(10000.0, gt=0)
+    """RoPE base (HF rope_theta)."""
+    norm_epsilon: float = Field(1e-5, gt=0)
+    """Epsilon of every norm (HF Llama rms_norm_eps)."""
 
     @model_validator(mode="after")
     def _heads(self) -> DecoderConfig:
@@ -89,7 +153,16 @@ class DecoderConfig(Section):
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}"
             )
+        if self.num_query_groups is not None and self.num_attention_heads % self.num_query_groups:
+            raise ValueError(
+                f"num_query_groups={self.num_query_groups} must divide num_attention_heads={self.num_attention_heads}"
+            )
         return self
+
+    @property
+    def query_groups(self) -> int:
+        """Key/value heads actually used."""
+        return self.num_query_groups or self.num_attention_heads
 
 
 class MoEConfig(Section):
@@ -131,13 +204,15 @@ class ModelConfig(Section):
 
     @model_validator(mode="after")
     def _pooling_fits(self) -> ModelConfig:
-        side = math.isqrt(self.connector.num_tokens)
-        grid = self.encoder.grid
-        if self.connector.kind == "avg_pool" and grid % side:
-            fits = [k * k for k in range(1, grid + 1) if grid % k == 0]
+        con, grid = self.connector, self.encoder.grid
+        if con.kind != "attn_pool" and math.isqrt(con.num_tokens) > grid:
             raise ValueError(
-                f"connector.num_tokens={self.connector.num_tokens}: avg_pool needs sqrt(num_tokens) to divide "
-                f"the {grid}x{grid} patch grid; allowed: {fits}"
+                f"connector.num_tokens={con.num_tokens}: {con.kind} pools the {grid}x{grid} patch grid, so it "
+                f"can give at most {grid * grid} tokens; lower num_tokens or raise model.encoder.image_size"
+            )
+        if con.kind == "attn_pool" and self.encoder.hidden_size % con.num_heads:
+            raise ValueError(
+                f"connector.num_heads={con.num_heads} must divide model.encoder.hidden_size={self.encoder.hidden_size}"
             )
         if self.connector.num_tokens >= self.decoder.seq_length:
             raise ValueError(

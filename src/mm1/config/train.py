@@ -54,16 +54,17 @@ class TrainConfig(Section):
     """Sequences per forward pass per data-parallel rank."""
     global_batch_size: int = Field(32, ge=1)
     """Sequences per optimizer step: micro_batch_size * dp * gradient-accumulation steps."""
-    lr: float = Field(2e-3, gt=0)
-    """Peak learning rate (MM1 3B: exp(-0.4214 ln N - 0.5535) ~ 5.8e-5)."""
+    lr: float | None = Field(None, gt=0)
+    """Peak learning rate; None = MM1's law exp(-0.4214 ln N - 0.5535) of the decoder's parameter
+    count N (3B: 5.8e-5; see `mm1 presets`)."""
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     """Final LR as a fraction of the peak (MM1: cosine to 10%)."""
     warmup_steps: int = Field(25, ge=0)
     """Linear warm-up steps (MM1: 2k)."""
     lr_decay: Literal["cosine", "linear", "constant"] = "cosine"
     """Decay shape after warm-up."""
-    weight_decay: float = Field(0.01, ge=0)
-    """AdamW weight decay (MM1: 0.1 x peak LR)."""
+    weight_decay: float | None = Field(None, ge=0)
+    """AdamW weight decay; None = MM1's 0.1 x peak LR."""
     adam_beta1: float = Field(0.9, gt=0, lt=1)
     """AdamW beta1."""
     adam_beta2: float = Field(0.95, gt=0, lt=1)

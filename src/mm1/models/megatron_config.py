@@ -17,6 +17,8 @@ from mm1.parallel import compat
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
+    from megatron.core.activations import quick_gelu
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec
     from megatron.core.transformer import TransformerConfig
 
 
@@ -27,6 +29,18 @@ class Layout:
     tp: int = 1
     pp: int = 1
     ep: int = 1
+
+
+def use_transformer_engine() -> bool:
+    """The one place that picks the layer implementation: Transformer Engine on CUDA when it is
+    installed, megatron's local (pure PyTorch) modules otherwise (always on CPU)."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import transformer_engine  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _common(layout: Layout) -> dict:
@@ -57,8 +71,10 @@ def decoder_config(dec: DecoderConfig, moe: MoEConfig, layout: Layout) -> Transf
         "num_layers": dec.num_layers,
         "hidden_size": dec.hidden_size,
         "num_attention_heads": dec.num_attention_heads,
+        "num_query_groups": dec.query_groups,
         "ffn_hidden_size": dec.ffn_hidden_size,
         "normalization": dec.normalization,
+        "layernorm_epsilon": dec.norm_epsilon,
         "gated_linear_unit": swiglu,
         "activation_func": F.silu if swiglu else F.gelu,
         "add_bias_linear": False,
@@ -71,8 +87,12 @@ def decoder_config(dec: DecoderConfig, moe: MoEConfig, layout: Layout) -> Transf
             num_moe_experts=moe.num_experts,
             moe_layer_freq=moe.layer_freq,
             moe_router_topk=moe.top_k,
+            # top-2: softmax over the chosen logits (weights sum to 1, so upcycled = dense);
+            # top-1 needs the softmax over all experts first, or every weight would be 1
+            moe_router_pre_softmax=moe.top_k == 1,
             moe_aux_loss_coeff=moe.aux_loss_coeff,
-            moe_z_loss_coeff=moe.z_loss_coeff,
+            # None, not 0.0: megatron's router skips the z-loss only for None (0.0 logs 0/0 = NaN)
+            moe_z_loss_coeff=moe.z_loss_coeff or None,
             moe_router_load_balancing_type="aux_loss",
             moe_token_dispatcher_type="alltoall",
             moe_grouped_gemm=False,
@@ -89,7 +109,13 @@ def encoder_config(enc: EncoderConfig, layout: Layout) -> TransformerConfig:
         num_attention_heads=enc.num_attention_heads,
         ffn_hidden_size=enc.ffn_hidden_size,
         normalization="LayerNorm",
-        activation_func=F.gelu,
+        layernorm_epsilon=enc.norm_epsilon,
+        activation_func=quick_gelu if enc.activation == "quick_gelu" else F.gelu,
         add_bias_linear=True,
         pipeline_model_parallel_size=1,
     )
+
+
+def decoder_layer_spec(config: TransformerConfig):
+    """The decoder's block spec (dense or MoE per layer), TE or local per :func:`use_transformer_engine`."""
+    return get_gpt_decoder_block_spec(config, use_transformer_engine=use_transformer_engine())

@@ -13,14 +13,13 @@ import torch
 
 from mm1.config import ModelConfig
 from mm1.models.connector import build_connector
-from mm1.models.encoder import build_encoder
-from mm1.models.megatron_config import Layout, decoder_config
+from mm1.models.encoder import build_encoder, patch_features
+from mm1.models.megatron_config import Layout, decoder_config, decoder_layer_spec
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from megatron.core.enums import ModelType
     from megatron.core.models.gpt import GPTModel
-    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec
     from megatron.core.transformer.module import MegatronModule
 
 
@@ -74,13 +73,14 @@ class MM1Model(MegatronModule):
         self.post_process = post_process
         self.language_model = GPTModel(
             config=config,
-            transformer_layer_spec=get_gpt_decoder_block_spec(config, use_transformer_engine=False),
+            transformer_layer_spec=decoder_layer_spec(config),
             vocab_size=padded_vocab_size(vocab_size),
             max_sequence_length=cfg.decoder.seq_length,
             pre_process=pre_process,
             post_process=post_process,
             position_embedding_type=cfg.decoder.position_embedding,
             share_embeddings_and_output_weights=False,
+            rotary_base=cfg.decoder.rotary_base,
         )
         if pre_process:
             self.encoder = build_encoder(cfg.encoder, layout)
@@ -92,6 +92,10 @@ class MM1Model(MegatronModule):
         """(0, N, H) image tokens for a batch without images (text-only sequences)."""
         h = self.cfg.decoder.hidden_size
         return images.new_zeros(0, self.cfg.connector.num_tokens, h)
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(M, 3, H, W) images -> (M, num_tokens, decoder hidden) image tokens."""
+        return self.connector(patch_features(self.encoder(images), self.cfg.encoder))
 
     def set_input_tensor(self, input_tensor) -> None:
         self.language_model.set_input_tensor(input_tensor)
@@ -106,7 +110,7 @@ class MM1Model(MegatronModule):
         decoder_input = None
         if self.pre_process:
             text = self.language_model.embedding(input_ids=tokens, position_ids=position_ids)  # (S, B, H)
-            image_tokens = self.connector(self.encoder(images)) if len(images) else self._no_images(images)
+            image_tokens = self.encode_images(images) if len(images) else self._no_images(images)
             decoder_input = splice_images(text, image_tokens, tokens == self.image_token_id)
         return self.language_model(
             input_ids=tokens,

@@ -6,6 +6,7 @@ A checkpoint folder holds the sharded weights (any TP/PP layout can load them) a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import warnings
@@ -15,10 +16,14 @@ from typing import Any
 import torch
 
 from mm1.config import ModelConfig
+from mm1.models.encoder import interpolate_position_embeddings
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor, apply_factories
+    from megatron.core.models.vision.clip_vit_model import CLIPViTModel
 
 META = "model.json"
 
@@ -57,6 +62,75 @@ def read_meta(ckpt: Path) -> dict[str, Any]:
 
 
 def load_into(model: torch.nn.Module, ckpt: Path) -> None:
-    """Load weights saved under any parallel layout into ``model`` (built for this layout)."""
-    state = dist_checkpointing.load(model.sharded_state_dict(), str(ckpt))
+    """Load weights saved under any parallel layout into ``model`` (built for this layout).
+
+    A ViT inside ``model`` built for another image size than the checkpoint's (``model.json``)
+    gets the saved position embeddings resized to its patch grid
+    (:func:`~mm1.models.encoder.interpolate_position_embeddings`). Every other tensor must have
+    its saved shape, or a ``ValueError`` names each one that does not, with both shapes.
+    """
+    ckpt = Path(ckpt)
+    saved = dist_checkpointing.load_tensors_metadata(str(ckpt))  # ShardedTensor key -> global shape
+    sharded = model.sharded_state_dict()
+    resized = _resized_position_embeddings(model, sharded, saved, ckpt)
+    _check_shapes(model, saved, skip={sharded[name].key for name in resized})
+    for name, (saved_shape, _, _) in resized.items():
+        # Ask for the saved shape instead. The ViT's position embeddings are replicated over TP
+        # (a plain torch.nn.Embedding), so the entry is the whole tensor on every rank.
+        target = sharded[name]
+        sharded[name] = dataclasses.replace(
+            target,
+            data=torch.empty(saved_shape, dtype=target.dtype, device=target.data.device),
+            local_shape=saved_shape,
+            global_shape=saved_shape,
+        )
+    state = dist_checkpointing.load(sharded, str(ckpt))
+    for name, (_, class_token, grid) in resized.items():
+        state[name] = interpolate_position_embeddings(state[name], class_token, grid)
     model.load_state_dict(state)
+
+
+def _resized_position_embeddings(
+    model: torch.nn.Module, sharded: dict, saved: dict, ckpt: Path
+) -> dict[str, tuple[tuple[int, ...], bool, int]]:
+    """{state-dict key: (saved shape, class_token, the model's grid)} for each ViT in ``model``
+    whose position embeddings the checkpoint holds for another image size."""
+    out = {}
+    for module_name, vit in model.named_modules():
+        if not isinstance(vit, CLIPViTModel):
+            continue
+        name = f"{module_name}.position_embeddings.weight".lstrip(".")
+        key = sharded[name].key
+        want = tuple(sharded[name].global_shape)
+        have = tuple(saved[key].global_shape) if key in saved else want
+        if have == want:
+            continue
+        enc = read_meta(ckpt)["model"].encoder
+        class_token = vit.add_class_token
+        implied = (class_token * vit.class_token_len + enc.grid**2, want[1])
+        if have != implied or enc.image_size == vit.img_h or (class_token and vit.class_token_len != 1):
+            raise ValueError(
+                f"{key}: the checkpoint holds shape {have}, the model has {want}; resizing needs a "
+                f"checkpoint at another image size with shape {implied} (its model.json: "
+                f"image_size={enc.image_size}, patch_size={enc.patch_size}) and at most one class token"
+            )
+        out[name] = (have, class_token, vit.num_patches_per_dim_h)
+    return out
+
+
+def _check_shapes(model: torch.nn.Module, saved: dict, skip: set[str]) -> None:
+    """Raise a ValueError naming every tensor whose saved global shape differs from the model's."""
+    sharded = model.sharded_state_dict()
+    apply_factories(sharded)  # e.g. SwiGLU's fc1, saved as two halves
+    wrong, missing = set(), set()
+    for t in nested_values(sharded):
+        if not isinstance(t, ShardedTensor) or t.key in skip:
+            continue
+        if t.key not in saved:
+            missing.add(t.key)
+        elif tuple(saved[t.key].global_shape) != tuple(t.global_shape):
+            wrong.add(f"{t.key}: checkpoint {tuple(saved[t.key].global_shape)}, model {tuple(t.global_shape)}")
+    if missing:
+        raise ValueError(f"the checkpoint lacks {len(missing)} tensor(s) of the model: {', '.join(sorted(missing))}")
+    if wrong:
+        raise ValueError("the checkpoint and the model disagree on tensor shapes:\n  " + "\n  ".join(sorted(wrong)))

@@ -32,13 +32,17 @@ def wrap_ddp(model: torch.nn.Module) -> DistributedDataParallel:
     return ddp
 
 
-def build_optimizer(model: DistributedDataParallel, cfg: TrainConfig):
-    """AdamW (torch's, through megatron's FP32 optimizer) + a warm-up/decay scheduler."""
+def build_optimizer(model: DistributedDataParallel, cfg: TrainConfig, lr: float, weight_decay: float):
+    """AdamW (torch's, through megatron's FP32 optimizer) + a warm-up/decay scheduler.
+
+    ``lr`` and ``weight_decay`` are the resolved values (:func:`mm1.models.size.optimizer_hparams`:
+    the config's, or MM1's law where the config leaves them None).
+    """
     opt_cfg = OptimizerConfig(
         optimizer="adam",
-        lr=cfg.lr,
-        min_lr=cfg.lr * cfg.min_lr_ratio,
-        weight_decay=cfg.weight_decay,
+        lr=lr,
+        min_lr=lr * cfg.min_lr_ratio,
+        weight_decay=weight_decay,
         adam_beta1=cfg.adam_beta1,
         adam_beta2=cfg.adam_beta2,
         clip_grad=cfg.clip_grad,
@@ -51,13 +55,13 @@ def build_optimizer(model: DistributedDataParallel, cfg: TrainConfig):
     scheduler = OptimizerParamScheduler(
         optimizer,
         init_lr=0.0,
-        max_lr=cfg.lr,
-        min_lr=cfg.lr * cfg.min_lr_ratio,
+        max_lr=lr,
+        min_lr=lr * cfg.min_lr_ratio,
         lr_warmup_steps=cfg.warmup_steps,
         lr_decay_steps=cfg.steps,
         lr_decay_style=cfg.lr_decay,
-        start_wd=cfg.weight_decay,
-        end_wd=cfg.weight_decay,
+        start_wd=weight_decay,
+        end_wd=weight_decay,
         wd_incr_steps=cfg.steps,
         wd_incr_style="constant",
     )

@@ -23,6 +23,7 @@ from mm1.data.batches import PackedData, micro_batches
 from mm1.data.tokenizer import TextTokenizer
 from mm1.models.megatron_config import Layout
 from mm1.models.mm1_model import MM1Model
+from mm1.models.size import optimizer_hparams
 from mm1.parallel.setup import Rank, distributed
 from mm1.progress import progress
 from mm1.train import checkpoint
@@ -108,7 +109,9 @@ def _train_loop(cfg: RunConfig, data: PackedData, model, optimizer, scheduler, r
         scheduler.step(increment=1)
         loss = _step_loss(reports, rank)
         if not math.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss} at step {step + 1}; lower train.lr (now {tc.lr})")
+            raise FloatingPointError(
+                f"loss became {loss} at step {step + 1}; lower train.lr (peak now {scheduler.max_lr:.3g})"
+            )
         dt = time.perf_counter() - t0
         rows.append(
             {
@@ -136,7 +139,8 @@ def train(cfg: RunConfig, packed_path: Path, tokenizer_path: Path, out_dir: Path
     with distributed(cfg.parallel, cfg.train.seed) as rank:
         data = PackedData.load(packed_path, mc.decoder.seq_length, mc.encoder.image_size)
         model = wrap_ddp(build(cfg, tok).to(rank.device))
-        optimizer, scheduler = build_optimizer(model, cfg.train)
+        lr, weight_decay = optimizer_hparams(cfg, vocab_size=tok.vocab_size)  # config, or MM1's law
+        optimizer, scheduler = build_optimizer(model, cfg.train, lr, weight_decay)
         rows = _train_loop(cfg, data, model, optimizer, scheduler, rank)
         meta = {
             "model": mc.model_dump(mode="json"),
@@ -157,6 +161,8 @@ def train(cfg: RunConfig, packed_path: Path, tokenizer_path: Path, out_dir: Path
                 inputs={"packed": Path(packed_path), "tokenizer": Path(tokenizer_path)},
                 extra={
                     "layout": {"world_size": rank.world_size, "dp": rank.dp_size},
+                    "peak_lr": lr,
+                    "weight_decay": weight_decay,
                     "final_loss": rows[-1]["loss"],
                     "wall_s": rows[-1]["elapsed_s"],
                 },

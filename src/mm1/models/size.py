@@ -1,0 +1,193 @@
+"""Analytic parameter counts of the MM1 model and MM1's learning-rate law.
+
+The counts follow the modules megatron-core 0.16.1 actually builds (local specs, as on CPU), so
+they equal ``sum(p.numel())`` of an instantiated :class:`~mm1.models.mm1_model.MM1Model`;
+``mm1 presets --check`` and ``tests/models/test_size.py`` hold them to that.
+
+The learning-rate law (MM1 section 3.5, Fig 6) takes N = the decoder's parameter count, embedding
+and output layer included, with the vocabulary padded as instantiated. For an MoE decoder N is the
+*active* count (router + top_k experts per MoE layer): the law was fitted on dense models, whose N
+also measures the compute spent on each token; an MoE token passes through the active
+parameters only, and the MoE experts are upcycled from the dense FFN the LR was chosen for.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from mm1.config import DecoderConfig, EncoderConfig, ModelConfig, MoEConfig, RunConfig
+from mm1.models.connector import connector_params
+from mm1.models.mm1_model import padded_vocab_size
+
+# MM1 (s): peak LR = exp(LR_SLOPE * ln N + LR_INTERCEPT); weight decay = WD_RATIO * peak LR.
+LR_SLOPE = -0.4214
+LR_INTERCEPT = -0.5535
+WD_RATIO = 0.1
+
+
+@dataclass(frozen=True)
+class ParamCount:
+    """Parameters stored (total) and parameters one token passes through (active; < total for MoE)."""
+
+    total: int
+    active: int
+
+    def __add__(self, other: ParamCount) -> ParamCount:
+        return ParamCount(self.total + other.total, self.active + other.active)
+
+    def __mul__(self, times: int) -> ParamCount:
+        return ParamCount(self.total * times, self.active * times)
+
+    @classmethod
+    def dense(cls, n: int) -> ParamCount:
+        return cls(n, n)
+
+
+# --- encoder: megatron CLIPViTModel (model_subtype "clip") + local ViT layer spec ----------------
+
+
+def encoder_params(enc: EncoderConfig) -> ParamCount:
+    """conv1 (no bias) + class token + position embeddings + ln_pre + layers.
+
+    CLIPViTModel("clip") has ln_pre but no ln_post, and its TransformerBlock is built with
+    post_process=False: no final norm. Each layer: LayerNorm, QKV and proj with biases, LayerNorm,
+    fc1/fc2 with biases.
+    """
+    w, f = enc.hidden_size, enc.ffn_hidden_size
+    tokens = enc.grid**2 + int(enc.class_token)
+    embed = 3 * enc.patch_size**2 * w + int(enc.class_token) * w + tokens * w + 2 * w
+    layer = 2 * (2 * w) + (3 * w * w + 3 * w) + (w * w + w) + (w * f + f) + (f * w + w)
+    return ParamCount.dense(embed + enc.num_layers * layer)
+
+
+# --- decoder: megatron GPTModel, local layer specs, untied embeddings ---------------------------
+
+
+def _norm(dec: DecoderConfig) -> int:
+    return dec.hidden_size * (2 if dec.normalization == "LayerNorm" else 1)  # LayerNorm has a bias
+
+
+def _mlp(dec: DecoderConfig) -> int:
+    """fc1 (doubled for SwiGLU's gate) + fc2, no biases (add_bias_linear=False)."""
+    h, f = dec.hidden_size, dec.ffn_hidden_size
+    return h * f * (2 if dec.activation == "swiglu" else 1) + f * h
+
+
+def _attention(dec: DecoderConfig) -> int:
+    """Fused QKV with grouped-query attention (kv heads = query_groups) + output projection."""
+    h = dec.hidden_size
+    head_dim = h // dec.num_attention_heads
+    return h * (h + 2 * dec.query_groups * head_dim) + h * h
+
+
+def moe_layers(num_layers: int, moe: MoEConfig) -> list[int]:
+    """Indices of the MoE layers: megatron's int moe_layer_freq=k makes layer i MoE when i % k == 0
+    (layers 0, k, 2k, ...: ceil(num_layers / k) of them)."""
+    if not moe.enabled:
+        return []
+    return [i for i in range(num_layers) if i % moe.layer_freq == 0]
+
+
+def decoder_params(dec: DecoderConfig, moe: MoEConfig, vocab_size: int) -> ParamCount:
+    """Word (+ learned position) embedding, layers, final norm, untied output layer."""
+    h, v = dec.hidden_size, padded_vocab_size(vocab_size)
+    embed = v * h + (dec.seq_length * h if dec.position_embedding == "learned_absolute" else 0)
+    shared = ParamCount.dense(2 * _norm(dec) + _attention(dec))  # input norm, attention, pre-MLP norm
+    dense_layer = shared + ParamCount.dense(_mlp(dec))
+    router = moe.num_experts * h  # no bias: add_bias_linear=False
+    moe_layer = shared + ParamCount(router + moe.num_experts * _mlp(dec), router + moe.top_k * _mlp(dec))
+    n_moe = len(moe_layers(dec.num_layers, moe))
+    layers = dense_layer * (dec.num_layers - n_moe) + moe_layer * n_moe
+    return ParamCount.dense(embed + _norm(dec) + v * h) + layers
+
+
+# --- the whole model -----------------------------------------------------------------------------
+
+
+def count_model(cfg: ModelConfig, vocab_size: int) -> dict[str, ParamCount]:
+    """{"encoder", "connector", "decoder", "total"} parameter counts of MM1Model(cfg, vocab_size).
+
+    The encoder's pre-training heads (CLIP text tower, AIM pixel head) are not part of MM1Model
+    and are not counted.
+    """
+    enc = encoder_params(cfg.encoder)
+    con = ParamCount.dense(
+        connector_params(cfg.connector, cfg.encoder.hidden_size, cfg.encoder.grid, cfg.decoder.hidden_size)
+    )
+    dec = decoder_params(cfg.decoder, cfg.moe, vocab_size)
+    return {"encoder": enc, "connector": con, "decoder": dec, "total": enc + con + dec}
+
+
+# --- the learning-rate law -----------------------------------------------------------------------
+
+
+def peak_lr(n: float) -> float:
+    """MM1's fitted peak learning rate for a decoder of n parameters: exp(-0.4214 ln n - 0.5535)."""
+    if n <= 0:
+        raise ValueError(f"the LR law needs a positive parameter count, got {n}")
+    return math.exp(LR_SLOPE * math.log(n) + LR_INTERCEPT)
+
+
+def law_weight_decay(n: float) -> float:
+    """MM1's weight decay: 0.1 x peak LR."""
+    return WD_RATIO * peak_lr(n)
+
+
+def optimizer_hparams(cfg: RunConfig, vocab_size: int | None = None) -> tuple[float, float]:
+    """(peak lr, weight decay): train.lr / train.weight_decay when set, MM1's law otherwise.
+
+    N is the decoder's active parameter count for ``vocab_size`` (default: tokenizer.vocab_size;
+    the trainer passes the trained tokenizer's size, so N matches the model as instantiated).
+    A None weight decay is 0.1 x the peak LR in use, whether that came from the law or the config.
+    """
+    vocab = cfg.tokenizer.vocab_size if vocab_size is None else vocab_size
+    lr = cfg.train.lr
+    if lr is None:
+        lr = peak_lr(decoder_params(cfg.model.decoder, cfg.model.moe, vocab).active)
+    wd = cfg.train.weight_decay if cfg.train.weight_decay is not None else WD_RATIO * lr
+    return lr, wd
+
+
+# --- the same counts from an instantiated model --------------------------------------------------
+
+COMPONENTS = {"encoder": "encoder", "connector": "connector", "decoder": "language_model"}
+
+
+def instantiated_counts(cfg: ModelConfig, vocab_size: int) -> dict[str, ParamCount]:
+    """``sum(p.numel())`` per component of MM1Model(cfg) built on the meta device.
+
+    Meta tensors carry shapes but no storage, so even the 60B MoE builds in seconds. Active: the
+    parameters of experts ``top_k`` and above of each MoE layer are left out (every expert has the
+    same shape, so which top_k a token picks does not change the count). Call it inside
+    :func:`mm1.parallel.setup.distributed` (megatron needs its process groups to build).
+    """
+    import torch
+
+    from mm1.models.mm1_model import MM1Model
+
+    with torch.device("meta"):
+        model = MM1Model(cfg, vocab_size=vocab_size, image_token_id=0)
+    idle = re.compile(r"\.experts\.local_experts\.(\d+)\.")
+    counts = {}
+    for name, attr in COMPONENTS.items():
+        total = active = 0
+        for pname, p in getattr(model, attr).named_parameters():
+            total += p.numel()
+            match = idle.search(pname)
+            if not (match and int(match.group(1)) >= cfg.moe.top_k):
+                active += p.numel()
+        counts[name] = ParamCount(total, active)
+    counts["total"] = counts["encoder"] + counts["connector"] + counts["decoder"]
+    return counts
+
+
+def count_mismatches(cfg: ModelConfig, vocab_size: int) -> list[str]:
+    """Where :func:`count_model` and :func:`instantiated_counts` disagree ([] when they agree)."""
+    analytic, built = count_model(cfg, vocab_size), instantiated_counts(cfg, vocab_size)
+    return [
+        f"{part}: analytic {analytic[part]} != instantiated {built[part]}"
+        for part in analytic
+        if analytic[part] != built[part]
+    ]
