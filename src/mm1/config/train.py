@@ -22,6 +22,8 @@ class ParallelConfig(Section):
     """Expert-parallel size (MoE only); carved out of the data-parallel ranks."""
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     """torch.distributed backend; auto picks nccl with CUDA, gloo without."""
+    distributed_optimizer: bool = False
+    """Shard optimizer state over data-parallel ranks (megatron's distributed optimizer, ZeRO-1)."""
 
     @model_validator(mode="after")
     def _layout(self) -> ParallelConfig:
@@ -73,6 +75,16 @@ class TrainConfig(Section):
     """Gradient-norm clipping threshold (0 disables)."""
     log_interval: int = Field(10, ge=1)
     """Log loss and LR every this many steps."""
+    save_interval: int = Field(0, ge=0)
+    """Save a resumable checkpoint every this many steps (0: only at the end)."""
+    keep_last: int = Field(2, ge=1)
+    """Resumable checkpoints kept (the oldest are deleted once a newer one is complete)."""
+    resume: bool = True
+    """Continue from the latest complete checkpoint in the stage's output folder, if there is one."""
+    freeze: list[Literal["encoder", "connector", "decoder"]] = []
+    """Parts of the model that are not trained (MM1: none; everything unfrozen)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Training precision: auto = bf16 on GPU, fp32 on CPU."""
 
     @model_validator(mode="after")
     def _warmup(self) -> TrainConfig:
