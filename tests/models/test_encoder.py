@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from tinymodel import TINY_ENCODER, tiny_decoder
 
 from mm1.config import EncoderConfig, ModelConfig, ParallelConfig, load
 from mm1.models.encoder import build_encoder, interpolate_position_embeddings
@@ -93,18 +94,10 @@ def test_default_encoder_has_no_causal_mask_and_every_position_sees_every_patch(
 
 # --- loading a checkpoint saved at another image size -------------------------------------------
 
+# image_size is set per test
 TINY = [
-    "model.encoder.patch_size=4",
-    "model.encoder.hidden_size=16",
-    "model.encoder.num_layers=1",
-    "model.encoder.num_attention_heads=2",
-    "model.encoder.ffn_hidden_size=32",
-    "model.connector.num_tokens=4",
-    "model.decoder.num_layers=1",
-    "model.decoder.hidden_size=16",
-    "model.decoder.num_attention_heads=2",
-    "model.decoder.ffn_hidden_size=32",
-    "model.decoder.seq_length=16",
+    *(o for o in TINY_ENCODER if "image_size" not in o),
+    *tiny_decoder(layers=1, hidden=16, heads=2, seq_length=16),
     "model.moe.num_experts=0",
 ]
 POS = "encoder.position_embeddings.weight"

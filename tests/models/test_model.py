@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 import torch.nn.functional as F
+from tinymodel import TINY_ENCODER, tiny_decoder
 
 from mm1.config import ConnectorConfig, ModelConfig, ParallelConfig, load
 from mm1.models.connector import AvgPoolConnector, build_connector
@@ -123,21 +124,7 @@ def test_build_connector_picks_avg_pool() -> None:
 
 # --- the assembled model ------------------------------------------------------------------------
 
-TINY = [
-    "model.encoder.image_size=16",
-    "model.encoder.patch_size=4",
-    "model.encoder.hidden_size=16",
-    "model.encoder.num_layers=1",
-    "model.encoder.num_attention_heads=2",
-    "model.encoder.ffn_hidden_size=32",
-    "model.connector.num_tokens=4",
-    "model.decoder.num_layers=2",
-    "model.decoder.hidden_size=16",
-    "model.decoder.num_attention_heads=2",
-    "model.decoder.ffn_hidden_size=32",
-    "model.decoder.seq_length=16",
-    "model.moe.num_experts=0",
-]
+TINY = [*TINY_ENCODER, *tiny_decoder(layers=2, hidden=16, heads=2, seq_length=16), "model.moe.num_experts=0"]
 VOCAB, IMAGE_ID, B = 50, 3, 2
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tinymodel import TINY_ENCODER, tiny_decoder
 
 from mm1.config import ModelConfig, ParallelConfig, load
 from mm1.models import upcycle
@@ -36,20 +37,7 @@ with warnings.catch_warnings():
     from megatron.core.transformer.moe.moe_layer import MoELayer
     from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler, get_moe_layer_wise_logging_tracker
 
-TINY = [
-    "model.encoder.image_size=16",
-    "model.encoder.patch_size=4",
-    "model.encoder.hidden_size=16",
-    "model.encoder.num_layers=1",
-    "model.encoder.num_attention_heads=2",
-    "model.encoder.ffn_hidden_size=32",
-    "model.connector.num_tokens=4",
-    "model.decoder.num_layers=2",
-    "model.decoder.hidden_size=64",
-    "model.decoder.num_attention_heads=4",
-    "model.decoder.ffn_hidden_size=128",
-    "model.decoder.seq_length=32",
-]
+TINY = [*TINY_ENCODER, *tiny_decoder(layers=2, hidden=64, heads=4, seq_length=32)]
 MOE = ["model.moe.num_experts=4", "model.moe.layer_freq=1", "model.moe.top_k=2"]
 VOCAB, IMAGE_ID, B = 50, 3, 2
 
