@@ -163,3 +163,28 @@ def test_position_embeddings_that_disagree_with_model_json_are_refused(tmp_path)
     meta.write_text(meta.read_text().replace('"image_size": 32', '"image_size": 40'))
     with pytest.raises(ValueError, match=r"encoder.position_embeddings.weight: the checkpoint holds shape \(64, 16\)"):
         _load(_config(48), tmp_path / "ckpt")
+
+
+def test_encoder_of_a_clip_checkpoint_loads_alone_at_another_image_size(tmp_path) -> None:
+    """Encoder pre-training -> multimodal model: only ``encoder.*`` is read, the rest keep their init."""
+    from mm1.models.clip import ClipModel
+
+    clip_cfg = _config(32)
+    with distributed(ParallelConfig(), seed=1):
+        clip = ClipModel(clip_cfg.encoder, vocab_size=50)
+        checkpoint.save(clip, {"model": clip_cfg.model_dump(mode="json")}, tmp_path / "clip")
+        saved = {k: v.clone() for k, v in clip.state_dict().items() if torch.is_tensor(v)}
+    cfg = _config(48)
+    with distributed(ParallelConfig(), seed=2):
+        model = _model(cfg)
+        before = {k: v.clone() for k, v in model.state_dict().items() if torch.is_tensor(v)}
+        with pytest.raises(ValueError, match="the checkpoint lacks"):
+            checkpoint.load_into(model, tmp_path / "clip")  # the whole model: no decoder in it
+        checkpoint.load_into(model, tmp_path / "clip", parts=("encoder",))
+        loaded = {k: v for k, v in model.state_dict().items() if torch.is_tensor(v)}
+    torch.testing.assert_close(loaded[POS], interpolate_position_embeddings(saved[POS], False, 12))
+    for k, v in loaded.items():
+        if k.startswith("encoder.") and k != POS:
+            assert torch.equal(v, saved[k]), k
+        elif not k.startswith("encoder."):
+            assert torch.equal(v, before[k]), k

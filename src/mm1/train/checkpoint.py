@@ -61,9 +61,15 @@ def read_meta(ckpt: Path) -> dict[str, Any]:
     return meta
 
 
-def load_into(model: torch.nn.Module, ckpt: Path) -> None:
+def _in_parts(key: str, parts: tuple[str, ...] | None) -> bool:
+    return parts is None or any(key == p or key.startswith(p + ".") for p in parts)
+
+
+def load_into(model: torch.nn.Module, ckpt: Path, parts: tuple[str, ...] | None = None) -> None:
     """Load weights saved under any parallel layout into ``model`` (built for this layout).
 
+    ``parts`` loads only the named child modules (e.g. ``("encoder",)`` from a CLIP/AIM
+    checkpoint, ``("language_model",)`` from a text-only LLM); the rest keep their weights.
     A ViT inside ``model`` built for another image size than the checkpoint's (``model.json``)
     gets the saved position embeddings resized to its patch grid
     (:func:`~mm1.models.encoder.interpolate_position_embeddings`). Every other tensor must have
@@ -71,9 +77,11 @@ def load_into(model: torch.nn.Module, ckpt: Path) -> None:
     """
     ckpt = Path(ckpt)
     saved = dist_checkpointing.load_tensors_metadata(str(ckpt))  # ShardedTensor key -> global shape
-    sharded = model.sharded_state_dict()
+    sharded = {k: v for k, v in model.sharded_state_dict().items() if _in_parts(k, parts)}
+    if not sharded:
+        raise ValueError(f"the model has no part named {parts}; its parts: {[n for n, _ in model.named_children()]}")
     resized = _resized_position_embeddings(model, sharded, saved, ckpt)
-    _check_shapes(model, saved, skip={sharded[name].key for name in resized})
+    _check_shapes(model, saved, skip={sharded[name].key for name in resized}, parts=parts)
     for name, (saved_shape, _, _) in resized.items():
         # Ask for the saved shape instead. The ViT's position embeddings are replicated over TP
         # (a plain torch.nn.Embedding), so the entry is the whole tensor on every rank.
@@ -87,7 +95,9 @@ def load_into(model: torch.nn.Module, ckpt: Path) -> None:
     state = dist_checkpointing.load(sharded, str(ckpt))
     for name, (_, class_token, grid) in resized.items():
         state[name] = interpolate_position_embeddings(state[name], class_token, grid)
-    model.load_state_dict(state)
+    missing, unexpected = model.load_state_dict(state, strict=parts is None)
+    if unexpected or any(_in_parts(k, parts) and not k.endswith("_extra_state") for k in missing):
+        raise ValueError(f"{ckpt}: loading {parts} left missing {missing} / unexpected {unexpected} weights")
 
 
 def _resized_position_embeddings(
@@ -100,6 +110,8 @@ def _resized_position_embeddings(
         if not isinstance(vit, CLIPViTModel):
             continue
         name = f"{module_name}.position_embeddings.weight".lstrip(".")
+        if name not in sharded:  # a part that is not loaded
+            continue
         key = sharded[name].key
         want = tuple(sharded[name].global_shape)
         have = tuple(saved[key].global_shape) if key in saved else want
@@ -118,9 +130,9 @@ def _resized_position_embeddings(
     return out
 
 
-def _check_shapes(model: torch.nn.Module, saved: dict, skip: set[str]) -> None:
+def _check_shapes(model: torch.nn.Module, saved: dict, skip: set[str], parts: tuple[str, ...] | None) -> None:
     """Raise a ValueError naming every tensor whose saved global shape differs from the model's."""
-    sharded = model.sharded_state_dict()
+    sharded = {k: v for k, v in model.sharded_state_dict().items() if _in_parts(k, parts)}
     apply_factories(sharded)  # e.g. SwiGLU's fc1, saved as two halves
     wrong, missing = set(), set()
     for t in nested_values(sharded):
