@@ -10,6 +10,7 @@
     mm1 pack      --manifest FILE --tokenizer FILE --out DIR
     mm1 train     --packed FILE --tokenizer FILE --out DIR
     mm1 eval      --benchmark FILE --tokenizer FILE --checkpoint DIR --out DIR
+    mm1 sft-pack  --manifest FILE --tokenizer FILE --out DIR   (SFT sequences)
     mm1 upcycle   --checkpoint DIR --out DIR --set model.moe.num_experts=N   (dense -> MoE)
     mm1 figure    --metrics FILE --scores FILE --out DIR
 
@@ -180,6 +181,13 @@ def _cmd_pack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sft_pack(args: argparse.Namespace) -> int:
+    from mm1.data.stages import sft_pack
+
+    print(sft_pack(resolve(args), args.manifest, args.tokenizer, args.out))
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from mm1.parallel.launch import relaunch_if_needed
 
@@ -247,6 +255,12 @@ STAGES = {
     "pack": (
         "draw and pack the run's pre-training sequences from the mixture",
         _cmd_pack,
+        True,
+        (("--manifest", "manifest.parquet of the world or acquire stage"), ("--tokenizer", "tokenizer.json")),
+    ),
+    "sft-pack": (
+        "turn the instruction conversations into SFT sequences (loss on answers; image splitting)",
+        _cmd_sft_pack,
         True,
         (("--manifest", "manifest.parquet of the world or acquire stage"), ("--tokenizer", "tokenizer.json")),
     ),

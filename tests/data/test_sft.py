@@ -156,8 +156,8 @@ def test_order_is_seeded_and_reshuffled_per_epoch(tok: TextTokenizer) -> None:
 
 
 def test_write_read_and_batch(tok: TextTokenizer, tmp_path: Path) -> None:
-    path, cfg = tmp_path / "sft.parquet", SFTConfig(image_grid=2, image_size=8, seed=1)
-    stats = build_sft(cfg, CONVS, tok, path, seq_length=160, image_tokens=N, image_size=32)
+    path, cfg = tmp_path / "sft.parquet", SFTConfig(image_grid=2, seed=1)
+    stats = build_sft(cfg, CONVS, tok, path, seq_length=160, image_tokens=N, image_size=8)
     seqs = read_packed(path)
     assert seqs == sft_sequences(CONVS, cfg, tok, sft_layout(tok, cfg, 160, N), 8)[0] and len(seqs) == stats.sequences
     data = PackedData.load(path, seq_length=160, image_size=8)

@@ -76,3 +76,26 @@ def test_pack_writes_the_runs_sequences_and_the_realised_mixture(world: Path, tm
     assert (tmp_path / "packed" / "mixture.csv").is_file()
     assert pl.read_parquet(tmp_path / "packed" / "quarantine.parquet").height == 0
     assert TextTokenizer(tok.path).vocab_size <= 300
+
+
+@pytest.mark.parametrize("grid", [1, 2])
+def test_sft_pack_writes_sequences_with_loss_on_answers_and_split_images(world: Path, tmp_path: Path, grid: int):
+    from mm1.cli import main
+    from mm1.data.batches import PackedData
+
+    cfg = load(None, SMALL)
+    manifest = world / "world" / "manifest.parquet"
+    tok = make_tokenizer(cfg.tokenizer, manifest, tmp_path / "tok", cfg.data.max_bad_fraction)
+    settings = ["--set", f"sft.image_grid={grid}", "--set", "model.decoder.seq_length=256"]
+    out = tmp_path / "sft"
+    assert (
+        main(["sft-pack", "--manifest", str(manifest), "--tokenizer", str(tok.path), "--out", str(out), *settings]) == 0
+    )
+    data = PackedData.load(out / "train.parquet", seq_length=256, image_size=cfg.model.encoder.image_size)
+    batch = data.batch(range(len(data)))
+    pictures = sum(len(s.images) > 0 for s in data.sequences)
+    assert len(data) == 2 and pictures >= 1  # world.n_sft=2 conversations, each in its own sequence
+    assert batch["images"].shape[0] == pictures * (grid * grid + 1 if grid > 1 else 1)
+    assert 0 < batch["loss_mask"].sum() < (batch["tokens"] != TextTokenizer(tok.path).pad_id).sum()
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["stage"] == "sft_pack" and prov["config"]["sft"]["image_grid"] == grid

@@ -13,6 +13,7 @@ from mm1.config.model import (
     MoEConfig,
 )
 from mm1.config.run import RunConfig
+from mm1.config.sft import SFTConfig
 from mm1.config.train import ParallelConfig, TrainConfig
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "MoEConfig",
     "ParallelConfig",
     "RunConfig",
+    "SFTConfig",
     "SourceSpec",
     "TokenizerConfig",
     "TrainConfig",

@@ -8,6 +8,7 @@ from mm1.config.base import Section
 from mm1.config.data import DataConfig, TokenizerConfig, WorldConfig
 from mm1.config.eval import EvalConfig
 from mm1.config.model import ModelConfig
+from mm1.config.sft import SFTConfig
 from mm1.config.train import ParallelConfig, TrainConfig
 
 
@@ -30,6 +31,8 @@ class RunConfig(Section):
     """Training."""
     eval: EvalConfig = EvalConfig()
     """Evaluation."""
+    sft: SFTConfig = SFTConfig()
+    """How instruction conversations become SFT sequences (chat template, image splitting)."""
 
     @model_validator(mode="after")
     def _cross(self) -> RunConfig:

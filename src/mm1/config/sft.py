@@ -26,9 +26,9 @@ class SFTConfig(Section):
     """A gpt turn with its text at ``{text}``; these tokens and the ``<eos>`` after them carry the loss."""
     image_grid: int = Field(1, ge=1, le=8)
     """Image splitting: each picture becomes image_grid^2 crops + 1 overview, each with the connector's N
-    slots (MM1: 2 -> 5 images); 1 = no splitting (one image)."""
-    image_size: int | None = Field(None, ge=8)
-    """Side in pixels of each crop and of the overview (SFT resolution); None = model.encoder.image_size."""
+    slots (MM1: 2 -> 5 images); 1 = no splitting (one image). Each crop and the overview have
+    model.encoder.image_size pixels: raise that for high-resolution SFT (the pre-trained encoder's
+    position embeddings are interpolated on load)."""
     epochs: int = Field(1, ge=1)
     """Passes over the conversations; the order is a seeded permutation, reshuffled every epoch."""
     seed: int = Field(0, ge=0)

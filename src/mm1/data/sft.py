@@ -162,10 +162,10 @@ def build_sft(
 ) -> SFTStats:
     """Write the SFT sequences of ``conversations`` to ``out_path`` (a packed parquet).
 
-    ``seq_length``, ``image_tokens`` (the connector's N) and ``image_size`` (used when
-    ``cfg.image_size`` is None) come from the model config."""
+    ``seq_length``, ``image_tokens`` (the connector's N) and ``image_size`` (of each crop) come
+    from the model config."""
     layout = sft_layout(tokenizer, cfg, seq_length, image_tokens)
-    seqs, stats = sft_sequences(conversations, cfg, tokenizer, layout, cfg.image_size or image_size)
+    seqs, stats = sft_sequences(conversations, cfg, tokenizer, layout, image_size)
     if not seqs:
         slots = layout.image_tokens * layout.max_images
         raise ValueError(

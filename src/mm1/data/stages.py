@@ -137,3 +137,37 @@ def pack(cfg: RunConfig, manifest: Path, tokenizer: Path, out_dir: Path) -> pl.D
         extra={"sequences": n, "quarantined": len(quarantine)},
     )
     return mixture
+
+
+SFT_SECTIONS = ("data", "model", "sft")
+
+
+def sft_pack(cfg: RunConfig, manifest: Path, tokenizer: Path, out_dir: Path) -> dict:
+    """Turn the manifest's instruction conversations into SFT sequences (``train.parquet``, loss on
+    the answers only; pictures split into crops + overview when ``sft.image_grid`` > 1)."""
+    from mm1.data.sft import build_sft, load_conversations
+
+    out_dir = Path(out_dir)
+    tok = TextTokenizer(tokenizer)
+    quarantine = Quarantine()
+    conversations = load_conversations(manifest, quarantine)
+    quarantine.write(out_dir / "quarantine.parquet")
+    quarantine.check(cfg.data.max_bad_fraction)
+    stats = build_sft(
+        cfg.sft,
+        conversations,
+        tok,
+        out_dir / "train.parquet",
+        seq_length=cfg.model.decoder.seq_length,
+        image_tokens=cfg.model.connector.num_tokens,
+        image_size=cfg.model.encoder.image_size,
+    ).as_dict()
+    provenance.record(
+        out_dir,
+        stage="sft_pack",
+        config={k: getattr(cfg, k).model_dump(mode="json") for k in SFT_SECTIONS},
+        seed=cfg.sft.seed,
+        inputs={"manifest": Path(manifest), "tokenizer": Path(tokenizer)},
+        extra=stats,
+    )
+    return stats
