@@ -8,8 +8,10 @@
     mm1 acquire   --out DIR                         (the datasets listed in data.sources)
     mm1 tokenizer --manifest FILE --out DIR
     mm1 pack      --manifest FILE --tokenizer FILE --out DIR
-    mm1 train     --packed FILE --tokenizer FILE --out DIR
+    mm1 train     [--init CKPT | --init-encoder CKPT --init-decoder CKPT]
+                  --packed FILE --tokenizer FILE --out DIR
     mm1 eval      --benchmark FILE --tokenizer FILE --checkpoint DIR --out DIR
+    mm1 encoder   --manifest FILE --tokenizer FILE --out DIR   (CLIP/AIM encoder pre-training)
     mm1 sft-pack  --manifest FILE --tokenizer FILE --out DIR   (SFT sequences)
     mm1 upcycle   --checkpoint DIR --out DIR --set model.moe.num_experts=N   (dense -> MoE)
     mm1 figure    --metrics FILE --scores FILE --out DIR
@@ -188,6 +190,10 @@ def _cmd_sft_pack(args: argparse.Namespace) -> int:
     return 0
 
 
+# mm1 train's optional starting points: flag -> the model part it loads (None: all of it).
+INIT_FLAGS = {"--init": None, "--init-encoder": "encoder", "--init-decoder": "language_model"}
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from mm1.parallel.launch import relaunch_if_needed
 
@@ -197,11 +203,35 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return code
     from mm1.train.trainer import train
 
-    result = train(cfg, args.packed, args.tokenizer, args.out)
+    init = [
+        (getattr(args, flag[2:].replace("-", "_")), (part,) if part else None)
+        for flag, part in INIT_FLAGS.items()
+        if getattr(args, flag[2:].replace("-", "_"))
+    ]
+    result = train(cfg, args.packed, args.tokenizer, args.out, init=init)
     if os.environ.get("RANK", "0") != "0":
         return 0
     first, last = result.metrics["loss"][0], result.metrics["loss"][-1]
     print(f"train: loss {first:.3f} -> {last:.3f} over {len(result.metrics)} steps; checkpoint {result.checkpoint}")
+    return 0
+
+
+def _cmd_encoder(args: argparse.Namespace) -> int:
+    from mm1.parallel.launch import relaunch_if_needed
+    from mm1.train.encoder_trainer import check_layout, train_encoder
+
+    cfg = resolve(args)
+    try:
+        check_layout(cfg)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    code = relaunch_if_needed(cfg.parallel, sys.argv[1:])
+    if code is not None:
+        return code
+    metrics = train_encoder(cfg, args.manifest, args.tokenizer, args.out)
+    if os.environ.get("RANK", "0") == "0":
+        first, last = metrics["loss"][0], metrics["loss"][-1]
+        print(f"encoder ({cfg.model.encoder.objective}): loss {first:.3f} -> {last:.3f} over {len(metrics)} steps")
     return 0
 
 
@@ -261,6 +291,12 @@ STAGES = {
     "sft-pack": (
         "turn the instruction conversations into SFT sequences (loss on answers; image splitting)",
         _cmd_sft_pack,
+        True,
+        (("--manifest", "manifest.parquet of the world or acquire stage"), ("--tokenizer", "tokenizer.json")),
+    ),
+    "encoder": (
+        "image-encoder pre-training with the CLIP or AIM head (model.encoder.objective)",
+        _cmd_encoder,
         True,
         (("--manifest", "manifest.parquet of the world or acquire stage"), ("--tokenizer", "tokenizer.json")),
     ),
@@ -331,6 +367,9 @@ def parser() -> argparse.ArgumentParser:
             stage.add_argument(flag, type=Path, required=True, help=path_help)
         stage.add_argument("--out", type=Path, required=True, help="output folder")
         stage.set_defaults(func=func)
+        if name == "train":
+            for flag, part in INIT_FLAGS.items():
+                stage.add_argument(flag, type=Path, metavar="CKPT", help=f"start {part or 'the whole model'} from CKPT")
     return p
 
 

@@ -63,7 +63,8 @@ def live() -> Iterator[None]:
     """A 1-process group for building and running models; MoE logging and aux-loss scale reset."""
     with distributed(ParallelConfig(), seed=1):
         get_moe_layer_wise_logging_tracker().clear()
-        MoEAuxLossAutoScaler.set_loss_scale(torch.ones(()))  # the trainer's schedule may have changed it
+        # the trainer's schedule may have changed it; shape (1,) as megatron's schedules set it (copy_ keeps it)
+        MoEAuxLossAutoScaler.set_loss_scale(torch.ones(1))
         yield
     get_moe_layer_wise_logging_tracker().clear()
 

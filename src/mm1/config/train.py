@@ -80,7 +80,8 @@ class TrainConfig(Section):
     keep_last: int = Field(2, ge=1)
     """Resumable checkpoints kept (the oldest are deleted once a newer one is complete)."""
     resume: bool = True
-    """Continue from the latest complete checkpoint in the stage's output folder, if there is one."""
+    """Continue from the newest complete checkpoint in ``<out>/resume`` (bit-exact on the same
+    layout); false starts over and deletes that folder."""
     freeze: list[Literal["encoder", "connector", "decoder"]] = []
     """Parts of the model that are not trained (MM1: none; everything unfrozen)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"

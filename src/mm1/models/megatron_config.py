@@ -24,11 +24,12 @@ with warnings.catch_warnings():
 
 @dataclass(frozen=True)
 class Layout:
-    """Parallel sizes a model is built for (tensor, pipeline, expert)."""
+    """Parallel sizes a model is built for (tensor, pipeline, expert), and its number format."""
 
     tp: int = 1
     pp: int = 1
     ep: int = 1
+    bf16: bool = False  # bf16 weights and activations (train.precision); fp32 main weights live in the optimizer
 
 
 def use_transformer_engine() -> bool:
@@ -46,7 +47,8 @@ def use_transformer_engine() -> bool:
 def _common(layout: Layout) -> dict:
     return {
         "tensor_model_parallel_size": layout.tp,
-        "params_dtype": torch.float32,
+        "params_dtype": torch.bfloat16 if layout.bf16 else torch.float32,
+        "bf16": layout.bf16,
         "init_method_std": 0.02,
         "hidden_dropout": 0.0,
         "attention_dropout": 0.0,
@@ -79,7 +81,7 @@ def decoder_config(dec: DecoderConfig, moe: MoEConfig, layout: Layout) -> Transf
         "activation_func": F.silu if swiglu else F.gelu,
         "add_bias_linear": False,
         "pipeline_model_parallel_size": layout.pp,
-        "pipeline_dtype": torch.float32,
+        "pipeline_dtype": torch.bfloat16 if layout.bf16 else torch.float32,
         "expert_model_parallel_size": layout.ep,
     }
     if moe.enabled:

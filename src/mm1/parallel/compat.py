@@ -33,6 +33,12 @@ Each patch names the megatron functions it covers:
    ``optimizer.optimizer``): the original asserts ``grad.type() == 'torch.cuda.FloatTensor'``;
    the replacement scales the same gradients in place by ``max_norm / (total_norm + 1e-6)``.
 
+8. :func:`cuda_tensor_types` (a context, used only while megatron builds its optimizer): a CPU
+   tensor's ``Tensor.type()`` reads as its CUDA type. Covers
+   ``optimizer.optimizer.Float16OptimizerWithFloat16Params.__init__`` and
+   ``optimizer.distrib_optimizer.DistributedOptimizer._build_model_and_main_param_groups``/``__init__``,
+   which sort parameters into fp32/bf16 groups by ``param.type()`` and reject non-CUDA types.
+
 What is *not* patched but must be chosen by the caller on CPU (see :func:`required_flags`):
 ``use_cpu_initialization=True`` (also makes weights independent of the TP size),
 ``batch_p2p_sync=False``/``batch_p2p_comm=False`` (gloo has no batched isend/irecv),
@@ -270,6 +276,22 @@ def apply() -> bool:
     _MODE.__enter__()
     _APPLIED = True
     return True
+
+
+class _CpuTensorsAsCuda(TorchFunctionMode):
+    """``Tensor.type()`` of a CPU tensor reads as its CUDA type ("torch.cuda.FloatTensor")."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs and out.startswith("torch."):
+            return out if out.startswith("torch.cuda.") else "torch.cuda." + out[len("torch.") :]
+        return out
+
+
+def cuda_tensor_types() -> contextlib.AbstractContextManager:
+    """Patch 8, for the duration of building megatron's optimizer; a no-op where CUDA exists."""
+    return _CpuTensorsAsCuda() if needed() else contextlib.nullcontext()
 
 
 def reset_rng_tracker() -> None:

@@ -8,7 +8,6 @@ re-runs itself under ``torch.distributed.run`` on this node; under a launcher it
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 from mm1.config import ParallelConfig
@@ -34,4 +33,6 @@ def relaunch_if_needed(parallel: ParallelConfig, argv: list[str]) -> int | None:
     ]
     cores = int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // parallel.world_size))}  # share the cores
-    return subprocess.call(cmd, env=env)
+    from mm1.train.preempt import run_supervised  # waits through preemption signals; returns 75 to requeue
+
+    return run_supervised(cmd, env)

@@ -1,12 +1,15 @@
-"""megatron-core's DDP wrapper, optimizer and LR/WD scheduler, built from TrainConfig."""
+"""megatron-core's DDP wrapper, optimizer and LR/WD scheduler, built from the run config;
+which parts of the model train (``train.freeze``) and in which precision (``train.precision``)."""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 
 import torch
 
-from mm1.config import TrainConfig
+from mm1.config import ParallelConfig, TrainConfig
+from mm1.parallel import compat
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -15,15 +18,54 @@ with warnings.catch_warnings():
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
+# train.freeze names -> the MM1Model attribute holding that part (absent on later pipeline stages)
+PARTS = {"encoder": "encoder", "connector": "connector", "decoder": "language_model"}
 
-def wrap_ddp(model: torch.nn.Module) -> DistributedDataParallel:
-    """Data-parallel gradient reduction; per-token loss means no 1/dp scaling here."""
+
+def use_bf16(precision: str) -> bool:
+    """Whether ``train.precision`` means bf16 mixed precision here: auto = bf16 with CUDA, fp32 without.
+
+    bf16 keeps bf16 weights and activations in the model and fp32 main weights, gradients and Adam
+    state in the optimizer (megatron's Float16Module + mixed-precision optimizer).
+    """
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"train.precision={precision!r} is not one of auto, fp32, bf16")
+    return precision == "bf16" or (precision == "auto" and torch.cuda.is_available())
+
+
+def freeze(model: torch.nn.Module, parts: Iterable[str]) -> None:
+    """Stop training the named parts (``train.freeze``) of an MM1Model chunk: ``requires_grad=False``.
+
+    Call before :func:`wrap_ddp`: megatron's DDP and optimizer only take parameters that require
+    gradients. Gradients still flow *through* a frozen part to the parts before it. A part this
+    pipeline stage does not hold (the encoder and connector live on the first stage) is skipped.
+    """
+    parts = set(parts)
+    if parts == set(PARTS):
+        raise ValueError(f"train.freeze={sorted(parts)} leaves nothing to train; unfreeze at least one part")
+    for part in parts:
+        if part not in PARTS:
+            raise ValueError(f"train.freeze: unknown part {part!r}; choose from {', '.join(PARTS)}")
+        module = getattr(model, PARTS[part], None)
+        if module is not None:
+            module.requires_grad_(False)
+
+
+def wrap_ddp(model: torch.nn.Module, parallel: ParallelConfig) -> DistributedDataParallel:
+    """Data-parallel gradient reduction; per-token loss means no 1/dp scaling here.
+
+    ``parallel.distributed_optimizer`` shards gradients (reduce-scatter) and the optimizer state over
+    the data-parallel ranks; :func:`build_optimizer` reads that choice back from the wrapper. In bf16
+    (``model.config.bf16``) gradients accumulate and reduce in fp32.
+    """
     config = model.config
     config.calculate_per_token_loss = True
     ddp = DistributedDataParallel(
         config=config,
         ddp_config=DistributedDataParallelConfig(
-            grad_reduce_in_fp32=False, overlap_grad_reduce=False, use_distributed_optimizer=False
+            grad_reduce_in_fp32=config.bf16,
+            overlap_grad_reduce=False,
+            use_distributed_optimizer=parallel.distributed_optimizer,
         ),
         module=model,
     )
@@ -32,12 +74,20 @@ def wrap_ddp(model: torch.nn.Module) -> DistributedDataParallel:
     return ddp
 
 
+def _megatron_optimizer(opt_cfg: OptimizerConfig, model: DistributedDataParallel):
+    with compat.cuda_tensor_types():  # compat patch 8
+        return get_megatron_optimizer(opt_cfg, [model])
+
+
 def build_optimizer(model: DistributedDataParallel, cfg: TrainConfig, lr: float, weight_decay: float):
-    """AdamW (torch's, through megatron's FP32 optimizer) + a warm-up/decay scheduler.
+    """AdamW (torch's, through megatron's optimizer) + a warm-up/decay scheduler.
 
     ``lr`` and ``weight_decay`` are the resolved values (:func:`mm1.models.size.optimizer_hparams`:
-    the config's, or MM1's law where the config leaves them None).
+    the config's, or MM1's law where the config leaves them None). Precision and the distributed
+    optimizer follow ``model`` (its config's ``bf16``, its DDP config), so the two cannot disagree.
+    Frozen parameters (``requires_grad=False``) are left out.
     """
+    bf16 = model.config.bf16
     opt_cfg = OptimizerConfig(
         optimizer="adam",
         lr=lr,
@@ -46,12 +96,12 @@ def build_optimizer(model: DistributedDataParallel, cfg: TrainConfig, lr: float,
         adam_beta1=cfg.adam_beta1,
         adam_beta2=cfg.adam_beta2,
         clip_grad=cfg.clip_grad,
-        bf16=False,
+        bf16=bf16,
         fp16=False,
-        params_dtype=torch.float32,
-        use_distributed_optimizer=False,
+        params_dtype=torch.bfloat16 if bf16 else torch.float32,
+        use_distributed_optimizer=model.ddp_config.use_distributed_optimizer,
     )
-    optimizer = get_megatron_optimizer(opt_cfg, [model])
+    optimizer = _megatron_optimizer(opt_cfg, model)
     scheduler = OptimizerParamScheduler(
         optimizer,
         init_lr=0.0,

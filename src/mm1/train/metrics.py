@@ -1,0 +1,111 @@
+"""Per-step training metrics: rows for metrics.csv, mirrored live to DVCLive, and MoE router statistics.
+
+DVCLive writes ``<out>/dvclive/metrics.json`` (the latest values, for ``dvc metrics show`` /
+``dvc exp show``) and ``<out>/dvclive/plots/metrics/<name>.tsv`` (one row per step, for
+``dvc plots show``), rank 0 only. A resumed run first cuts those files back to the checkpoint's
+step, so no step appears twice.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import polars as pl
+import torch
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from megatron.core.transformer.moe import moe_utils
+    from megatron.core.transformer.moe.router import TopKRouter
+
+DVCLIVE = "dvclive"
+
+
+class MetricsLog:
+    """The rows of steps 1..n (restored ones first); rank 0 also logs each new row to DVCLive."""
+
+    def __init__(self, out_dir: Path, rows: list[dict], main: bool) -> None:
+        self.rows = list(rows)
+        self.live = None
+        if main:
+            from dvclive import Live
+
+            folder = Path(out_dir) / DVCLIVE
+            if self.rows:
+                _truncate(folder, self.rows[-1]["step"])
+            # dvcyaml=None: writing dvc.yaml every step costs ~40 ms; dvc.yaml declares these files.
+            self.live = Live(dir=str(folder), resume=bool(self.rows), save_dvc_exp=False, dvcyaml=None)
+
+    def append(self, row: dict) -> None:
+        self.rows.append(row)
+        if self.live is not None:
+            self.live.step = row["step"]
+            for name, value in row.items():
+                if name != "step":
+                    self.live.log_metric(name, value)
+            self.live.next_step()
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.end()
+
+    def frame(self) -> pl.DataFrame:
+        return pl.DataFrame(self.rows)
+
+
+def _truncate(folder: Path, step: int) -> None:
+    """Drop the DVCLive history rows after ``step`` (logged by a run that stopped before saving them)."""
+    for tsv in (folder / "plots" / "metrics").rglob("*.tsv"):
+        history = pl.read_csv(tsv, separator="\t")
+        history.filter(pl.col("step") <= step).write_csv(tsv, separator="\t")
+
+
+class MoEStats:
+    """Router statistics of one step: mean aux losses over MoE layers and the expert load imbalance.
+
+    ``moe_load_imbalance`` is the largest expert's token count over the mean count (1 = balanced),
+    averaged over MoE layers; counted by a hook on each router's routing map. Every rank calls
+    :meth:`collect` after each step (it holds collectives).
+    """
+
+    def __init__(self, model: torch.nn.Module, num_layers: int, num_experts: int, n_micro: int) -> None:
+        self.n_micro = n_micro
+        self.counts = torch.zeros(num_layers, num_experts)  # (layers, experts) tokens routed this step
+        for module in model.modules():
+            if isinstance(module, TopKRouter):
+                module.register_forward_hook(self._count)
+
+    def _count(self, router, args, output) -> None:
+        _, routing_map = output  # (tokens, experts) bool
+        self.counts[router.layer_number - 1] += routing_map.sum(dim=0).float().cpu()
+
+    def collect(self) -> dict[str, float]:
+        counts = self.counts.to(_device())
+        torch.distributed.all_reduce(counts)  # each token counted once per rank that routed it
+        moe_layers = counts.sum(dim=1) > 0
+        per_layer = counts[moe_layers].amax(dim=1) / counts[moe_layers].mean(dim=1)
+        out = {"moe_load_imbalance": per_layer.mean().item()}
+        self.counts.zero_()
+        out.update(self._aux_losses(int(moe_layers.sum())))
+        return out
+
+    def _aux_losses(self, n_moe_layers: int) -> dict[str, float]:
+        """megatron's aux-loss tracker, reduced over ranks as megatron logs it, per MoE layer and micro-batch."""
+        tracker = moe_utils.get_moe_layer_wise_logging_tracker()
+        names = sorted(tracker)
+        # Every rank must hold the same losses to reduce them (a pipeline stage may have no MoE layer).
+        held = torch.tensor([float(len(names))], device=_device())
+        torch.distributed.all_reduce(held, op=torch.distributed.ReduceOp.MIN)
+        if held.item() != len(names) or not names:
+            moe_utils.clear_aux_losses_tracker()
+            return {}
+        moe_utils.reduce_aux_losses_tracker_across_ranks(names)
+        scale = 1 / (max(n_moe_layers, 1) * self.n_micro)
+        out = {f"moe_{name}": tracker[name]["values"].sum().item() * scale for name in names}
+        moe_utils.clear_aux_losses_tracker()
+        return out
+
+
+def _device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")

@@ -1,0 +1,130 @@
+"""Preemption: on SIGTERM/SIGUSR1/SIGUSR2 finish the step, save, and exit with ``REQUEUE_EXIT``.
+
+SLURM sends SIGTERM when it preempts or cancels a job (and ``--signal=USR1@120`` style warnings
+before the time limit); submitit asks for SIGUSR2. The signal flow:
+
+    signal ──> every training process (a process group, or all tasks of a SLURM step)
+               under torchrun: the agent gets it and passes it on to its workers
+    worker ──> :class:`StopSignals` notes it; the trainer all-reduces the flag after each step, so
+               every rank stops after the same step, saves a resumable checkpoint, and raises
+               :class:`Preempted` (a ``SystemExit`` with code ``REQUEUE_EXIT`` = 75, EX_TEMPFAIL)
+    launcher   torchrun reports any worker exit or its own signal as 1; :func:`run_supervised`
+               waits through the signal and returns the status rank 0 left in ``MM1_EXIT_STATUS``
+               (75: requeue; 0: training had finished anyway)
+
+A requeued job (SLURM ``--requeue``, submitit's :class:`TrainJob`, a Snakemake retry) runs the same
+command again and resumes from the checkpoint (``train.resume``). SIGINT (Ctrl-C) still stops at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from submitit.helpers import Checkpointable, DelayedSubmission
+
+REQUEUE_EXIT = 75  # EX_TEMPFAIL (sysexits.h): "try again later"; 124 is timeout's, 137 a SIGKILL
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+EXIT_STATUS_ENV = "MM1_EXIT_STATUS"  # set by run_supervised: where rank 0 writes 0 or REQUEUE_EXIT
+TORCHRUN_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1,SIGUSR2"  # torchrun passes these on
+
+
+class Preempted(SystemExit):
+    """Training stopped early after a saved ``step``; the process exits with ``REQUEUE_EXIT``."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(REQUEUE_EXIT)
+        self.step = step
+
+
+class StopSignals:
+    """``with StopSignals() as stop:`` notes the preemption signals instead of dying from them.
+
+    :meth:`agreed` (every rank, after each step) tells whether any rank got one. On exit the
+    previous handlers come back; :meth:`hand_over` then calls the one the signal would have reached
+    (submitit's checkpoint-and-requeue, for one).
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._note) for sig in SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _note(self, signum: int, frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    def agreed(self) -> bool:
+        """True on every rank when any rank got a signal (a collective: all ranks call it each step)."""
+        import torch  # here: the launcher process (run_supervised) does not need torch
+
+        flag = torch.tensor([float(self.signum is not None)])
+        if torch.distributed.is_initialized():
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def hand_over(self) -> None:
+        """Call the handler this signal had before (if it was a Python function)."""
+        previous = self._previous.get(self.signum) if self.signum is not None else None
+        if callable(previous):
+            previous(self.signum, None)
+
+
+def report_exit(code: int, rank: int) -> None:
+    """Leave this run's exit status for :func:`run_supervised` (rank 0, under it only)."""
+    path = os.environ.get(EXIT_STATUS_ENV)
+    if path and rank == 0:
+        Path(path).write_text(f"{code}\n")
+
+
+def run_supervised(cmd: list[str], env: dict[str, str]) -> int:
+    """Run a launcher (torchrun) to the end and return the training's exit status.
+
+    Like a shell waiting for its foreground job, this process outlives the preemption signals (sent
+    to the whole process group, they reach torchrun directly). torchrun exits 1 when a worker exits
+    with ``REQUEUE_EXIT`` or when it was signalled itself, so the status rank 0 reported wins.
+    """
+    with tempfile.TemporaryDirectory(prefix="mm1-") as tmp:
+        status = Path(tmp) / "exit_status"
+        env = {**env, EXIT_STATUS_ENV: str(status), "PET_SIGNALS_TO_HANDLE": TORCHRUN_SIGNALS}
+        previous = {sig: signal.signal(sig, lambda *_: None) for sig in (*SIGNALS, signal.SIGINT)}
+        try:
+            code = subprocess.Popen(cmd, env=env).wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return int(status.read_text()) if code != 0 and status.is_file() else code
+
+
+class TrainJob(Checkpointable):
+    """``train(cfg, packed, tokenizer, out_dir)`` as a submitit job that requeues itself.
+
+    On preemption or timeout submitit calls :meth:`checkpoint` and requeues what it returns: the
+    same training with ``train.resume=true``, which continues from the newest resumable checkpoint.
+    """
+
+    def __init__(self, cfg, packed: Path, tokenizer: Path, out_dir: Path) -> None:
+        self.cfg, self.packed, self.tokenizer, self.out_dir = cfg, Path(packed), Path(tokenizer), Path(out_dir)
+
+    def __call__(self):
+        from mm1.train.trainer import train
+
+        return train(self.cfg, self.packed, self.tokenizer, self.out_dir)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
+        train_cfg = self.cfg.train.model_copy(update={"resume": True})
+        resumed = TrainJob(self.cfg.model_copy(update={"train": train_cfg}), self.packed, self.tokenizer, self.out_dir)
+        return DelayedSubmission(resumed)

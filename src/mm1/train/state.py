@@ -1,0 +1,265 @@
+"""Resumable training state: everything a run needs to continue exactly where it stopped.
+
+    <root>/                       (the train stage's ``resume/`` folder)
+      latest                      the name of the newest complete checkpoint, e.g. "step_000120"
+      step_000120/                one complete checkpoint (written as step_000120.partial, renamed
+                                  when every rank is done: a folder without .partial is complete)
+        .metadata, *.distcp       model + optimizer (megatron dist_checkpointing: any layout loads it)
+        common.pt                 LR-scheduler state and the step
+        rng/rank_00000.pt         RNG states of each rank (torch, CUDA, megatron's tracker, python, numpy)
+        metrics.csv               the metrics rows of steps 1..120
+        state.json                what the run was: step, model and train config, input hashes, layout
+
+The data position is the step itself (step t reads sequences [t*G, (t+1)*G) of the packed file), so
+model, optimizer, scheduler, RNG and step are the whole state. Only the newest ``keep_last``
+complete checkpoints are kept. A checkpoint of another model, another schedule or other inputs is
+refused (:class:`IncompatibleCheckpoint` names the differing fields), never silently resumed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import multiprocessing as mp
+import random
+import re
+import shutil
+import signal
+import warnings
+from dataclasses import dataclass
+from multiprocessing.managers import SyncManager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from mm1 import atomic
+from mm1.train.preempt import SIGNALS
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from megatron.core import dist_checkpointing, tensor_parallel
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+LATEST = "latest"
+PARTIAL = ".partial"
+STATE = "state.json"
+METRICS = "metrics.csv"
+RNG = "rng"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+# Layout-independent optimizer state (plain and distributed optimizer alike): a checkpoint of one
+# TP/PP/DP layout resumes in another.
+OPTIMIZER_FORMAT = {"distrib_optim_sharding_type": "fully_reshardable", "chained_optim_avoid_prefix": True}
+# train.* fields that may change between the run that saved a checkpoint and the one resuming it.
+RESUMABLE_TRAIN_CHANGES = frozenset({"resume", "save_interval", "keep_last", "log_interval", "micro_batch_size"})
+
+
+class IncompatibleCheckpoint(ValueError):
+    """The checkpoint to resume was saved by a different model, schedule or inputs."""
+
+
+@dataclass(frozen=True)
+class Restored:
+    step: int
+    rows: list[dict]
+    path: Path
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return Path(root) / f"step_{step:06d}"
+
+
+def complete(root: Path) -> list[Path]:
+    """The complete checkpoints under ``root``, oldest first (``.partial`` folders are never complete)."""
+    found = [(int(m[1]), p) for p in Path(root).glob("step_*") if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def latest(root: Path) -> Path | None:
+    """The newest complete checkpoint under ``root``, or None.
+
+    Folders decide, not the ``latest`` pointer (written for people and tools): a run that died
+    between the rename and the pointer update still resumes from its newest checkpoint.
+    """
+    done = complete(root)
+    return done[-1] if done else None
+
+
+def clear(root: Path) -> None:
+    """Start over: remove every checkpoint under ``root`` (rank 0; called by all ranks)."""
+    if _rank() == 0:
+        shutil.rmtree(root, ignore_errors=True)
+    _barrier()
+
+
+def _rng_state() -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+        "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+
+
+def _init_distributed_optimizer_state(optimizer) -> None:
+    """Give a fresh distributed optimizer the Adam state to load into (megatron's own
+    ``init_state_fn`` leaves out ``step``, and ``DistributedOptimizer.state_dict`` needs it)."""
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if not isinstance(opt, DistributedOptimizer):
+            continue
+        for group in opt.optimizer.param_groups:
+            for p in group["params"]:
+                if not opt.optimizer.state[p]:
+                    opt.optimizer.state[p].update(
+                        exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p), step=torch.tensor(0.0)
+                    )
+
+
+def _load_optimizer(optimizer, loaded: dict) -> None:
+    """``optimizer.load_state_dict(loaded)``, with two fixes for megatron 0.16.1's distributed optimizer
+    under torch Adam (no Apex/TE): its parameter state is loaded apart (megatron copies every state
+    key into it, ``step`` included, which the fully reshardable format does not hold: KeyError), and
+    each parameter gets its own ``step`` tensor."""
+    opts = getattr(optimizer, "chained_optimizers", [optimizer])
+    if not any(isinstance(opt, DistributedOptimizer) for opt in opts):
+        optimizer.load_state_dict(loaded)
+        return
+    parts = [loaded] if len(opts) == 1 else [v for _, v in sorted(loaded.items())]
+    for opt, part in zip(opts, parts, strict=True):
+        if not isinstance(opt, DistributedOptimizer):
+            opt.load_state_dict(part)
+            continue
+        param_state = part.pop("param_state")
+        part.pop("param_state_sharding_type")
+        opt.load_state_dict(part)  # param groups and step
+        steps = {p: st.pop("step") for p, st in opt.optimizer.state.items() if "step" in st}
+        opt.load_parameter_state_from_fully_reshardable(param_state)
+        for p, step in steps.items():  # megatron gave every parameter the same step tensor, which
+            opt.optimizer.state[p]["step"] = step.clone()  # torch Adam would then increment once per parameter
+
+
+def _sharded(model: torch.nn.Module, optimizer, is_loading: bool) -> dict:
+    if is_loading:
+        _init_distributed_optimizer_state(optimizer)
+    model_sd = model.sharded_state_dict()
+    return {
+        "model": model_sd,
+        "optimizer": optimizer.sharded_state_dict(model_sd, is_loading, metadata=OPTIMIZER_FORMAT),
+    }
+
+
+def _signal_proof_writer() -> None:
+    """Start the helper process of megatron's checkpoint writer deaf to the preemption signals.
+
+    megatron collects write results through a multiprocessing Manager, a process started at the
+    first save. A preemption signal sent to the process group (torchrun passes it on to each
+    worker's group) would kill it, and the save the signal asks for would fail (BrokenPipeError).
+    """
+    if filesystem_async._results_queue is None:
+        manager = SyncManager(ctx=mp.get_context("spawn"))
+        manager.start(signal.pthread_sigmask, (signal.SIG_BLOCK, (*SIGNALS, signal.SIGINT)))
+        filesystem_async._results_queue = manager.Queue()  # the proxy keeps the manager alive
+
+
+def save(
+    root: Path, step: int, model: torch.nn.Module, optimizer, scheduler, facts: dict, rows: list[dict], keep_last: int
+) -> Path:
+    """Write the resumable checkpoint of ``step`` (every rank calls this), then keep the last ``keep_last``.
+
+    ``model`` is the unwrapped model (no DDP ``module.`` prefix); ``facts`` describe the run
+    (:func:`check_compatible` compares them on resume); ``rows`` are the metrics of steps 1..step.
+    """
+    final = step_dir(root, step)
+    tmp = final.with_name(final.name + PARTIAL)
+    rank = _rank()
+    _signal_proof_writer()
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier()
+    state = _sharded(model, optimizer, is_loading=False)
+    state.update(scheduler=scheduler.state_dict(), step=step)
+    dist_checkpointing.save(state, str(tmp))
+    (tmp / RNG).mkdir(exist_ok=True)
+    torch.save(_rng_state(), tmp / RNG / f"rank_{rank:05d}.pt")
+    _barrier()
+    if rank == 0:
+        pl.DataFrame(rows).write_csv(tmp / METRICS)
+        created = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        (tmp / STATE).write_text(json.dumps({"step": step, "created": created, **facts}, indent=2) + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        atomic.write_text(Path(root) / LATEST, final.name + "\n")
+        for old in complete(root)[:-keep_last]:
+            shutil.rmtree(old)
+        for stale in Path(root).glob(f"step_*{PARTIAL}"):  # left by a run that died while saving
+            shutil.rmtree(stale)
+    _barrier()
+    return final
+
+
+def _diff(saved: Any, now: Any, path: str) -> list[str]:
+    if isinstance(saved, dict) and isinstance(now, dict):
+        return [d for k in sorted(set(saved) | set(now)) for d in _diff(saved.get(k), now.get(k), f"{path}.{k}")]
+    return [] if saved == now else [f"{path.lstrip('.')}: checkpoint {saved!r}, now {now!r}"]
+
+
+def check_compatible(saved: dict, facts: dict, path: Path) -> None:
+    """Raise :class:`IncompatibleCheckpoint` naming each field where the run that saved ``path``
+    differs from this one (model, tokenizer, inputs, schedule); the layout may differ."""
+    keep = {k: v for k, v in facts.items() if k != "layout"}
+    saved = {k: v for k, v in saved.items() if k in keep}
+    for d in (saved, keep):
+        if "train" in d:
+            d["train"] = {k: v for k, v in d["train"].items() if k not in RESUMABLE_TRAIN_CHANGES}
+    wrong = _diff(saved, keep, "")
+    if wrong:
+        raise IncompatibleCheckpoint(
+            f"cannot resume from {path}: it was saved by a different run:\n  "
+            + "\n  ".join(wrong)
+            + f"\nrestore those settings, or start over with train.resume=false (replaces {path.parent})"
+        )
+
+
+def load(path: Path, model: torch.nn.Module, optimizer, scheduler, facts: dict) -> Restored:
+    """Restore model, optimizer, scheduler and (same layout only) RNG states from ``path``."""
+    path = Path(path)
+    saved = json.loads((path / STATE).read_text())
+    check_compatible(saved, facts, path)
+    loaded = dist_checkpointing.load(_sharded(model, optimizer, is_loading=True), str(path))
+    model.load_state_dict(loaded["model"])
+    _load_optimizer(optimizer, loaded["optimizer"])
+    scheduler.load_state_dict(loaded["scheduler"])
+    rng = path / RNG / f"rank_{_rank():05d}.pt"
+    if saved["layout"] == facts["layout"] and rng.is_file():
+        _set_rng_state(torch.load(rng, weights_only=False))
+    elif _rank() == 0:
+        warnings.warn(
+            f"resuming {path} under layout {facts['layout']} (saved under {saved['layout']}): RNG streams "
+            "restart from the seed, so the curve continues correctly but not bit for bit",
+            stacklevel=2,
+        )
+    rows = pl.read_csv(path / METRICS).to_dicts() if (path / METRICS).is_file() else []
+    return Restored(step=int(loaded["step"]), rows=rows, path=path)

@@ -1,0 +1,123 @@
+"""Preemption: SIGTERM makes a training run finish its step, save a resumable checkpoint and exit
+with REQUEUE_EXIT (75); running it again resumes and ends on the uninterrupted loss curve. The
+submitit requeue protocol (TrainJob.checkpoint) is checked at the Python level."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+from trainkit import TINY, tiny
+
+from mm1.train import state
+from mm1.train.preempt import REQUEUE_EXIT, Preempted, StopSignals, TrainJob
+from mm1.train.trainer import train
+
+MM1 = ["mm1"]  # the launcher waits through the signal (preempt.run_supervised) and returns 75
+
+
+def train_args(world, out: Path, *overrides: str) -> list[str]:
+    sets = [arg for s in TINY + list(overrides) for arg in ("--set", s)]
+    return ["train", "--packed", str(world["packed"]), "--tokenizer", str(world["tokenizer"]), "--out", str(out), *sets]
+
+
+def logged_step(out: Path) -> int:
+    """The last step DVCLive has logged (0 before the first)."""
+    try:
+        return json.loads((out / "dvclive" / "metrics.json").read_text())["step"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return 0
+
+
+def run_to_end(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def preempt_at(cmd: list[str], out: Path, step: int, timeout: int = 300) -> tuple[int, str]:
+    """Start ``cmd`` in its own process group; SIGTERM the group once ``step`` is logged."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while logged_step(out) < step and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)  # what SLURM and terminals do: the whole group
+        output, _ = proc.communicate(timeout=max(deadline - time.monotonic(), 1))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode, output
+
+
+def test_stop_signals_are_noted_agreed_and_handed_over():
+    seen = []
+    before = signal.signal(signal.SIGUSR1, lambda signum, frame: seen.append(signum))
+    try:
+        with StopSignals() as stop:
+            assert not stop.agreed()
+            os.kill(os.getpid(), signal.SIGUSR1)  # noted, not acted on
+            assert stop.agreed() and stop.signum == signal.SIGUSR1 and seen == []
+        stop.hand_over()  # to the handler installed before (submitit's, in a submitit job)
+        assert seen == [signal.SIGUSR1]
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_sigterm_to_two_process_run_saves_and_resume_repeats_the_curve(world, tmp_path):
+    layout = ["parallel.world_size=2", "train.steps=20", "train.save_interval=2"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    run_to_end(["mm1", *train_args(world, whole, *layout)])  # uninterrupted
+
+    code, output = preempt_at([*MM1, *train_args(world, parts, *layout)], parts, step=3)
+    assert code == REQUEUE_EXIT, output[-3000:]
+    saved = state.latest(parts / "resume")
+    assert saved is not None and 3 <= int(saved.name.removeprefix("step_")) < 20, output[-3000:]
+    assert not (parts / "metrics.csv").exists()
+
+    run_to_end([*MM1, *train_args(world, parts, *layout)])
+    got, want = pl.read_csv(parts / "metrics.csv"), pl.read_csv(whole / "metrics.csv")
+    assert got["step"].to_list() == list(range(1, 21))
+    for column in ("loss", "lr", "grad_norm"):
+        assert got[column].to_list() == want[column].to_list(), column  # bit for bit
+    provenance = json.loads((parts / "provenance.json").read_text())
+    assert provenance["resumed_from"] == str(saved)
+
+
+@pytest.mark.slow
+def test_sigterm_to_single_process_run_exits_for_requeue(world, tmp_path):
+    # The signal reaches every process of the group, the checkpoint writer's helper process too
+    # (started by the save at step 2): the save it asks for must still succeed.
+    cmd = ["mm1", *train_args(world, tmp_path, "train.steps=20", "train.save_interval=2")]
+    code, output = preempt_at(cmd, tmp_path, step=3)  # no torchrun: the trainer itself exits 75
+    assert code == REQUEUE_EXIT, output[-3000:]
+    saved = state.latest(tmp_path / "resume")
+    assert saved is not None and int(saved.name.removeprefix("step_")) >= 3, output[-3000:]
+    run_to_end(cmd)
+    assert pl.read_csv(tmp_path / "metrics.csv")["step"].to_list() == list(range(1, 21))
+
+
+def test_train_job_checkpoint_requeues_a_resuming_training(world, tmp_path):
+    """submitit calls ``checkpoint()`` on preemption and runs the DelayedSubmission it returns."""
+    from submitit.helpers import DelayedSubmission
+
+    job = TrainJob(tiny("train.resume=false"), world["packed"], world["tokenizer"], tmp_path)
+    with pytest.raises(Preempted):
+        train(job.cfg, job.packed, job.tokenizer, job.out_dir, stop_after=3)  # what a preempted job() did
+
+    delayed = job.checkpoint()
+    assert isinstance(delayed, DelayedSubmission) and isinstance(delayed.function, TrainJob)
+    assert delayed.function.cfg.train.resume and not job.cfg.train.resume
+    delayed.dump(tmp_path / "submitted.pkl")  # submitit pickles it for the requeued job
+    result = DelayedSubmission.load(tmp_path / "submitted.pkl").result()
+    assert result.resumed_from == 3
+    assert result.metrics["step"].to_list() == list(range(1, 7))
