@@ -56,6 +56,10 @@ def test_invalid_config_is_refused_before_anything_runs(project: Path):
 
 
 @pytest.mark.slow
+def checkpoint_meta(ckpt: Path) -> dict:
+    return json.loads((ckpt / "model.json").read_text())
+
+
 def test_smoke_study_end_to_end(project: Path):
     run(["snakemake", "--cores", "2", "--configfile", str(SMOKE)], project, timeout=900)
     results = project / "results"
@@ -80,6 +84,13 @@ def test_smoke_study_end_to_end(project: Path):
     for rule in ("world", "tokenizer", "pack", "train", "eval", "figure"):
         assert (project / "logs" / f"{rule}.log").is_file()
         assert (project / "benchmarks" / f"{rule}.tsv").is_file()
+    # The other training stages: encoder pre-training, SFT data, SFT from the pre-trained checkpoint.
+    run(["snakemake", "stages", "--cores", "2", "--configfile", str(SMOKE)], project, timeout=900)
+    for stage in ("encoder", "sft"):
+        assert checkpoint_meta(results / stage / "checkpoint")["model"]["encoder"]["image_size"] == 32
+        assert len(pl.read_csv(results / stage / "metrics.csv")) == 40, stage
+    sft_prov = json.loads((results / "sft/provenance.json").read_text())
+    assert "init_all" in sft_prov["inputs"], "SFT did not start from the pre-trained checkpoint"
     # Nothing left to do: a second run is a no-op.
     again = run(["snakemake", "--cores", "2", "--configfile", str(SMOKE), "-n"], project)
     assert "Nothing to be done" in again.stdout + again.stderr
