@@ -1,20 +1,54 @@
 """Start a stage with as many processes as its parallel layout needs.
 
 A stage command run by hand, by Snakemake or by DVC is a single process. When
-``parallel.world_size > 1`` and no launcher (torchrun, srun) has set ``WORLD_SIZE``, the command
-re-runs itself under ``torch.distributed.run`` on this node; under a launcher it runs as is.
+``parallel.world_size > 1`` and no launcher has started it (torchrun sets ``WORLD_SIZE``; ``srun``
+with several tasks sets ``SLURM_NTASKS``), the command re-runs itself under
+``torch.distributed.run`` on this node; under a launcher it runs as is, and under ``srun`` the
+rendezvous comes from SLURM's variables (:func:`torch_env_from_slurm`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 from mm1.config import ParallelConfig
 
 
+def _slurm_tasks() -> int:
+    """Tasks of this ``srun`` step (1 outside SLURM, or for a batch script's single task)."""
+    return int(os.environ.get("SLURM_NTASKS", "1")) if "SLURM_PROCID" in os.environ else 1
+
+
 def under_launcher() -> bool:
-    return "WORLD_SIZE" in os.environ
+    """Started by torchrun (WORLD_SIZE set) or as one of several ``srun`` tasks."""
+    return "WORLD_SIZE" in os.environ or _slurm_tasks() > 1
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: ``gpu[03-05,9],cpu1`` -> ``gpu03``."""
+    prefix, first = re.match(r"([^,\[]+)(?:\[([^\],-]+))?", nodelist).groups()
+    return prefix + (first or "")
+
+
+def torch_env_from_slurm() -> None:
+    """Under ``srun`` with several tasks (one per GPU), give torch.distributed its rendezvous
+    variables from SLURM's: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR (the step's first node) and
+    a MASTER_PORT derived from the job id. Variables already set (e.g. by submitit) win."""
+    if "RANK" in os.environ or _slurm_tasks() == 1:
+        return
+    job = int(os.environ.get("SLURM_JOB_ID", "0"))
+    nodes = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_JOB_NODELIST", "127.0.0.1")
+    defaults = {
+        "RANK": os.environ["SLURM_PROCID"],
+        "WORLD_SIZE": str(_slurm_tasks()),
+        "LOCAL_RANK": os.environ.get("SLURM_LOCALID", "0"),
+        "MASTER_ADDR": first_host(nodes),
+        "MASTER_PORT": str(20000 + job % 20000),
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
 
 
 def relaunch_if_needed(parallel: ParallelConfig, argv: list[str]) -> int | None:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from mm1.config import ParallelConfig
-from mm1.parallel import compat
+from mm1.parallel import compat, launch
 
 with warnings.catch_warnings():  # megatron warns at import that apex/TE are absent
     warnings.simplefilter("ignore")
@@ -70,6 +70,7 @@ def seed_everything(seed: int) -> None:
 def initialize(parallel: ParallelConfig, seed: int, timeout_s: int = 300) -> Rank:
     """Start the process group and megatron's model-parallel groups for ``parallel``."""
     compat.apply()
+    launch.torch_env_from_slurm()  # srun tasks: RANK/WORLD_SIZE/MASTER_* from SLURM's variables
     os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")  # megatron's advice for TP comm overlap
     backend = _backend(parallel.backend)
     if backend == "nccl" and not torch.cuda.is_available():
