@@ -86,7 +86,8 @@ def test_smoke_study_end_to_end(project: Path):
         assert (project / "benchmarks" / f"{rule}.tsv").is_file()
     # The other training stages: encoder pre-training, SFT data, SFT from the pre-trained checkpoint.
     run(["snakemake", "stages", "--cores", "2", "--configfile", str(SMOKE)], project, timeout=900)
-    for stage in ("encoder", "sft"):
+    assert set(pl.read_csv(results / "llm_packed/mixture.csv").filter(pl.col("sequences") > 0)["source"]) == {"text"}
+    for stage in ("llm", "encoder", "sft"):
         assert checkpoint_meta(results / stage / "checkpoint")["model"]["encoder"]["image_size"] == 32
         assert len(pl.read_csv(results / stage / "metrics.csv")) == 40, stage
     sft_prov = json.loads((results / "sft/provenance.json").read_text())
