@@ -85,21 +85,22 @@ def test_finished_run_resumes_to_the_same_outputs_without_training(world, tmp_pa
     assert again.metrics["loss"].to_list() == first.metrics["loss"].to_list()
 
 
-def test_checkpoint_of_another_run_is_refused_naming_the_fields(world, tmp_path):
+def test_checkpoint_of_another_run_is_moved_aside_naming_the_fields(world, tmp_path, capsys):
+    """A changed config (why Snakemake reruns the stage) starts over; the old checkpoints are kept."""
     with pytest.raises(Preempted):
         run(tiny(), world, tmp_path, stop_after=1)
-    changed = tiny("model.decoder.ffn_hidden_size=96", "train.lr=0.001", "train.log_interval=1")
-    with pytest.raises(state.IncompatibleCheckpoint) as refused:
-        run(changed, world, tmp_path)
-    message = str(refused.value)
+    changed = tiny("model.decoder.ffn_hidden_size=96", "train.lr=0.001", "train.log_interval=1", "train.steps=2")
+    assert run(changed, world, tmp_path).resumed_from == 0
+    message = capsys.readouterr().out
     assert "model.decoder.ffn_hidden_size: checkpoint 128, now 96" in message
     assert "train.lr: checkpoint None, now 0.001" in message
     assert "log_interval" not in message  # allowed to change
-    assert "train.resume=false" in message
+    (stale,) = tmp_path.glob("resume.stale-*")
+    assert [p.name for p in state.complete(stale)] == ["step_000001"]
 
-    fresh = run(tiny("model.decoder.ffn_hidden_size=96", "train.steps=2", "train.resume=false"), world, tmp_path)
+    fresh = run(tiny("model.decoder.ffn_hidden_size=96", "train.steps=3", "train.resume=false"), world, tmp_path)
     assert fresh.resumed_from == 0
-    assert [p.name for p in state.complete(tmp_path / "resume")] == ["step_000002"]  # the old run's are gone
+    assert [p.name for p in state.complete(tmp_path / "resume")] == ["step_000003"]  # the changed run's are gone
 
 
 def test_latest_ignores_partial_folders_and_a_stale_pointer(tmp_path):

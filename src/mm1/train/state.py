@@ -97,6 +97,29 @@ def latest(root: Path) -> Path | None:
     return done[-1] if done else None
 
 
+def resumable(root: Path, facts: dict) -> Path | None:
+    """The newest complete checkpoint under ``root`` if this run (``facts``) may continue from it.
+
+    One saved by another run -- the model, schedule or inputs changed, which is why Snakemake
+    reruns the stage -- is not resumed and not deleted: ``root`` moves aside to
+    ``<root>.stale-<UTC time>`` with a message naming what differs, and the run starts over.
+    """
+    found = latest(root)
+    if found is None:
+        return None
+    try:
+        check_compatible(json.loads((found / STATE).read_text()), facts, found)
+        return found
+    except IncompatibleCheckpoint as exc:
+        if _rank() == 0:
+            stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+            aside = Path(root).with_name(f"{Path(root).name}.stale-{stamp}")
+            Path(root).rename(aside)
+            print(f"mm1 train: not resuming: {exc}\nmoved {root} to {aside}; starting over", flush=True)
+        _barrier()
+        return None
+
+
 def clear(root: Path) -> None:
     """Start over: remove every checkpoint under ``root`` (rank 0; called by all ranks)."""
     if _rank() == 0:
@@ -239,7 +262,7 @@ def check_compatible(saved: dict, facts: dict, path: Path) -> None:
         raise IncompatibleCheckpoint(
             f"cannot resume from {path}: it was saved by a different run:\n  "
             + "\n  ".join(wrong)
-            + f"\nrestore those settings, or start over with train.resume=false (replaces {path.parent})"
+            + f"\n(restore those settings to resume it; train.resume=false starts over and deletes {path.parent})"
         )
 
 

@@ -243,11 +243,11 @@ def train(
     resume_dir = out_dir / RESUME
     with StopSignals() as signals, distributed(cfg.parallel, tc.seed) as rank:
         data = PackedData.load(packed_path, mc.decoder.seq_length, mc.encoder.image_size)
-        found = state.latest(resume_dir) if tc.resume else None
+        facts = _facts(cfg, rank, inputs)
+        found = state.resumable(resume_dir, facts) if tc.resume else None  # another run's: moved aside
         model = wrap_ddp(build(cfg, tok, None if found else init).to(rank.device), cfg.parallel)
         lr, weight_decay = optimizer_hparams(cfg, vocab_size=tok.vocab_size)  # config, or MM1's law
         optimizer, scheduler = build_optimizer(model, cfg.train, lr, weight_decay)
-        facts = _facts(cfg, rank, inputs)
         if found is None:
             state.clear(resume_dir)  # a fresh start replaces older resumable checkpoints
         restored = state.load(found, model.module, optimizer, scheduler, facts) if found else None
