@@ -22,21 +22,18 @@ def test_first_host_of_a_slurm_node_list(nodelist: str, host: str) -> None:
 
 
 def test_srun_variables_become_torch_rendezvous_variables(monkeypatch) -> None:
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(key, raising=False)
-    slurm = {"SLURM_PROCID": "3", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "123456"}
-    for key, value in {**slurm, "SLURM_JOB_NODELIST": "gpu[07-08]"}.items():
-        monkeypatch.setenv(key, value)
+    # A private environment: the variables the function sets must not leak into later tests.
+    slurm = {"SLURM_PROCID": "3", "SLURM_STEP_NUM_TASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "123456"}
+    monkeypatch.setattr(os, "environ", {**slurm, "SLURM_JOB_NODELIST": "gpu[07-08]"})
     assert under_launcher()
     torch_env_from_slurm()
     got = {k: os.environ[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     assert got == {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "gpu07", "MASTER_PORT": "23456"}
 
 
-def test_a_single_slurm_task_is_not_a_launcher(monkeypatch) -> None:
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    monkeypatch.setenv("SLURM_PROCID", "0")
-    monkeypatch.setenv("SLURM_NTASKS", "1")
+@pytest.mark.parametrize("env", [{"SLURM_STEP_NUM_TASKS": "1"}, {"SLURM_NTASKS": "8"}])  # 1-task step; batch script
+def test_one_slurm_process_is_not_a_launcher(monkeypatch, env: dict) -> None:
+    monkeypatch.setattr(os, "environ", {"SLURM_PROCID": "0", **env})
     assert not under_launcher()  # mm1 re-launches itself under torchrun for world_size > 1
 
 
@@ -45,7 +42,7 @@ def test_two_srun_tasks_train_together(world, tmp_path: Path) -> None:
     sets = [a for s in [*TINY, "parallel.world_size=2", "train.steps=3"] for a in ("--set", s)]
     args = ["mm1", "train", "--packed", str(world["packed"]), "--tokenizer", str(world["tokenizer"])]
     base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    slurm = {"SLURM_NTASKS": "2", "SLURM_JOB_ID": str(os.getpid()), "SLURM_JOB_NODELIST": "127.0.0.1"}
+    slurm = {"SLURM_STEP_NUM_TASKS": "2", "SLURM_JOB_ID": str(os.getpid()), "SLURM_JOB_NODELIST": "127.0.0.1"}
     procs = [
         subprocess.Popen(
             [*args, "--out", str(tmp_path / "run"), *sets],

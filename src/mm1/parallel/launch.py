@@ -2,7 +2,7 @@
 
 A stage command run by hand, by Snakemake or by DVC is a single process. When
 ``parallel.world_size > 1`` and no launcher has started it (torchrun sets ``WORLD_SIZE``; ``srun``
-with several tasks sets ``SLURM_NTASKS``), the command re-runs itself under
+with several tasks sets ``SLURM_STEP_NUM_TASKS``), the command re-runs itself under
 ``torch.distributed.run`` on this node; under a launcher it runs as is, and under ``srun`` the
 rendezvous comes from SLURM's variables (:func:`torch_env_from_slurm`).
 """
@@ -17,8 +17,9 @@ from mm1.config import ParallelConfig
 
 
 def _slurm_tasks() -> int:
-    """Tasks of this ``srun`` step (1 outside SLURM, or for a batch script's single task)."""
-    return int(os.environ.get("SLURM_NTASKS", "1")) if "SLURM_PROCID" in os.environ else 1
+    """Tasks of this ``srun`` step; 1 outside one. A batch script also sees SLURM_NTASKS (the
+    job's) and SLURM_PROCID=0 but is one process, so only srun's SLURM_STEP_NUM_TASKS counts."""
+    return int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) if "SLURM_PROCID" in os.environ else 1
 
 
 def under_launcher() -> bool:
