@@ -106,15 +106,22 @@ def make_tokenizer(cfg: TokenizerConfig, manifest: Path, out_dir: Path, max_bad_
 PACK_SECTIONS = ("data", "model", "train")
 
 
+def _read_checked(read, manifest: Path, out_dir: Path, max_bad_fraction: float):
+    """``read(manifest, quarantine)``; the quarantine is written to ``out_dir`` and checked against
+    ``data.max_bad_fraction`` before anything else is written."""
+    quarantine = Quarantine()
+    records = read(manifest, quarantine)
+    quarantine.write(Path(out_dir) / "quarantine.parquet")
+    quarantine.check(max_bad_fraction)
+    return records, quarantine
+
+
 def pack(cfg: RunConfig, manifest: Path, tokenizer: Path, out_dir: Path) -> pl.DataFrame:
     """Draw the run's train.steps x global_batch_size sequences from the mixture; write them and the
     realised mixture (``mixture.csv``). Returns the realised mixture."""
     out_dir = Path(out_dir)
     tok = TextTokenizer(tokenizer)
-    quarantine = Quarantine()
-    sources = load_pretraining_sources(manifest, quarantine)
-    quarantine.write(out_dir / "quarantine.parquet")
-    quarantine.check(cfg.data.max_bad_fraction)
+    sources, quarantine = _read_checked(load_pretraining_sources, manifest, out_dir, cfg.data.max_bad_fraction)
     sampler = MixtureSampler(
         sources,
         cfg.data.mixture,
@@ -149,10 +156,7 @@ def sft_pack(cfg: RunConfig, manifest: Path, tokenizer: Path, out_dir: Path) -> 
 
     out_dir = Path(out_dir)
     tok = TextTokenizer(tokenizer)
-    quarantine = Quarantine()
-    conversations = load_conversations(manifest, quarantine)
-    quarantine.write(out_dir / "quarantine.parquet")
-    quarantine.check(cfg.data.max_bad_fraction)
+    conversations, _ = _read_checked(load_conversations, manifest, out_dir, cfg.data.max_bad_fraction)
     stats = build_sft(
         cfg.sft,
         conversations,

@@ -13,6 +13,7 @@ the multimodal model too).
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from pathlib import Path
@@ -111,7 +112,7 @@ def train_encoder(cfg: RunConfig, manifest: Path, tokenizer_path: Path, out_dir:
             loss = _step(cfg, model, batches, step, rank, prefix_gen)
             _, grad_norm, _ = optimizer.step()
             scheduler.step(increment=1)
-            if loss != loss or loss in (float("inf"), float("-inf")):
+            if not math.isfinite(loss):
                 raise FloatingPointError(
                     f"encoder loss became {loss} at step {step + 1}; lower train.lr (peak {lr:.3g})"
                 )
