@@ -10,7 +10,9 @@
     mm1 pack      --manifest FILE --tokenizer FILE --out DIR
     mm1 train     [--init CKPT | --init-encoder CKPT --init-decoder CKPT]
                   --packed FILE --tokenizer FILE --out DIR
-    mm1 eval      --benchmark FILE --tokenizer FILE --checkpoint DIR --out DIR
+    mm1 eval run  --data DIR --tokenizer FILE --checkpoint DIR --out DIR [--sft]   (few-shot / SFT benchmarks)
+    mm1 eval score-captions --pred PRED.json --refs CAPTIONS.json              (CIDEr of any model's captions)
+    mm1 eval score-vqa      --pred PRED.json --questions Q.json --annotations A.json   (VQA accuracy)
     mm1 encoder   --manifest FILE --tokenizer FILE --out DIR   (CLIP/AIM encoder pre-training)
     mm1 sft-pack  --manifest FILE --tokenizer FILE --out DIR   (SFT sequences)
     mm1 upcycle   --checkpoint DIR --out DIR --set model.moe.num_experts=N   (dense -> MoE)
@@ -236,13 +238,32 @@ def _cmd_encoder(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from mm1.data.formats import read_coco_captions
-    from mm1.eval.captioning import evaluate_captioning
+    from mm1.eval.harness import evaluate
 
     cfg = resolve(args)
-    bench = read_coco_captions(args.benchmark)
-    result = evaluate_captioning(cfg.eval, cfg.name, bench, args.benchmark, args.tokenizer, args.checkpoint, args.out)
-    print(result.scores)
+    result = evaluate(
+        cfg.eval, cfg.name, args.data, args.tokenizer, args.checkpoint, args.out, sft=cfg.sft if args.sft else None
+    )
+    print(result.summary)
+    return 0
+
+
+def _brief(scores: dict, per_item: bool) -> dict:
+    """The scores without the per-image / per-question lists unless asked for."""
+    return scores if per_item else {k: v for k, v in scores.items() if k not in ("per_image", "per_question")}
+
+
+def _cmd_score_captions(args: argparse.Namespace) -> int:
+    from mm1.eval.scoring import score_captions
+
+    print(json.dumps(_brief(score_captions(args.pred, args.refs), args.per_item), indent=2))
+    return 0
+
+
+def _cmd_score_vqa(args: argparse.Namespace) -> int:
+    from mm1.eval.scoring import score_vqa
+
+    print(json.dumps(_brief(score_vqa(args.pred, args.questions, args.annotations), args.per_item), indent=2))
     return 0
 
 
@@ -306,16 +327,6 @@ STAGES = {
         True,
         (("--packed", "train.parquet of the pack stage"), ("--tokenizer", "tokenizer.json")),
     ),
-    "eval": (
-        "0-shot captioning of a COCO-format benchmark split, scored with CIDEr-D",
-        _cmd_eval,
-        True,
-        (
-            ("--benchmark", "captions_<split>.json (images under images/<split>/ beside it)"),
-            ("--tokenizer", "tokenizer.json"),
-            ("--checkpoint", "checkpoint folder of the train stage"),
-        ),
-    ),
     "upcycle": (
         "build an MoE checkpoint from a dense one (each FFN copied into its experts; model.moe from the config)",
         _cmd_upcycle,
@@ -359,6 +370,7 @@ def parser() -> argparse.ArgumentParser:
     _config_args(fl)
     fl.set_defaults(func=_cmd_flops)
 
+    _eval_parser(sub)
     for name, (help_, func, configured, paths) in STAGES.items():
         stage = sub.add_parser(name, help=help_)
         if configured:
@@ -371,6 +383,36 @@ def parser() -> argparse.ArgumentParser:
             for flag, part in INIT_FLAGS.items():
                 stage.add_argument(flag, type=Path, metavar="CKPT", help=f"start {part or 'the whole model'} from CKPT")
     return p
+
+
+def _eval_parser(sub) -> None:
+    ev = sub.add_parser("eval", help="evaluate a checkpoint on the benchmarks, or score prediction files")
+    cmds = ev.add_subparsers(dest="eval_command", required=True)
+    run = cmds.add_parser(
+        "run", help="few-shot captioning/VQA + TextCore (pre-trained) or 0-shot + multiple choice (--sft)"
+    )
+    _config_args(run)
+    run.add_argument(
+        "--data", type=Path, required=True, help="folder relative benchmark paths start from (the world stage's)"
+    )
+    run.add_argument("--tokenizer", type=Path, required=True, help="tokenizer.json")
+    run.add_argument("--checkpoint", type=Path, required=True, help="checkpoint folder of a train or sft stage")
+    run.add_argument("--out", type=Path, required=True, help="output folder")
+    run.add_argument(
+        "--sft", action="store_true", help="an instruction-tuned checkpoint: 0-shot with the sft chat template"
+    )
+    run.set_defaults(func=_cmd_eval)
+    sc = cmds.add_parser("score-captions", help="CIDEr-D of [{image_id, caption}] against a COCO captions JSON")
+    sc.add_argument("--pred", type=Path, required=True, help='predictions: [{"image_id": int, "caption": str}]')
+    sc.add_argument("--refs", type=Path, required=True, help="COCO captions JSON with the references")
+    sc.add_argument("--per-item", action="store_true", help="also print every image's score")
+    sc.set_defaults(func=_cmd_score_captions)
+    sv = cmds.add_parser("score-vqa", help="VQA accuracy of [{question_id, answer}] against VQAv2 files")
+    sv.add_argument("--pred", type=Path, required=True, help='predictions: [{"question_id": int, "answer": str}]')
+    sv.add_argument("--questions", type=Path, required=True, help="VQAv2 questions JSON")
+    sv.add_argument("--annotations", type=Path, required=True, help="VQAv2 annotations JSON")
+    sv.add_argument("--per-item", action="store_true", help="also print every question's score")
+    sv.set_defaults(func=_cmd_score_vqa)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -103,7 +103,7 @@ def test_flops_prints_the_step_flops(capsys: pytest.CaptureFixture[str]) -> None
     assert main(["flops", "--images-per-sequence", "2"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[0].startswith("# mm1-tiny: one step = 32 sequences x 64 tokens, 2 images per sequence")
+    assert lines[0].startswith("# mm1-tiny: one step = 8 sequences x 256 tokens, 2 images per sequence")
     rows = {r["component"]: float(r["flops"]) for r in _csv("\n".join(lines[1:]))}
     assert list(rows) == ["encoder", "connector", "decoder", "forward", "total"]
     expected = step_flops(load(), 2)

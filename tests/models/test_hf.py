@@ -52,7 +52,7 @@ def _llama_config(**overrides) -> LlamaConfig:
         rms_norm_eps=1e-6,
         tie_word_embeddings=False,
         attention_bias=False,
-        max_position_embeddings=64,
+        max_position_embeddings=256,
         attn_implementation="eager",
     )
     return LlamaConfig(**(kwargs | overrides))

@@ -167,19 +167,17 @@ def test_layout_reproduces_single_process_losses(runs, layout):
 
 def captions_of(world, ckpt: Path, out: Path) -> list[str]:
     """Greedy 0-shot captions of the test images by a checkpoint, evaluated in one process."""
+    only_coco = {
+        "benchmarks": [{"name": "coco", "task": "captioning", "val": str(world["benchmark"])}],
+        "shots": [0],
+        "textcore": None,
+        "captioning": {"template": "<image>{caption}<eoc>", "max_new_tokens": 6},
+    }
     mm1(
-        [
-            "eval",
-            "--benchmark",
-            str(world["benchmark"]),
-            "--tokenizer",
-            str(world["tokenizer"]),
-            "--checkpoint",
-            str(ckpt),
-        ]
-        + ["--out", str(out), "--set", "eval.max_new_tokens=6"]
+        ["eval", "run", "--data", str(world["benchmark"].parent), "--tokenizer", str(world["tokenizer"])]
+        + ["--checkpoint", str(ckpt), "--out", str(out), "--config-json", json.dumps({"eval": only_coco})]
     )
-    return [json.loads(line)["candidate"] for line in (out / "captions.jsonl").read_text().splitlines()]
+    return [p["caption"] for p in json.loads((out / "predictions" / "coco_0shot.json").read_text())]
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import re
+import tempfile
+from pathlib import Path
 
+import pytest
 from worldkit import training_texts
 
 from mm1.world import World
+from mm1.world.corpus import cap
 from mm1.world.knowledge import build_knowledge
 
 
@@ -72,6 +76,41 @@ def test_textcore_answers_are_right() -> None:
             assert task.answer == str(max(a, b))
         elif task.task == "parity":
             assert task.answer == ("even" if int(re.findall(r"\d+", task.prompt)[0]) % 2 == 0 else "odd")
+
+
+def test_textcore_choices_hold_the_answer_once_among_answers_of_its_kind() -> None:
+    from mm1.data.formats import read_text_tasks, write_text_tasks
+    from mm1.world.corpus import textcore_task
+    from mm1.world.images import stream_rng
+    from mm1.world.vocab import NUMBER_WORDS
+
+    kb = build_knowledge(0)
+    tasks = [textcore_task(i, stream_rng(0, "t", i), kb) for i in range(200)]
+    positions = set()
+    for task in tasks:
+        assert task.choices.count(task.answer) == 1 and len(set(task.choices)) == len(task.choices)
+        positions.add(task.choices.index(task.answer))
+        if task.task in ("counting", "sequence"):
+            assert len(task.choices) == 4 and set(task.choices) <= set(NUMBER_WORDS)
+        elif task.task == "comparison":
+            assert sorted(task.choices) == sorted(re.findall(r"\d+", task.prompt))
+        elif task.task == "parity":
+            assert task.choices == ("even", "odd")
+        else:
+            kind = next(f.kind for f in kb.facts() if cap(f.prompt) == task.prompt)
+            assert set(task.choices) <= {f.answer for f in kb.facts() if f.kind == kind}
+    assert positions == {0, 1, 2, 3}  # the answer is not always in the same place
+    with tempfile.TemporaryDirectory() as d:
+        path = write_text_tasks(tasks, Path(d) / "textcore.jsonl")
+        assert read_text_tasks(path) == tasks
+        bad = (
+            path.read_text()
+            .replace('"choices": [', '"choices": ["nothing", ', 1)
+            .replace(f'"answer": "{tasks[0].answer}"', '"answer": "nowhere"', 1)
+        )
+        path.write_text(bad)
+        with pytest.raises(ValueError, match="not among the choices"):
+            read_text_tasks(path)
 
 
 def test_the_knowledge_base_depends_only_on_the_seed() -> None:

@@ -36,8 +36,9 @@ class WorldConfig(Section):
     """Images per benchmark's train split (the pool few-shot demonstrations are drawn from)."""
     captions_per_image: int = Field(5, ge=1, le=10)
     """Reference captions per captioning-benchmark image (COCO: 5)."""
-    answers_per_question: int = Field(10, ge=1, le=10)
-    """Human answers per VQA question (VQAv2: 10)."""
+    answers_per_question: int = Field(10, ge=4, le=10)
+    """Human answers per VQA question (VQAv2: 10). At least 4: the official VQA accuracy scores an
+    answer against the other n-1 answers and needs 3 matches for full credit."""
     n_textcore: int = Field(200, ge=0)
     """Text-only evaluation items (the TextCore analogue)."""
     n_sft: int = Field(1000, ge=0)

@@ -1,20 +1,175 @@
-"""Config of evaluation."""
+"""Config of evaluation: the benchmarks, the few-shot harness, prompt templates, decoding."""
 
 from __future__ import annotations
 
-from pydantic import Field
+import re
+import string
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
 
 from mm1.config.base import Section
 
+MARKERS: tuple[str, ...] = ("<image>", "<eoc>", "<eos>")
+"""Markers a prompt template may use: the image's slots, end-of-caption, end-of-text."""
+ANSWER_FIELD: dict[str, str] = {"captioning": "caption", "vqa": "answer"}
+"""The field of each task's template the model writes; the query prompt ends before it."""
+TEMPLATE_FIELDS: dict[str, tuple[str, ...]] = {"captioning": ("caption",), "vqa": ("question", "answer")}
+
+
+class BenchmarkSpec(Section):
+    """One benchmark: files in the real formats (COCO captions JSON, VQAv2 questions + annotations
+    JSON, each with an image folder). Relative paths are read from the eval stage's ``--data``
+    folder (the world stage's output); absolute paths point anywhere, e.g. at the real COCO."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    """Name in results (predictions/<name>_<k>shot.json, scores.csv)."""
+    task: Literal["captioning", "vqa"]
+    """captioning: COCO caption JSON, CIDEr; vqa: VQAv2 questions/annotations, VQA accuracy."""
+    val: str
+    """The evaluated split: captions_*.json (captioning) or the questions JSON (vqa)."""
+    val_annotations: str | None = None
+    """vqa: the annotations JSON; default: ``val`` with "_questions" replaced by "_annotations"."""
+    val_images: str | None = None
+    """Image folder of ``val``; default: images/<split> beside it."""
+    train: str | None = None
+    """The split few-shot demonstrations come from (same format); none: 0-shot only."""
+    train_annotations: str | None = None
+    """vqa: annotations of ``train`` (default as for val_annotations)."""
+    train_images: str | None = None
+    """Image folder of ``train`` (default as for val_images)."""
+
+    @model_validator(mode="after")
+    def _annotations_only_for_vqa(self) -> BenchmarkSpec:
+        if self.task == "captioning" and (self.val_annotations or self.train_annotations):
+            raise ValueError(
+                f"benchmark {self.name}: captioning references live in the captions JSON; "
+                "val_annotations / train_annotations are for vqa"
+            )
+        return self
+
+
+class PromptConfig(Section):
+    """How one task's demonstrations and query are written, and how its answer is decoded."""
+
+    template: str
+    """One demonstration. ``<image>`` marks the image's slots, ``<eoc>``/``<eos>`` those special
+    tokens, ``{field}`` the example's text (captioning: {caption}; vqa: {question}, {answer}).
+    The query is the same template cut before the answer field; the model writes the rest."""
+    max_new_tokens: int = Field(ge=1)
+    """Greedy decoding stops at <eos>/<eoc> or after this many tokens."""
+    stop: tuple[str, ...] = ()
+    """The generated text is cut at the first of these strings (e.g. "\\n", "Question:")."""
+
+
+def _template_fields(template: str, name: str) -> list[str]:
+    try:
+        return [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        raise ValueError(f"{name} is not a valid format string ({e}); write braces as {{{{ }}}}") from e
+
+
+def check_template(template: str, task: str, name: str) -> None:
+    """Raise a ValueError naming ``name`` unless ``template`` fits ``task``."""
+    fields = _template_fields(template, name)
+    allowed = TEMPLATE_FIELDS[task]
+    if sorted(fields) != sorted(allowed):
+        raise ValueError(f"{name} must contain each of {{{'}, {'.join(allowed)}}} exactly once, got {fields}")
+    if template.count("<image>") != 1:
+        raise ValueError(f"{name} must contain <image> exactly once (where the image's slots go)")
+    unknown = set(re.findall(r"<[a-z]+>", template)) - set(MARKERS)
+    if unknown:
+        raise ValueError(f"{name} uses unknown markers {sorted(unknown)}; allowed: {list(MARKERS)}")
+    answer = "{" + ANSWER_FIELD[task] + "}"
+    if template.index(answer) < template.index("<image>"):
+        raise ValueError(f"{name}: the image must come before {answer} (the query is cut before it)")
+
+
+class SFTEvalConfig(Section):
+    """0-shot evaluation of an instruction-tuned model, with the chat template of ``sft``."""
+
+    caption_instruction: str = "Write a detailed caption for this image."
+    """The user's turn for captioning benchmarks (after the image)."""
+    vqa_instruction: str = "{question}\nAnswer the question using a single word or phrase."
+    """The user's turn for VQA benchmarks (after the image); {question} is the question."""
+    multiple_choice: str | None = "sft/multiple_choice.jsonl"
+    """Multiple-choice items (jsonl: id, image, question, choices, answer), scored by the
+    likelihood of each choice as the answer; none: skip."""
+
+    @field_validator("vqa_instruction")
+    @classmethod
+    def _question_field(cls, value: str) -> str:
+        if _template_fields(value, "eval.sft.vqa_instruction") != ["question"]:
+            raise ValueError("vqa_instruction must contain {question} exactly once and no other field")
+        return value
+
+
+def _world(name: str, task: str) -> BenchmarkSpec:
+    if task == "captioning":
+        return BenchmarkSpec(name=name, task=task, val=f"benchmarks/{name}/captions_val.json",
+                             train=f"benchmarks/{name}/captions_train.json")  # fmt: skip
+    return BenchmarkSpec(name=name, task=task, val=f"benchmarks/{name}/{name}_val_questions.json",
+                         train=f"benchmarks/{name}/{name}_train_questions.json")  # fmt: skip
+
+
+WORLD_BENCHMARKS: tuple[BenchmarkSpec, ...] = tuple(
+    [_world(n, "captioning") for n in ("coco", "nocaps", "textcaps")]
+    + [_world(n, "vqa") for n in ("vqav2", "textvqa", "vizwiz", "gqa", "okvqa")]
+)
+
 
 class EvalConfig(Section):
-    """0-shot captioning of held-out images, scored with CIDEr."""
+    """Few-shot evaluation of pre-trained models (MM1 Table 3) and 0-shot of SFT models (Table 4)."""
 
-    caption_prompt: str = ""
-    """Text placed after the image before the model writes its caption (recorded with results)."""
-    max_new_tokens: int = Field(40, ge=1)
-    """Greedy decoding stops at end-of-text or after this many tokens."""
+    shots: tuple[int, ...] = (0, 4, 8)
+    """Demonstrations per prompt; each count is a separate evaluation (MM1: 0, 4, 8)."""
+    demos: Literal["random", "rices"] = "random"
+    """How demonstrations are picked from the benchmark's train split: random (seeded per
+    example), or rices: the most similar images by the model's own encoder features (cosine)."""
+    seed: int = Field(0, ge=0)
+    """Seed of the random demonstrations."""
     num_examples: int = Field(0, ge=0)
-    """Evaluate the first N held-out images; 0 means all of them."""
+    """Evaluate the first N examples of each benchmark (images or questions); 0 means all."""
     micro_batch_size: int = Field(16, ge=1)
-    """Images decoded together."""
+    """Prompts decoded together."""
+    max_images: int = Field(16, ge=1)
+    """Most images in one prompt (MM1 pre-trains with up to 16): demonstrations beyond are dropped."""
+    overflow: Literal["drop_earliest", "error"] = "drop_earliest"
+    """A prompt longer than the model's context (with max_new_tokens) or with too many images:
+    drop_earliest removes demonstrations from the front until it fits (counted in scores.csv,
+    column demos_dropped); error stops."""
+    benchmarks: tuple[BenchmarkSpec, ...] = WORLD_BENCHMARKS
+    """The benchmarks; the default is the synthetic world's eight (3 captioning, 5 VQA)."""
+    captioning: PromptConfig = PromptConfig(template="<image>{caption}<eoc>", max_new_tokens=30)
+    """Captioning prompts; the default is how caption pairs are packed in pre-training."""
+    vqa: PromptConfig = PromptConfig(
+        template="<image>Question: {question} Answer: {answer}", max_new_tokens=6, stop=("\n", "Question", "?")
+    )
+    """VQA prompts; the default is one of the Q/A styles of the interleaved documents."""
+    textcore: str | None = "benchmarks/textcore/textcore.jsonl"
+    """Text-only tasks (jsonl: id, task, prompt, answer, choices), scored by choice likelihood; none: skip."""
+    sft: SFTEvalConfig = SFTEvalConfig()
+    """Prompts of the 0-shot evaluation of SFT checkpoints (``mm1 eval run --sft``)."""
+
+    @field_validator("shots")
+    @classmethod
+    def _shots(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(k < 0 for k in value) or len(set(value)) != len(value):
+            raise ValueError(f"shots must be distinct counts >= 0, at least one, got {list(value)}")
+        return tuple(sorted(value))
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalConfig:
+        check_template(self.captioning.template, "captioning", "eval.captioning.template")
+        check_template(self.vqa.template, "vqa", "eval.vqa.template")
+        names = [b.name for b in self.benchmarks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"eval.benchmarks names must be unique, got {names}")
+        if max(self.shots) > 0:
+            no_pool = [b.name for b in self.benchmarks if b.train is None]
+            if no_pool:
+                raise ValueError(
+                    f"eval.shots asks for {max(self.shots)} demonstrations but benchmarks {no_pool} "
+                    "have no train split to draw them from; set their train path or shots: [0]"
+                )
+        return self

@@ -134,7 +134,7 @@ class DecoderConfig(Section):
     """Key/value heads for grouped-query attention; None = num_attention_heads (plain MHA)."""
     ffn_hidden_size: int = Field(384, ge=8)
     """Width of the MLP (per expert when MoE)."""
-    seq_length: int = Field(64, ge=8)
+    seq_length: int = Field(256, ge=8)
     """Tokens per training sequence, image tokens included (MM1: 4096)."""
     position_embedding: Literal["rope", "learned_absolute"] = "rope"
     """Position encoding of the decoder."""

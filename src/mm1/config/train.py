@@ -52,9 +52,9 @@ class TrainConfig(Section):
     """Fixes parameter init and data order: the same config gives the same loss curve."""
     steps: int = Field(500, ge=1)
     """Optimizer steps."""
-    micro_batch_size: int = Field(16, ge=1)
+    micro_batch_size: int = Field(8, ge=1)
     """Sequences per forward pass per data-parallel rank."""
-    global_batch_size: int = Field(32, ge=1)
+    global_batch_size: int = Field(8, ge=1)
     """Sequences per optimizer step: micro_batch_size * dp * gradient-accumulation steps."""
     lr: float | None = Field(None, gt=0)
     """Peak learning rate; None = MM1's law exp(-0.4214 ln N - 0.5535) of the decoder's parameter

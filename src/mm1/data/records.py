@@ -109,9 +109,11 @@ class MultipleChoice:
 
 @dataclass(frozen=True)
 class TextTask:
-    """A text-only evaluation item for the TextCore analogue (greedy completion scored by exact match)."""
+    """A text-only evaluation item for the TextCore analogue: the prompt's continuation is one of
+    ``choices`` (scored by likelihood); ``answer`` is the right one."""
 
     id: str
     task: str
     prompt: str
     answer: str
+    choices: tuple[str, ...] = ()

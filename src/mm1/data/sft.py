@@ -79,6 +79,16 @@ def sft_layout(tok: TextTokenizer, cfg: SFTConfig, seq_length: int, image_tokens
     return Layout.from_tokenizer(tok, seq_length, image_tokens, images_per_picture(cfg.image_grid))
 
 
+def user_turn(human: str, cfg: SFTConfig, tok: TextTokenizer, layout: Layout, slots: np.ndarray | None) -> np.ndarray:
+    """A human turn through ``cfg.user_template``; with ``slots`` the picture's slots go where it
+    says ``<image>`` (the whitespace around it dropped) or before it."""
+    prompt = cfg.user_template.format(text=human)
+    if slots is None:
+        return encode_text(tok, prompt, layout)
+    before, _, after = prompt.partition(IMAGE_PLACEHOLDER) if IMAGE_PLACEHOLDER in prompt else ("", "", prompt)
+    return np.concatenate([encode_text(tok, before.rstrip(), layout), slots, encode_text(tok, after.lstrip(), layout)])
+
+
 def _exchanges(conv: Conversation, cfg: SFTConfig, tok: TextTokenizer, layout: Layout) -> list[np.ndarray]:
     """Per exchange (human, answer): its token ids and, stacked below, 1 where a token has loss. (2, L)"""
     slots = np.full(layout.image_tokens * layout.max_images, layout.image_id, dtype=np.int32)
@@ -86,14 +96,8 @@ def _exchanges(conv: Conversation, cfg: SFTConfig, tok: TextTokenizer, layout: L
     out = []
     for j in range(len(conv.turns) // 2):
         (_, human), (_, answer) = conv.turns[2 * j], conv.turns[2 * j + 1]
-        prompt = cfg.user_template.format(text=human)
-        if j == 0 and conv.image is not None:
-            before, _, after = prompt.partition(IMAGE_PLACEHOLDER) if IMAGE_PLACEHOLDER in prompt else ("", "", prompt)
-            ask = [encode_text(tok, before.rstrip(), layout), slots, encode_text(tok, after.lstrip(), layout)]
-        else:
-            ask = [encode_text(tok, prompt, layout)]
-        reply = [encode_text(tok, cfg.assistant_template.format(text=answer), layout), eos]
-        ask_ids, reply_ids = np.concatenate(ask), np.concatenate(reply)
+        ask_ids = user_turn(human, cfg, tok, layout, slots if j == 0 and conv.image is not None else None)
+        reply_ids = np.concatenate([encode_text(tok, cfg.assistant_template.format(text=answer), layout), eos])
         loss = np.concatenate([np.zeros(len(ask_ids), np.int32), np.ones(len(reply_ids), np.int32)])
         out.append(np.stack([np.concatenate([ask_ids, reply_ids]), loss]))
     return out

@@ -97,6 +97,13 @@ class MM1Model(MegatronModule):
         """(M, 3, H, W) images -> (M, num_tokens, decoder hidden) image tokens."""
         return self.connector(patch_features(self.encoder(images), self.cfg.encoder))
 
+    def embed(self, tokens: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """(B, S) ids and the batch's (M, 3, H, W) images -> (S, B, H) decoder input, images spliced in."""
+        position_ids = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0).expand_as(tokens)
+        text = self.language_model.embedding(input_ids=tokens, position_ids=position_ids)  # (S, B, H)
+        image_tokens = self.encode_images(images) if len(images) else self._no_images(images)
+        return splice_images(text, image_tokens, tokens == self.image_token_id)
+
     def set_input_tensor(self, input_tensor) -> None:
         self.language_model.set_input_tensor(input_tensor)
 
@@ -105,17 +112,17 @@ class MM1Model(MegatronModule):
         tokens: torch.Tensor,  # (B, S) int64
         images: torch.Tensor | None,  # (M, 3, H, W) float: the batch's images in reading order
         labels: torch.Tensor | None = None,  # (B, S) next-token targets
+        gather_logits: bool = False,
     ) -> torch.Tensor:
+        """With ``gather_logits`` every TP rank gets the whole vocabulary (generation, scoring);
+        otherwise logits stay split over TP ranks as the vocab-parallel loss wants them."""
         position_ids = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0).expand_as(tokens)
-        decoder_input = None
-        if self.pre_process:
-            text = self.language_model.embedding(input_ids=tokens, position_ids=position_ids)  # (S, B, H)
-            image_tokens = self.encode_images(images) if len(images) else self._no_images(images)
-            decoder_input = splice_images(text, image_tokens, tokens == self.image_token_id)
+        decoder_input = self.embed(tokens, images) if self.pre_process else None
         return self.language_model(
             input_ids=tokens,
             position_ids=position_ids,
             attention_mask=None,
             decoder_input=decoder_input,
             labels=labels,
+            runtime_gather_output=True if gather_logits else None,
         )

@@ -6,7 +6,7 @@ through a seeded permutation of all facts, canonical wording on the first pass (
 other documents are plain language about the world: scenes in prose with relations and sizes,
 counting, numbers (comparison, parity, sums) and spelling.
 
-TextCore items are greedy completions scored by exact match: knowledge recall (a canonical fact
+TextCore items are multiple choice, scored by the likelihood of each choice after the prompt: knowledge recall (a canonical fact
 minus its last word), counting words, continuing a number sequence, comparing numbers and parity.
 Counting and comparison instances are split by parity of their content so that no TextCore item
 is a verbatim corpus sentence: the corpus uses even sums of word indices / numbers, TextCore odd.
@@ -167,22 +167,37 @@ TEXTCORE_KINDS: tuple[str, ...] = ("knowledge", "counting", "sequence", "compari
 
 
 def textcore_task(index: int, rng: np.random.Generator, kb: Knowledge) -> TextTask:
-    """TextCore item number `index` (kind drawn 40/20/15/15/10%)."""
+    """TextCore item number `index` (kind drawn 40/20/15/15/10%), with its answer choices: 4 for
+    knowledge, counting and sequence (3 distractors of the answer's kind), the two numbers for
+    comparison, even/odd for parity."""
     kind = TEXTCORE_KINDS[int(rng.choice(5, p=[0.4, 0.2, 0.15, 0.15, 0.1]))]
     if kind == "knowledge":
         facts = [f for f in kb.facts() if f.kind != "lucky"]
         fact = facts[int(rng.integers(len(facts)))]
         prompt, answer = cap(fact.prompt), fact.answer
+        choices = _with_distractors(rng, answer, sorted({f.answer for f in facts if f.kind == fact.kind}))
     elif kind == "counting":
         words = _word_list(rng, 1)
         prompt, answer = f"Count the words: {' '.join(words)}. There are", number_word(len(words))
+        choices = _with_distractors(rng, answer, [number_word(n) for n in range(1, 9)])
     elif kind == "sequence":
         start, n = int(rng.integers(0, 14)), int(rng.integers(3, 6))
         prompt, answer = cap(", ".join(NUMBER_WORDS[start : start + n]) + ","), NUMBER_WORDS[start + n]
+        choices = _with_distractors(rng, answer, list(NUMBER_WORDS))
     elif kind == "comparison":
         a, b = _number_pair(rng, 1)
         prompt, answer = f"Which is bigger, {a} or {b}? The answer is", str(max(a, b))
+        choices = (str(a), str(b))
     else:
         a = int(rng.integers(100))
         prompt, answer = f"Is {a} even or odd? {a} is", "even" if a % 2 == 0 else "odd"
-    return TextTask(id=f"textcore-{index:06d}", task=kind, prompt=prompt, answer=answer)
+        choices = ("even", "odd")
+    return TextTask(id=f"textcore-{index:06d}", task=kind, prompt=prompt, answer=answer, choices=choices)
+
+
+def _with_distractors(rng: np.random.Generator, answer: str, domain: list[str], n: int = 4) -> tuple[str, ...]:
+    """``answer`` and n - 1 other members of ``domain``, the answer at a random position."""
+    others = [d for d in domain if d != answer]
+    picked = [others[int(i)] for i in rng.choice(len(others), size=min(n - 1, len(others)), replace=False)]
+    at = int(rng.integers(len(picked) + 1))
+    return (*picked[:at], answer, *picked[at:])

@@ -84,6 +84,14 @@ def count_coco_captions(json_path: Path, quarantine: Quarantine, source: str | N
     return n
 
 
+def read_coco_references(json_path: Path) -> dict[int, list[str]]:
+    """image_id -> reference captions, from the JSON alone: no image file is read and the images
+    need only an ``id``. Any bad entry, or an image without a caption, raises FormatError."""
+    json_path = Path(json_path)
+    index = _index(_open(json_path)[0], Sink(None, None, json_path), need_file=False)
+    return {image_id: refs for image_id, (_, refs) in index.items()}
+
+
 def _open(json_path: Path) -> tuple[dict, str, str]:
     obj = load_json(json_path)
     if problem := check_fields(obj, {"images": list, "annotations": list}):
@@ -95,16 +103,18 @@ def _open(json_path: Path) -> tuple[dict, str, str]:
     return obj, name, split
 
 
-def _index(obj: dict, sink: Sink) -> dict[int, tuple[str, list[str]]]:
-    """image_id -> (file_name, reference captions) of the valid entries; the others are rejected."""
+def _index(obj: dict, sink: Sink, need_file: bool = True) -> dict[int, tuple[str, list[str]]]:
+    """image_id -> (file_name, reference captions) of the valid entries; the others are rejected.
+    With need_file=False an image without a ``file_name`` is valid (its file_name is "")."""
+    image_fields = {"id": int, "file_name": str} if need_file else {"id": int}
     files: dict[int, str] = {}
     for i, entry in enumerate(obj["images"]):
-        if problem := check_fields(entry, {"id": int, "file_name": str}):
+        if problem := check_fields(entry, image_fields):
             sink.reject(f"images[{i}]", problem)
         elif entry["id"] in files:
             sink.reject(f"image {entry['id']}", "image id occurs twice")
         else:
-            files[entry["id"]] = entry["file_name"]
+            files[entry["id"]] = entry.get("file_name", "")
     refs: dict[int, list[str]] = {image_id: [] for image_id in files}
     for i, ann in enumerate(obj["annotations"]):
         if problem := check_fields(ann, {"image_id": int, "caption": str}):

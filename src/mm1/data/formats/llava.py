@@ -4,7 +4,7 @@
                              "conversations": [{"from": "human", "value": "<image>\\n..."},
                                                {"from": "gpt", "value": "..."}, ...]}]
     out_dir/{name}.jsonl   multiple choice: {"id", "image"?, "question", "choices", "answer"}
-                           text tasks:      {"id", "task", "prompt", "answer"}
+                           text tasks:      {"id", "task", "prompt", "answer", "choices"?}
     out_dir/images/{name}/{position:08d}.png   (the bytes as given; .jpg for JPEG)
 
 Image paths are relative to the image root (default: the JSON's folder) and may not leave it.
@@ -164,14 +164,27 @@ def read_multiple_choice(
 
 def write_text_tasks(items: Iterable[TextTask], path: Path) -> Path:
     """Write text-task items as jsonl."""
-    return write_jsonl(({"id": t.id, "task": t.task, "prompt": t.prompt, "answer": t.answer} for t in items), path)
+    lines = []
+    for t in items:
+        if t.choices and t.answer not in t.choices:
+            raise ValueError(f"text task {t.id!r}: answer {t.answer!r} is not among its choices {list(t.choices)}")
+        line = {"id": t.id, "task": t.task, "prompt": t.prompt, "answer": t.answer}
+        lines.append(line | ({"choices": list(t.choices)} if t.choices else {}))
+    return write_jsonl(lines, path)
 
 
 def read_text_tasks(path: Path, quarantine: Quarantine | None = None, source: str | None = None) -> list[TextTask]:
     """The items of a text-task jsonl file."""
     sink = Sink(quarantine, source, Path(path))
     out = []
-    for _, obj in json_lines(Path(path), sink, {"id": str, "task": str, "prompt": str, "answer": str}):
-        out.append(TextTask(obj["id"], obj["task"], obj["prompt"], obj["answer"]))
+    for key, obj in json_lines(Path(path), sink, {"id": str, "task": str, "prompt": str, "answer": str}):
+        choices = obj.get("choices", [])
+        if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
+            sink.reject(key, "choices must be a list of strings")
+            continue
+        if choices and obj["answer"] not in choices:
+            sink.reject(key, f"answer {obj['answer']!r} is not among the choices")
+            continue
+        out.append(TextTask(obj["id"], obj["task"], obj["prompt"], obj["answer"], tuple(choices)))
         sink.accept()
     return out

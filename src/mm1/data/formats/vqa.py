@@ -133,6 +133,40 @@ def read_vqa(
     return VQABenchmark(name=name, split=split, images=images, items=items)
 
 
+def read_vqa_answers(questions_path: Path, annotations_path: Path) -> dict[int, VQAItem]:
+    """question_id -> VQAItem for the questions of ``questions_path``, in its order, from the two JSON
+    files alone (no image is read). Strict: a bad entry, a question_id that occurs twice, or a
+    question without an annotation (same question_id and image_id) holding a non-empty list of
+    string answers raises FormatError. Annotations of other questions are ignored."""
+    questions_path, annotations_path = Path(questions_path), Path(annotations_path)
+    # Strict sinks: every reject() raises, so the code after one only sees good entries.
+    q_sink, a_sink = Sink(None, None, questions_path), Sink(None, None, annotations_path)
+    annotations: dict[int, dict] = {}
+    for ann in _entries(_load(annotations_path, "annotations"), "annotations", _ANNOTATION, a_sink):
+        if ann["question_id"] in annotations:
+            a_sink.reject(f"question {ann['question_id']}", "question_id occurs twice")
+        annotations[ann["question_id"]] = ann
+    items: dict[int, VQAItem] = {}
+    for q in _entries(_load(questions_path, "questions"), "questions", _QUESTION, q_sink):
+        key, ann = f"question {q['question_id']}", annotations.get(q["question_id"])
+        if q["question_id"] in items:
+            q_sink.reject(key, "question_id occurs twice")
+        elif ann is None or ann["image_id"] != q["image_id"]:
+            q_sink.reject(key, f"no annotation with this question_id and image_id in {annotations_path}")
+        answers = [a.get("answer") if isinstance(a, dict) else None for a in ann["answers"]]
+        if not answers or not all(isinstance(a, str) for a in answers):
+            a_sink.reject(key, "answers must be a non-empty list of {answer: str}")
+        items[q["question_id"]] = VQAItem(
+            question_id=q["question_id"],
+            image_id=q["image_id"],
+            question=q["question"],
+            answers=tuple(answers),
+            answer_type=str(ann.get("answer_type", "other")),
+            question_type=str(ann.get("question_type", "")),
+        )
+    return items
+
+
 def count_vqa(json_path: Path, quarantine: Quarantine, source: str | None = None) -> int:
     """Check one VQAv2 file alone (questions or annotations; images not read) and count its entries."""
     json_path = Path(json_path)

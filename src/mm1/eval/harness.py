@@ -1,0 +1,385 @@
+"""The evaluation stage: few-shot captioning and VQA, TextCore, and the SFT benchmarks.
+
+Pre-trained checkpoints (MM1 Table 3, Figs 3-5): every benchmark of ``eval.benchmarks`` at every
+count of ``eval.shots``, demonstrations from the benchmark's train split written with the task's
+template, greedy decoding with a KV cache; TextCore by choice likelihood.
+SFT checkpoints (Table 4, Figs 7-8; ``sft=True``): every benchmark 0-shot, the question asked in
+the chat template of the ``sft`` section, and the multiple-choice items by choice likelihood.
+
+Outputs in ``out_dir``:
+    predictions/<benchmark>_<k>shot.json   official result formats: [{"image_id", "caption"}] /
+                                           [{"question_id", "answer"}] (score them with
+                                           ``mm1 eval score-captions`` / ``score-vqa``)
+    scores.csv     one row per (benchmark, shots, metric), with the template, demos dropped, n
+    summary.csv    per shots: the captioning, VQA and overall averages the paper plots, TextCore
+    metrics.json   the summary for DVC
+    provenance.json, config.yaml
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from mm1 import atomic, provenance
+from mm1.config import EvalConfig, ModelConfig, ParallelConfig, SFTConfig
+from mm1.data.formats import read_multiple_choice, read_text_tasks
+from mm1.data.image_split import images_per_picture, split_image_bytes
+from mm1.data.images import stack_images
+from mm1.data.packing import Layout, encode_text
+from mm1.data.sft import user_turn
+from mm1.data.tokenizer import TextTokenizer
+from mm1.eval.benchmarks import Benchmark, demo_example, load_benchmark
+from mm1.eval.cider import cider_d
+from mm1.eval.generate import greedy
+from mm1.eval.likelihood import Candidate, continuation_logprobs
+from mm1.eval.prompts import Prompt, Template, build_prompt, cut_at_stops
+from mm1.eval.scoring import write_caption_predictions, write_vqa_predictions
+from mm1.eval.vqa_metric import vqa_scores
+from mm1.models.encoder import patch_features
+from mm1.models.mm1_model import MM1Model
+from mm1.parallel.setup import distributed
+from mm1.progress import progress
+from mm1.train import checkpoint
+
+SECTIONS = ("eval", "sft")
+"""Config sections the stage reads (sft: the chat template of SFT checkpoints)."""
+METRIC = {"captioning": "CIDEr", "vqa": "accuracy"}
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    scores: pl.DataFrame
+    """One row per (benchmark, shots, metric)."""
+    summary: pl.DataFrame
+    """Per shots: captioning, VQA and overall averages, TextCore / multiple choice."""
+
+
+@dataclass
+class _Context:
+    cfg: EvalConfig
+    sft: SFTConfig | None
+    model: MM1Model
+    mc: ModelConfig
+    tok: TextTokenizer
+    device: torch.device
+
+    @property
+    def image_size(self) -> int:
+        return self.mc.encoder.image_size
+
+    @property
+    def max_length(self) -> int:
+        return self.mc.decoder.seq_length
+
+
+def evaluate(
+    cfg: EvalConfig,
+    run_name: str,
+    data_root: Path,
+    tokenizer_path: Path,
+    ckpt: Path,
+    out_dir: Path,
+    *,
+    sft: SFTConfig | None = None,
+) -> EvalResult:
+    """Evaluate the checkpoint on every configured benchmark; ``sft`` given: as an SFT model."""
+    out_dir, data_root = Path(out_dir), Path(data_root)
+    tok = TextTokenizer(tokenizer_path)
+    meta = checkpoint.read_meta(ckpt)
+    mc: ModelConfig = meta["model"]
+    if meta["vocab_size"] != tok.vocab_size:
+        raise ValueError(
+            f"checkpoint {ckpt} was trained with a {meta['vocab_size']}-token vocabulary, "
+            f"tokenizer {tokenizer_path} has {tok.vocab_size}; evaluate with the run's own tokenizer"
+        )
+    shots = (0,) if sft is not None else cfg.shots
+    benches = [
+        load_benchmark(spec, data_root, with_pool=max(shots) > 0, num_examples=cfg.num_examples)
+        for spec in cfg.benchmarks
+    ]
+    rows: list[dict] = []
+    inputs: dict[str, Path] = {"tokenizer": Path(tokenizer_path), "checkpoint": Path(ckpt)}
+    with distributed(ParallelConfig(), seed=0) as rank:
+        model = MM1Model(mc, vocab_size=tok.vocab_size, image_token_id=tok.image_id).to(rank.device)
+        checkpoint.load_into(model, ckpt)
+        model.eval()
+        ctx = _Context(cfg, sft, model, mc, tok, rank.device)
+        for bench in benches:
+            inputs |= {f"{bench.name}/{k}": p for k, p in bench.files.items()}
+            order = _demo_order(ctx, bench, max(shots))
+            for k in shots:
+                predictions, dropped, kept = _run_task(ctx, bench, order, k)
+                if rank.is_main:
+                    _write_predictions(out_dir, bench, k, predictions)
+                rows += _score_task(bench, k, predictions, dropped, kept, _template_text(ctx, bench.task))
+        if sft is None and cfg.textcore is not None:
+            path = _resolve(data_root, cfg.textcore)
+            inputs["textcore"] = path
+            rows += _textcore(ctx, path)
+        if sft is not None and cfg.sft.multiple_choice is not None:
+            path = _resolve(data_root, cfg.sft.multiple_choice)
+            inputs["multiple_choice"] = path
+            rows += _multiple_choice(ctx, path)
+    for r in rows:
+        r |= {"run": run_name, "mode": "sft" if sft is not None else "pretrained", "train_steps": meta["steps"]}
+    scores = pl.DataFrame(rows).select(
+        "run", "mode", "benchmark", "task", "shots", "metric", "value", "n_examples", "demos_dropped",
+        "mean_shots", "template", "train_steps",
+    )  # fmt: skip
+    summary = summarise(scores)
+    if rank.is_main:
+        atomic.write_text(out_dir / "scores.csv", scores.write_csv())
+        atomic.write_text(out_dir / "summary.csv", summary.write_csv())
+        atomic.write_text(out_dir / "metrics.json", json.dumps(_metrics(scores, summary), indent=2) + "\n")
+        config = {"eval": cfg.model_dump(mode="json")} | ({"sft": sft.model_dump(mode="json")} if sft else {})
+        provenance.record(out_dir, stage="eval", config=config, seed=cfg.seed, inputs=inputs,
+                          extra={"mode": "sft" if sft else "pretrained", "shots": list(shots)})  # fmt: skip
+    return EvalResult(scores=scores, summary=summary)
+
+
+def _resolve(root: Path, value: str) -> Path:
+    p = Path(value)
+    p = p if p.is_absolute() else root / p
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} does not exist")
+    return p
+
+
+# --- demonstrations ----------------------------------------------------------------------------
+
+
+def _demo_order(ctx: _Context, bench: Benchmark, k_max: int) -> list[list[int]]:
+    """Per evaluated item, ``k_max`` pool indices; the k-shot prompt uses the last k of them.
+    random: a seeded draw per (seed, benchmark, item); rices: ascending similarity, so the most
+    similar demonstration stands next to the query."""
+    if k_max == 0:
+        return [[] for _ in bench.items]
+    if len(bench.pool) < k_max:
+        raise ValueError(
+            f"{bench.name}: {k_max}-shot needs {k_max} demonstrations, the train split has {len(bench.pool)}"
+        )
+    if ctx.cfg.demos == "random":
+        salt = zlib.crc32(bench.name.encode())
+        return [
+            [int(j) for j in np.random.default_rng([ctx.cfg.seed, salt, item.key]).choice(len(bench.pool), k_max, replace=False)]
+            for item in bench.items
+        ]  # fmt: skip
+    query = _features(ctx, [it.image for it in bench.items])
+    pool = _features(ctx, [it.image for it in bench.pool])
+    top = torch.topk(query @ pool.T, k_max, dim=1).indices  # most similar first
+    return [list(reversed(row)) for row in top.tolist()]
+
+
+@torch.no_grad()
+def _features(ctx: _Context, images: list[bytes], chunk: int = 64) -> torch.Tensor:
+    """L2-normalised mean patch features of the model's own encoder (RICES similarity)."""
+    out = []
+    for start in range(0, len(images), chunk):
+        x = stack_images(images[start : start + chunk], ctx.image_size).to(ctx.device)
+        f = patch_features(ctx.model.encoder(x), ctx.mc.encoder).float().mean(dim=1)
+        out.append(torch.nn.functional.normalize(f, dim=-1))
+    return torch.cat(out)
+
+
+# --- prompts and generation --------------------------------------------------------------------
+
+
+def _template_text(ctx: _Context, task: str) -> str:
+    if ctx.sft is None:
+        return getattr(ctx.cfg, task).template
+    instruction = ctx.cfg.sft.caption_instruction if task == "captioning" else ctx.cfg.sft.vqa_instruction
+    return ctx.sft.system_prompt + ctx.sft.user_template.format(text="<image>\n" + instruction)
+
+
+def _sft_prompt(ctx: _Context, human: str, image: bytes | None) -> Prompt:
+    """<bos> system user-turn (the picture's slots where it says <image>), ready for the answer."""
+    grid = ctx.sft.image_grid
+    n_img = images_per_picture(grid) if image is not None else 0
+    layout = Layout.from_tokenizer(ctx.tok, ctx.max_length, ctx.mc.connector.num_tokens, max(1, n_img))
+    ids = [ctx.tok.bos_id] + (ctx.tok.encode(ctx.sft.system_prompt) if ctx.sft.system_prompt else [])
+    slots = np.full(ctx.mc.connector.num_tokens * n_img, ctx.tok.image_id, dtype=np.int32) if image else None
+    ids += user_turn(human, ctx.sft, ctx.tok, layout, slots).tolist()
+    images = split_image_bytes(image, grid, ctx.image_size) if image is not None else []
+    return Prompt(ids=ids, images=images, shots=0, dropped=0)
+
+
+def _prompts(ctx: _Context, bench: Benchmark, order: list[list[int]], k: int) -> list[Prompt]:
+    if ctx.sft is not None:
+        if bench.task == "captioning":
+            human = "<image>\n" + ctx.cfg.sft.caption_instruction
+            return [_sft_prompt(ctx, human, it.image) for it in bench.items]
+        return [
+            _sft_prompt(ctx, "<image>\n" + ctx.cfg.sft.vqa_instruction.format(question=it.question), it.image)
+            for it in bench.items
+        ]
+    pc = getattr(ctx.cfg, bench.task)
+    template = Template(pc.template, bench.task, ctx.tok, ctx.mc.connector.num_tokens)
+    out = []
+    for item, chosen in zip(bench.items, order, strict=True):
+        demos = [demo_example(bench.pool[j], bench.task) for j in (chosen[-k:] if k else [])]
+        where = f"{bench.name} {'image' if bench.task == 'captioning' else 'question'} {item.key}, {k}-shot"
+        out.append(
+            build_prompt(template, demos, item.example(), max_length=ctx.max_length, max_new_tokens=pc.max_new_tokens,
+                         max_images=ctx.cfg.max_images, overflow=ctx.cfg.overflow, where=where)
+        )  # fmt: skip
+    return out
+
+
+def _answer_text(ctx: _Context, task: str, text: str) -> str:
+    if ctx.sft is not None:
+        head = ctx.sft.assistant_template.partition("{text}")[0].strip()
+        text = text.strip()
+        text = text[len(head) :] if head and text.startswith(head) else text
+        return cut_at_stops(text, ("\n",) if task == "vqa" else ())
+    return cut_at_stops(text, getattr(ctx.cfg, task).stop)
+
+
+def _run_task(ctx: _Context, bench: Benchmark, order: list[list[int]], k: int) -> tuple[dict[int, str], int, float]:
+    """Predictions keyed by image id / question id, demonstrations dropped, mean shots kept."""
+    prompts = _prompts(ctx, bench, order, k)
+    max_new = getattr(ctx.cfg, bench.task).max_new_tokens
+    by_length = sorted(range(len(prompts)), key=lambda i: len(prompts[i].ids))  # similar lengths batch together
+    texts: dict[int, str] = {}
+    mb = ctx.cfg.micro_batch_size
+    for start in progress(range(0, len(by_length), mb), desc=f"{bench.name} {k}-shot", unit="batch"):
+        idx = by_length[start : start + mb]
+        images = stack_images([im for i in idx for im in prompts[i].images], ctx.image_size).to(ctx.device)
+        outs = greedy(ctx.model, ctx.tok, [prompts[i].ids for i in idx], images, ctx.max_length, max_new)
+        texts |= {i: ctx.tok.decode(o) for i, o in zip(idx, outs, strict=True)}
+    predictions = {bench.items[i].key: _answer_text(ctx, bench.task, texts[i]) for i in range(len(prompts))}
+    dropped = sum(p.dropped for p in prompts)
+    return predictions, dropped, float(np.mean([p.shots for p in prompts]))
+
+
+def _write_predictions(out_dir: Path, bench: Benchmark, k: int, predictions: dict[int, str]) -> None:
+    path = out_dir / "predictions" / f"{bench.name}_{k}shot.json"
+    write = write_caption_predictions if bench.task == "captioning" else write_vqa_predictions
+    write(path, predictions)
+
+
+def _score_task(
+    bench: Benchmark, k: int, predictions: dict[int, str], dropped: int, kept: float, template: str
+) -> list[dict]:
+    """CIDEr-D (x 100, the paper's scale) or VQA accuracy (%) of one benchmark at k shots."""
+    if bench.task == "captioning":
+        score, _ = cider_d({str(it.key): predictions[it.key] for it in bench.items},
+                           {str(it.key): list(it.targets) for it in bench.items})  # fmt: skip
+        value = 100.0 * score
+    else:
+        value = vqa_scores(predictions, {it.key: (it.targets, it.answer_type) for it in bench.items})["accuracy"]
+    return [
+        {"benchmark": bench.name, "task": bench.task, "shots": k, "metric": METRIC[bench.task], "value": value,
+         "n_examples": len(predictions), "demos_dropped": dropped, "mean_shots": kept, "template": template}
+    ]  # fmt: skip
+
+
+# --- multiple choice by likelihood ---------------------------------------------------------------
+
+
+def _choose(ctx: _Context, groups: list[list[Candidate]], desc: str) -> list[int]:
+    """Per group of candidates (one per choice), the index of the most likely one."""
+    flat = [(g, c) for g, cands in enumerate(groups) for c in cands]
+    scores: list[float] = []
+    mb = ctx.cfg.micro_batch_size
+    for start in progress(range(0, len(flat), mb), desc=desc, unit="batch"):
+        batch = [c for _, c in flat[start : start + mb]]
+        images = stack_images([im for c in batch for im in c.images], ctx.image_size).to(ctx.device)
+        scores += continuation_logprobs(ctx.model, ctx.tok, batch, images, ctx.max_length)
+    picks, at = [], 0
+    for cands in groups:
+        picks.append(int(np.argmax(scores[at : at + len(cands)])))
+        at += len(cands)
+    return picks
+
+
+def _accuracy_rows(name: str, kinds: Sequence[str], correct: Sequence[bool], template: str) -> list[dict]:
+    """Overall accuracy (%) and one row per kind ("<name>/<kind>")."""
+    base = {"task": "multiple_choice", "shots": 0, "metric": "accuracy", "demos_dropped": 0, "mean_shots": 0.0,
+            "template": template}  # fmt: skip
+    rows = [base | {"benchmark": name, "value": 100.0 * float(np.mean(correct)), "n_examples": len(correct)}]
+    for kind in sorted(set(kinds)):
+        hits = [c for c, k in zip(correct, kinds, strict=True) if k == kind]
+        rows.append(
+            base | {"benchmark": f"{name}/{kind}", "value": 100.0 * float(np.mean(hits)), "n_examples": len(hits)}
+        )
+    return rows
+
+
+def _textcore(ctx: _Context, path: Path) -> list[dict]:
+    """TextCore: each item's choices scored as continuations of its prompt (text only)."""
+    tasks = read_text_tasks(path)
+    missing = [t.id for t in tasks if not t.choices]
+    if missing:
+        raise ValueError(f"{path}: TextCore items need choices; {len(missing)} have none (first: {missing[0]})")
+    groups = [
+        [Candidate([ctx.tok.bos_id] + ctx.tok.encode(t.prompt), ctx.tok.encode(" " + c), []) for c in t.choices]
+        for t in tasks
+    ]
+    picks = _choose(ctx, groups, "textcore")
+    correct = [t.choices[p] == t.answer for t, p in zip(tasks, picks, strict=True)]
+    return _accuracy_rows("textcore", [t.task for t in tasks], correct, "{prompt} {choice}")
+
+
+def _multiple_choice(ctx: _Context, path: Path) -> list[dict]:
+    """SFT multiple choice: each choice scored as the assistant's answer (with its <eos>)."""
+    items = read_multiple_choice(path)
+    if not items:
+        raise ValueError(f"{path}: no multiple-choice item")
+    layout = Layout.from_tokenizer(ctx.tok, ctx.max_length, ctx.mc.connector.num_tokens, 1)
+    groups = []
+    for it in items:
+        human = ("<image>\n" if it.image is not None else "") + it.question
+        prompt = _sft_prompt(ctx, human, it.image)
+        groups.append([
+            Candidate(prompt.ids,
+                      encode_text(ctx.tok, ctx.sft.assistant_template.format(text=c), layout).tolist() + [ctx.tok.eos_id],
+                      prompt.images)
+            for c in it.choices
+        ])  # fmt: skip
+    picks = _choose(ctx, groups, "multiple choice")
+    correct = [p == it.answer for it, p in zip(items, picks, strict=True)]
+    return _accuracy_rows("multiple_choice", ["all"] * len(items), correct, ctx.sft.user_template)[:1]
+
+
+# --- tables ----------------------------------------------------------------------------------
+
+
+def summarise(scores: pl.DataFrame) -> pl.DataFrame:
+    """Per shots: mean of the captioning benchmarks (CIDEr), of the VQA benchmarks (accuracy), of
+    all of them (MM1's "k-shot average", both on 0-100 scales), and TextCore / multiple choice."""
+    tasks = scores.filter(pl.col("task").is_in(["captioning", "vqa"]))
+    out = (
+        tasks.group_by("shots")
+        .agg(
+            pl.col("value").filter(pl.col("task") == "captioning").mean().alias("captioning_avg"),
+            pl.col("value").filter(pl.col("task") == "vqa").mean().alias("vqa_avg"),
+            pl.col("value").mean().alias("average"),
+            pl.len().alias("n_benchmarks"),
+            pl.col("demos_dropped").sum().alias("demos_dropped"),
+        )
+        .sort("shots")
+    )
+    for name in ("textcore", "multiple_choice"):
+        hit = scores.filter(pl.col("benchmark") == name)["value"]
+        out = out.with_columns(pl.lit(float(hit[0]) if len(hit) else None, dtype=pl.Float64).alias(name))
+    return out
+
+
+def _metrics(scores: pl.DataFrame, summary: pl.DataFrame) -> dict:
+    """DVC metrics: the averages per shots, every benchmark's score, TextCore / multiple choice."""
+    out: dict = {}
+    for row in summary.iter_rows(named=True):
+        out[f"{row['shots']}shot"] = {k: row[k] for k in ("average", "captioning_avg", "vqa_avg")}
+    for row in scores.filter(pl.col("task").is_in(["captioning", "vqa"])).iter_rows(named=True):
+        out[f"{row['shots']}shot"][row["benchmark"]] = row["value"]
+    for row in scores.filter(pl.col("task") == "multiple_choice").iter_rows(named=True):
+        out[row["benchmark"]] = row["value"]
+    return out
