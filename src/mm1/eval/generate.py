@@ -133,7 +133,7 @@ def _greedy_cached(model, tok, prompts, images, max_length, max_new_tokens) -> l
         fed = model.language_model.embedding(input_ids=nxt.unsqueeze(1), position_ids=position[:, pos : pos + 1])
         inside = torch.tensor([pos < n for n in lengths], device=device)
         if inside.any():
-            fed = torch.where(inside.view(1, b, 1), embeds[min(pos, width - 1) : min(pos, width - 1) + 1], fed)
+            fed = torch.where(inside.view(1, b, 1), embeds[pos : pos + 1], fed)
         logits = step(fed, pos)
     return out.ids
 
