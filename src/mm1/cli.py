@@ -17,6 +17,7 @@
     mm1 sft-pack  --manifest FILE --tokenizer FILE --out DIR   (SFT sequences)
     mm1 upcycle   --checkpoint DIR --out DIR --set model.moe.num_experts=N   (dense -> MoE)
     mm1 figure    --metrics FILE --scores FILE --out DIR
+    mm1 compare   --id FIG --title TEXT --cell NAME=SUMMARY.csv ... --out DIR   (a paper figure's cells)
 
 Every stage takes the config as ``--preset NAME`` (applied first), ``--config FILE``, then
 ``--config-json TEXT``, then ``--set`` (each merged over the one before).
@@ -293,6 +294,14 @@ def _cmd_figure(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from mm1.figures.compare import compare, parse_cell
+
+    png, csv = compare(args.id, args.title, [parse_cell(c) for c in args.cells], args.out)
+    print(f"figure {args.id}: {png}, {csv}")
+    return 0
+
+
 # Stage commands: name -> (help, function, takes the config, (path option, help) ...); every stage has --out.
 STAGES = {
     "world": ("write the synthetic MM1 world as datasets + manifest", _cmd_world, True, ()),
@@ -369,6 +378,15 @@ def parser() -> argparse.ArgumentParser:
     )
     _config_args(fl)
     fl.set_defaults(func=_cmd_flops)
+
+    cm = sub.add_parser("compare", help="a paper figure: the eval summaries of its experiments side by side")
+    cm.add_argument("--id", required=True, help="figure id (file names: ID.png, ID.csv)")
+    cm.add_argument("--title", required=True, help="figure heading")
+    cm.add_argument(
+        "--cell", dest="cells", action="append", default=[], metavar="NAME=SUMMARY", help="an experiment's summary.csv"
+    )
+    cm.add_argument("--out", type=Path, required=True, help="output folder")
+    cm.set_defaults(func=_cmd_compare)
 
     _eval_parser(sub)
     for name, (help_, func, configured, paths) in STAGES.items():

@@ -85,8 +85,10 @@ def record(
     seed: int | None,
     inputs: dict[str, Path] | None = None,
     extra: dict[str, Any] | None = None,
+    prefix: str = "",
 ) -> Path:
-    """Write ``out_dir/provenance.json`` and ``out_dir/config.yaml`` (the stage's resolved config)."""
+    """Write ``out_dir/provenance.json`` and ``out_dir/config.yaml`` (the stage's resolved config);
+    ``prefix`` names them ``<prefix>provenance.json`` / ``<prefix>config.yaml`` (several outputs per folder)."""
     out_dir = Path(out_dir)
     info = {
         "stage": stage,
@@ -100,5 +102,5 @@ def record(
         "inputs": {k: {"path": str(v), "sha256": hash_path(v)} for k, v in (inputs or {}).items()},
         **(extra or {}),
     }
-    atomic.write_text(out_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-    return atomic.write_text(out_dir / FILENAME, json.dumps(info, indent=2, default=str) + "\n")
+    atomic.write_text(out_dir / f"{prefix}config.yaml", yaml.safe_dump(config, sort_keys=False))
+    return atomic.write_text(out_dir / f"{prefix}{FILENAME}", json.dumps(info, indent=2, default=str) + "\n")

@@ -55,15 +55,15 @@ def test_snakemake_packs_acquired_datasets(project: Path, served):
     acquired = project / "acquired.yaml"
     acquired.write_text(yaml.safe_dump({"data": {"source": "acquired", "sources": sources}}))
     configs = ["--configfile", str(SMOKE), str(acquired)]
-    dry = run(["snakemake", "-n", "results/packed/mixture.csv", *configs], project).stdout
+    dry = run(["snakemake", "-n", "results/pack/base/mixture.csv", *configs], project).stdout
     assert "acquire" in dry and "rule world" not in dry
-    run(["snakemake", "--cores", "2", "results/packed/mixture.csv", *configs], project, timeout=900)
-    got = pl.read_parquet(project / "results/acquired/manifest.parquet")
+    run(["snakemake", "--cores", "2", "results/pack/base/mixture.csv", *configs], project, timeout=900)
+    got = pl.read_parquet(project / "results/acquire/base/manifest.parquet")
     assert got.height == len(sources)
     assert got["sha256"].to_list() == [s["sha256"] for s in sources]
     assert got["samples"].to_list() == pretraining["samples"].to_list()
     assert got["bad_samples"].sum() == 0
-    mixture = pl.read_csv(project / "results/packed/mixture.csv")
+    mixture = pl.read_csv(project / "results/pack/base/mixture.csv")
     assert set(mixture["source"]) == {"caption", "interleaved", "text"}
     assert mixture["sequences"].sum() == 40 * 16
 
@@ -82,13 +82,13 @@ def test_a_wrong_hash_stops_the_pipeline_naming_the_source(project: Path, served
     acquired = project / "acquired.yaml"
     acquired.write_text(yaml.safe_dump({"data": {"source": "acquired", "sources": [source]}}))
     proc = subprocess.run(
-        ["snakemake", "--cores", "1", "results/acquired/manifest.parquet", "--configfile", str(SMOKE), str(acquired)],
+        ["snakemake", "--cores", "1", "results/acquire/base/manifest.parquet", "--configfile", str(SMOKE), str(acquired)],
         cwd=project,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode != 0
-    log = (project / "logs/acquire.log").read_text()
+    log = (project / "logs/acquire/base.log").read_text()
     assert "corpus" in log and "sha256" in log and "Traceback" not in log
-    assert not (project / "results/acquired/manifest.parquet").exists()
+    assert not (project / "results/acquire/base/manifest.parquet").exists()

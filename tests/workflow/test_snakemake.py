@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import polars as pl
 import pytest
+import yaml
 from conftest import SMOKE, run
+
+from mm1.config.presets import deep_merge
+from mm1.study import Study
 
 
 def dag_edges(cwd: Path) -> set[tuple[str, str]]:
     """(upstream rule, downstream rule) pairs from `snakemake --dag` (DOT)."""
     dot = run(["snakemake", "--dag", "--forceall"], cwd).stdout
-    names = dict(re.findall(r'^\s*(\d+)\[label = "([^"]+)"', dot, flags=re.M))
+    labels = re.findall(r'^\s*(\d+)\[label = "([^"]+)"', dot, flags=re.M)
+    names = {node: label.split("\\n")[0] for node, label in labels}  # "world\nexp: base" -> world
     return {(names[a], names[b]) for a, b in re.findall(r"^\s*(\d+) -> (\d+)", dot, flags=re.M)}
 
 
@@ -23,12 +29,17 @@ def test_lint_passes(project: Path):
     assert "Lints for" not in out.stdout + out.stderr
 
 
-def test_dag_runs_world_tokenizer_pack_train_eval_figure(project: Path):
+def test_dag_runs_every_stage_of_the_paper_pipeline(project: Path):
     edges = dag_edges(project)
     for edge in [
         ("world", "tokenizer"),
         ("world", "pack"),
         ("tokenizer", "pack"),
+        ("tokenizer", "llm_pack"),
+        ("llm_pack", "llm"),
+        ("tokenizer", "encoder"),
+        ("llm", "train"),
+        ("encoder", "train"),
         ("pack", "train"),
         ("tokenizer", "train"),
         ("train", "eval"),
@@ -40,63 +51,128 @@ def test_dag_runs_world_tokenizer_pack_train_eval_figure(project: Path):
     ]:
         assert edge in edges, f"missing {edge} in {sorted(edges)}"
     dry = run(["snakemake", "-n"], project).stdout
-    for rule in ("world", "tokenizer", "pack", "train", "eval", "figure"):
+    for rule in ("world", "tokenizer", "llm_pack", "llm", "encoder", "pack", "train", "eval", "figure"):
         assert re.search(rf"^{rule}\s+1$", dry, flags=re.M), dry
     assert not re.search(r"^acquire\s", dry, flags=re.M), "the default config must not acquire anything"
+    assert "results/train/base/checkpoint" in dry and "--init-decoder results/llm/base/checkpoint" in dry
+
+
+def job_counts(dry: str) -> dict[str, int]:
+    """rule -> job count from the "Job stats" table of a dry run."""
+    table = dry.split("Job stats:", 1)[1].split("Reasons:", 1)[0]
+    return {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.M) if m[0] != "total"}
+
+
+def test_all_figures_plans_one_run_per_distinct_stage_setting(project: Path):
+    """The dry run of every figure has exactly the runs mm1.study says each stage needs."""
+    study = Study(snakemake_config(project))
+    counts = job_counts(run(["snakemake", "-n", "all_figures"], project).stdout)
+    figures = study.base.study.figures
+    cells = {stage: [] for stage in ("eval", "sft_eval")}
+    for spec in figures.values():
+        cells[spec.evaluation] += spec.experiments
+    for stage in ("eval", "sft_eval"):
+        assert counts[stage] == len(study.runs(stage, cells[stage])), stage
+    assert counts["compare"] == len(figures) >= 11
+    assert counts["world"] == counts["tokenizer"] == counts["llm_pack"] == 1  # shared by every experiment
+    assert counts["encoder"] == 5  # base + Table 1's objective, width and two resolutions
+    assert counts["llm"] == 4  # three decoder widths (fig6) + the MoE decoder
+    assert counts["train"] == len(study.runs("train", cells["eval"] + cells["sft_eval"]))
+
+
+def test_each_figure_is_a_target_that_builds_only_its_cells(project: Path):
+    dry = run(["snakemake", "-n", "fig5d"], project).stdout
+    counts = job_counts(dry)
+    assert counts["train"] == counts["eval"] == 2 and counts["compare"] == 1
+    assert "results/train/syn-0/checkpoint" in dry and "results/train/base/checkpoint" in dry
+    assert "results/encoder/syn-0" not in dry, "the data ablation must reuse the base encoder"
+    assert "results/figures/fig5d.png" in dry
+
+
+def snakemake_config(project: Path) -> dict:
+    """config/default.yaml with config/study.yaml merged in, as the Snakefile builds it."""
+    base = yaml.safe_load((project / "config/default.yaml").read_text())
+    return deep_merge(base, yaml.safe_load((project / "config/study.yaml").read_text()))
+
+
+def test_experiment_overrides_are_validated_naming_the_experiment(project: Path):
+    bad = project / "bad.yaml"
+    bad.write_text("study:\n  experiments:\n    wide-conn: {model.connector.kind: cabstractor}\n")
+    proc = subprocess.run(["snakemake", "-n", "--configfile", str(bad)], cwd=project, capture_output=True, text=True)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "wide-conn" in out and "model.connector.kind" in out and "c_abstractor" in out
 
 
 def test_invalid_config_is_refused_before_anything_runs(project: Path):
     bad = project / "bad.yaml"
     bad.write_text("train:\n  stepz: 3\n")
-    proc = __import__("subprocess").run(
-        ["snakemake", "-n", "--configfile", str(bad)], cwd=project, capture_output=True, text=True
-    )
+    proc = subprocess.run(["snakemake", "-n", "--configfile", str(bad)], cwd=project, capture_output=True, text=True)
     assert proc.returncode != 0
     assert "stepz" in proc.stdout + proc.stderr
 
 
-@pytest.mark.slow
 def checkpoint_meta(ckpt: Path) -> dict:
     return json.loads((ckpt / "model.json").read_text())
 
 
+@pytest.mark.slow
 def test_smoke_study_end_to_end(project: Path):
     run(["snakemake", "--cores", "2", "--configfile", str(SMOKE)], project, timeout=900)
     results = project / "results"
-    assert (results / "train/checkpoint/model.json").is_file()
-    assert any((results / "train/checkpoint").glob("*.distcp")), "no dist_checkpointing shards"
-    metrics = pl.read_csv(results / "train/metrics.csv")
+    assert (results / "train/base/checkpoint/model.json").is_file()
+    assert any((results / "train/base/checkpoint").glob("*.distcp")), "no dist_checkpointing shards"
+    metrics = pl.read_csv(results / "train/base/metrics.csv")
     assert len(metrics) == 40
     assert metrics["loss"][-5:].mean() < 0.7 * metrics["loss"][:5].mean(), "loss did not go down"
-    scores = pl.read_csv(results / "eval/scores.csv")
+    train_prov = json.loads((results / "train/base/provenance.json").read_text())
+    assert train_prov["seed"] == 1234 and train_prov["config"]["train"]["steps"] == 40
+    assert {"init_language_model", "init_encoder"} <= set(train_prov["inputs"]), "not started from llm + encoder"
+    llm = pl.read_csv(results / "llm/base/metrics.csv")
+    assert metrics["loss"][0] < llm["loss"][0], "a pre-trained decoder starts below a random one"
+    assert set(pl.read_csv(results / "llm_pack/base/mixture.csv").filter(pl.col("sequences") > 0)["source"]) == {"text"}
+    scores = pl.read_csv(results / "eval/base/scores.csv")
     tasks = scores.filter(pl.col("task").is_in(["captioning", "vqa"]))
     assert tasks.height == 8 * 2  # every benchmark at 0 and 2 shots (smoke.yaml)
     assert (tasks["value"] >= 0).all() and (tasks["n_examples"] >= 6).all()
     assert tasks.filter(pl.col("task") == "captioning")["n_examples"].to_list() == [6] * 6
-    assert len(list((results / "eval/predictions").glob("*shot.json"))) == 16
-    assert pl.read_csv(results / "eval/summary.csv")["shots"].to_list() == [0, 2]
+    assert len(list((results / "eval/base/predictions").glob("*shot.json"))) == 16
+    assert pl.read_csv(results / "eval/base/summary.csv")["shots"].to_list() == [0, 2]
     png = results / "figures/tiny_study.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
-    mixture = pl.read_csv(results / "packed/mixture.csv")
+    mixture = pl.read_csv(results / "pack/base/mixture.csv")
     assert set(mixture["source"]) == {"caption", "interleaved", "text"} and mixture["sequences"].sum() == 40 * 16
-    for stage in ("world", "tokenizer", "packed", "train", "eval", "figures"):
-        prov = json.loads((results / stage / "provenance.json").read_text())
+    for stage in ("world", "tokenizer", "pack", "llm", "encoder", "train", "eval"):
+        prov = json.loads((results / stage / "base/provenance.json").read_text())
         assert prov["packages"]["megatron-core"] == "0.16.1", stage
         assert "commit" in prov["git"], stage
-    train_prov = json.loads((results / "train/provenance.json").read_text())
-    assert train_prov["seed"] == 1234 and train_prov["config"]["train"]["steps"] == 40
-    for rule in ("world", "tokenizer", "pack", "train", "eval", "figure"):
-        assert (project / "logs" / f"{rule}.log").is_file()
-        assert (project / "benchmarks" / f"{rule}.tsv").is_file()
-    # The other training stages: encoder pre-training, SFT data, SFT from the pre-trained checkpoint.
+        assert (project / "logs" / stage / "base.log").is_file()
+        assert (project / "benchmarks" / stage / "base.tsv").is_file()
+    assert json.loads((results / "figures/tiny_study.provenance.json").read_text())["stage"] == "figure"
+
+    # A paper figure: fig5d adds one experiment (no synthetic captions) that re-packs and re-trains
+    # but shares the world, tokenizer, LLM and encoder with the base run.
+    run(["snakemake", "fig5d", "--cores", "2", "--configfile", str(SMOKE)], project, timeout=900)
+    assert sorted(p.name for p in (results / "train").iterdir()) == ["base", "syn-0"]
+    assert sorted(p.name for p in (results / "encoder").iterdir()) == ["base"]
+    syn0 = json.loads((results / "pack/syn-0/provenance.json").read_text())
+    assert syn0["config"]["data"]["mixture"]["synthetic_captions"] == 0
+    fig = pl.read_csv(results / "figures/fig5d.csv")
+    assert fig["cell"].unique(maintain_order=True).to_list() == ["syn-0", "base"]
+    assert (
+        fig.filter(pl.col("cell") == "base")["average"].to_list()
+        == pl.read_csv(results / "eval/base/summary.csv")["average"].to_list()
+    )
+    assert (results / "figures/fig5d.png").stat().st_size > 10_000
+
+    # The SFT half: SFT data, SFT from the pre-trained checkpoint, its 0-shot evaluation.
     run(["snakemake", "stages", "--cores", "2", "--configfile", str(SMOKE)], project, timeout=900)
-    assert set(pl.read_csv(results / "llm_packed/mixture.csv").filter(pl.col("sequences") > 0)["source"]) == {"text"}
     for stage in ("llm", "encoder", "sft"):
-        assert checkpoint_meta(results / stage / "checkpoint")["model"]["encoder"]["image_size"] == 32
-        assert len(pl.read_csv(results / stage / "metrics.csv")) == 40, stage
-    sft_prov = json.loads((results / "sft/provenance.json").read_text())
+        assert checkpoint_meta(results / stage / "base/checkpoint")["model"]["encoder"]["image_size"] == 32
+        assert len(pl.read_csv(results / stage / "base/metrics.csv")) == 40, stage
+    sft_prov = json.loads((results / "sft/base/provenance.json").read_text())
     assert "init_all" in sft_prov["inputs"], "SFT did not start from the pre-trained checkpoint"
-    sft_scores = pl.read_csv(results / "sft_eval/scores.csv")
+    sft_scores = pl.read_csv(results / "sft_eval/base/scores.csv")
     assert set(sft_scores["shots"]) == {0} and set(sft_scores["mode"]) == {"sft"}
     assert sft_scores.filter(pl.col("benchmark") == "multiple_choice")["n_examples"].item() == 8
     # Nothing left to do: a second run is a no-op.

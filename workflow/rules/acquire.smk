@@ -1,15 +1,18 @@
 rule acquire:
     """Download, verify and read the datasets listed in data.sources (used when data.source=acquired)."""
     output:
-        manifest="results/acquired/manifest.parquet",
-        quarantine="results/acquired/quarantine.parquet",
+        manifest="results/acquire/{exp}/manifest.parquet",
+        quarantine="results/acquire/{exp}/quarantine.parquet",
     params:
-        cfg=stage_config("data"),
+        cfg=cfg("acquire"),
+    threads: 1
+    resources:
+        **light(runtime=240),
     log:
-        "logs/acquire.log",
+        "logs/acquire/{exp}.log",
     benchmark:
-        "benchmarks/acquire.tsv"
+        "benchmarks/acquire/{exp}.tsv"
     conda:
         "../../envs/mm1.yaml"
     shell:
-        "mm1 acquire --config-json {params.cfg:q} --out $(dirname {output.manifest}) > {log} 2>&1"
+        "mm1 acquire --config-json {params.cfg:q} --out $(dirname {output.manifest:q}) > {log:q} 2>&1"

@@ -1,21 +1,18 @@
-# Shared helpers: the validated run config, the slice of it each stage reads, where data comes from.
+# Shared helpers: the study (base config + experiments), each stage's config per experiment, where
+# an experiment's upstream runs live, and the resources of each job.
 import json
 
-from mm1.config import from_dict
+from mm1.study import Study
 
-RUN = from_dict(config, "snakemake config")
-
-# The pre-training data manifest: the synthetic world's, or the acquisition stage's (data.source).
-DATA_MANIFEST = {
-    "world": "results/world/manifest.parquet",
-    "acquired": "results/acquired/manifest.parquet",
-}[RUN.data.source]
+STUDY = Study(config, "snakemake config")
+RUN = STUDY.base
+EXPERIMENTS = STUDY.names
+FIGURES = list(RUN.study.figures)
 
 
-def stage_config(*keys):
-    """JSON of the top-level config keys a stage reads; a change to them (and only them) reruns it."""
-    resolved = RUN.model_dump(mode="json")
-    return StageConfig(json.dumps({key: resolved[key] for key in keys}, sort_keys=True))
+wildcard_constraints:
+    exp="|".join(EXPERIMENTS),
+    fig="|".join(FIGURES) or "no-figures",
 
 
 class StageConfig:
@@ -27,3 +24,77 @@ class StageConfig:
 
     def __str__(self):
         return self.text
+
+
+def cfg(stage):
+    """params: the JSON of the config sections ``stage`` reads, for the job's experiment."""
+    return lambda w: StageConfig(STUDY.stage_json(stage, w.exp))
+
+
+def run_of(stage, exp):
+    return STUDY.run_of(stage, exp)
+
+
+def up(stage, path):
+    """input: ``results/<stage>/<its run for this experiment>/<path>``."""
+    return lambda w: f"results/{stage}/{run_of(stage, w.exp)}/{path}"
+
+
+DATA = "acquire" if RUN.data.source == "acquired" else "world"  # where pre-training data comes from
+
+
+def manifest(w):
+    return f"results/{DATA}/{run_of(DATA, w.exp)}/manifest.parquet"
+
+
+# -- resources -----------------------------------------------------------------------------------
+# Data and evaluation jobs: one process. Training jobs: the parallel layout of their stage config;
+# on a GPU cluster (config gpu=...) nodes, GPUs, memory and time come from the layout planner.
+def light(mem_mb=2000, runtime=30):
+    return dict(mem_mb=mem_mb, runtime=runtime)
+
+
+def training(stage):
+    def field(name, local):
+        def get(w):
+            cfg_ = STUDY.stage_config(stage, w.exp)
+            if GPU:
+                from mm1.plan import job_resources
+
+                return job_resources(cfg_, GPU)[name]
+            return local(cfg_)
+
+        return get
+
+    res = dict(
+        mem_mb=field("mem_mb", lambda c: 4000),
+        runtime=field("runtime", lambda c: 120),
+        nodes=field("nodes", lambda c: getattr(c.parallel, "nodes", 1)),
+    )
+    if GPU:
+        res |= dict(gpu=field("tasks", None), tasks=field("tasks", None), tasks_per_gpu=1)
+        res |= dict(cpus_per_task=field("cpus_per_task", None))
+    return res
+
+
+# -- inputs that depend on the study ------------------------------------------------------------
+def pretrained(w):
+    """The LLM and encoder checkpoints multimodal pre-training starts from (study.init_*)."""
+    parts = {}
+    if RUN.study.init_decoder:
+        parts["llm"] = f"results/llm/{run_of('llm', w.exp)}/checkpoint"
+    if RUN.study.init_encoder:
+        parts["encoder"] = f"results/encoder/{run_of('encoder', w.exp)}/checkpoint"
+    return parts
+
+
+INIT_FLAG = {"llm": "--init-decoder", "encoder": "--init-encoder"}
+
+
+def cells(w):
+    """A paper figure's inputs: the summary of each experiment it compares (eval or sft_eval)."""
+    spec = RUN.study.figures[w.fig]
+    return {
+        exp: f"results/{spec.evaluation}/{run_of(spec.evaluation, exp)}/summary.csv"
+        for exp in spec.experiments
+    }

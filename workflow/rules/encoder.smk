@@ -1,23 +1,23 @@
 rule encoder:
     """Image-encoder pre-training with the CLIP or AIM head (model.encoder.objective; MM1 Table 1)."""
     input:
-        manifest=DATA_MANIFEST,
-        tokenizer="results/tokenizer/tokenizer.json",
+        manifest=manifest,
+        tokenizer=up("tokenizer", "tokenizer.json"),
     output:
-        checkpoint=directory("results/encoder/checkpoint"),
-        metrics="results/encoder/metrics.csv",
-        provenance="results/encoder/provenance.json",
+        checkpoint=directory("results/encoder/{exp}/checkpoint"),
+        metrics="results/encoder/{exp}/metrics.csv",
+        provenance="results/encoder/{exp}/provenance.json",
     params:
-        cfg=stage_config("data", "model", "parallel", "train"),
+        cfg=cfg("encoder"),
     threads: workflow.cores
     resources:
-        mem_mb=4000,
+        **training("encoder"),
     log:
-        "logs/encoder.log",
+        "logs/encoder/{exp}.log",
     benchmark:
-        "benchmarks/encoder.tsv"
+        "benchmarks/encoder/{exp}.tsv"
     conda:
         "../../envs/mm1.yaml"
     shell:
-        "mm1 encoder --config-json {params.cfg:q} --manifest {input.manifest} "
-        "--tokenizer {input.tokenizer} --out $(dirname {output.metrics}) > {log} 2>&1"
+        "mm1 encoder --config-json {params.cfg:q} --manifest {input.manifest:q} "
+        "--tokenizer {input.tokenizer:q} --out $(dirname {output.metrics:q}) > {log:q} 2>&1"

@@ -1,49 +1,57 @@
 rule eval:
     """Few-shot (eval.shots) captioning and VQA on every benchmark of eval.benchmarks, and TextCore."""
     input:
-        benchmarks="results/world/benchmarks",
-        tokenizer="results/tokenizer/tokenizer.json",
-        checkpoint="results/train/checkpoint",
+        benchmarks=up("world", "benchmarks"),
+        tokenizer=up("tokenizer", "tokenizer.json"),
+        checkpoint=up("train", "checkpoint"),
     output:
-        predictions=directory("results/eval/predictions"),
-        scores="results/eval/scores.csv",
-        summary="results/eval/summary.csv",
-        metrics="results/eval/metrics.json",
-        provenance="results/eval/provenance.json",
+        predictions=directory("results/eval/{exp}/predictions"),
+        scores="results/eval/{exp}/scores.csv",
+        summary="results/eval/{exp}/summary.csv",
+        metrics="results/eval/{exp}/metrics.json",
+        provenance="results/eval/{exp}/provenance.json",
     params:
-        cfg=stage_config("name", "eval", "sft"),
+        cfg=cfg("eval"),
+    threads: workflow.cores
+    resources:
+        **light(mem_mb=4000, runtime=60),
     log:
-        "logs/eval.log",
+        "logs/eval/{exp}.log",
     benchmark:
-        "benchmarks/eval.tsv"
+        "benchmarks/eval/{exp}.tsv"
     conda:
         "../../envs/mm1.yaml"
     shell:
-        "mm1 eval run --config-json {params.cfg:q} --data $(dirname {input.benchmarks}) "
-        "--tokenizer {input.tokenizer} --checkpoint {input.checkpoint} --out $(dirname {output.scores}) > {log} 2>&1"
+        "mm1 eval run --config-json {params.cfg:q} --data $(dirname {input.benchmarks:q}) "
+        "--tokenizer {input.tokenizer:q} --checkpoint {input.checkpoint:q} "
+        "--out $(dirname {output.scores:q}) > {log:q} 2>&1"
 
 
 rule sft_eval:
     """The SFT checkpoint 0-shot on every benchmark, in the sft chat template, and multiple choice."""
     input:
-        benchmarks="results/world/benchmarks",
-        sft="results/world/sft",
-        tokenizer="results/tokenizer/tokenizer.json",
-        checkpoint="results/sft/checkpoint",
+        benchmarks=up("world", "benchmarks"),
+        sft=up("world", "sft"),
+        tokenizer=up("tokenizer", "tokenizer.json"),
+        checkpoint=up("sft", "checkpoint"),
     output:
-        predictions=directory("results/sft_eval/predictions"),
-        scores="results/sft_eval/scores.csv",
-        summary="results/sft_eval/summary.csv",
-        metrics="results/sft_eval/metrics.json",
-        provenance="results/sft_eval/provenance.json",
+        predictions=directory("results/sft_eval/{exp}/predictions"),
+        scores="results/sft_eval/{exp}/scores.csv",
+        summary="results/sft_eval/{exp}/summary.csv",
+        metrics="results/sft_eval/{exp}/metrics.json",
+        provenance="results/sft_eval/{exp}/provenance.json",
     params:
-        cfg=stage_config("name", "eval", "sft"),
+        cfg=cfg("sft_eval"),
+    threads: workflow.cores
+    resources:
+        **light(mem_mb=4000, runtime=60),
     log:
-        "logs/sft_eval.log",
+        "logs/sft_eval/{exp}.log",
     benchmark:
-        "benchmarks/sft_eval.tsv"
+        "benchmarks/sft_eval/{exp}.tsv"
     conda:
         "../../envs/mm1.yaml"
     shell:
-        "mm1 eval run --sft --config-json {params.cfg:q} --data $(dirname {input.benchmarks}) "
-        "--tokenizer {input.tokenizer} --checkpoint {input.checkpoint} --out $(dirname {output.scores}) > {log} 2>&1"
+        "mm1 eval run --sft --config-json {params.cfg:q} --data $(dirname {input.benchmarks:q}) "
+        "--tokenizer {input.tokenizer:q} --checkpoint {input.checkpoint:q} "
+        "--out $(dirname {output.scores:q}) > {log:q} 2>&1"

@@ -1,55 +1,55 @@
 # The text-only LLM stage: the miniature stand-in for MM1's pre-trained LLM (a real run imports HF
-# weights instead, mm1.models.hf). Its two differences from the multimodal stages are overrides
-# here, after the run's config: text-only sequences, and only the decoder trains.
-LLM_DATA = "--set data.mixture.caption=0 --set data.mixture.interleaved=0 --set data.mixture.text=1"
+# weights instead, mm1.models.hf). Its differences from the multimodal stages are the stage
+# overrides in config/study.yaml (study.stages.llm_pack, study.stages.llm): text-only sequences,
+# and only the decoder trains.
 
 
 rule llm_pack:
     """Text-only pre-training sequences (the text source of the mixture alone)."""
     input:
-        manifest=DATA_MANIFEST,
-        tokenizer="results/tokenizer/tokenizer.json",
+        manifest=manifest,
+        tokenizer=up("tokenizer", "tokenizer.json"),
     output:
-        packed="results/llm_packed/train.parquet",
-        mixture="results/llm_packed/mixture.csv",
-        quarantine="results/llm_packed/quarantine.parquet",
-        provenance="results/llm_packed/provenance.json",
+        packed="results/llm_pack/{exp}/train.parquet",
+        mixture="results/llm_pack/{exp}/mixture.csv",
+        quarantine="results/llm_pack/{exp}/quarantine.parquet",
+        provenance="results/llm_pack/{exp}/provenance.json",
     params:
-        cfg=stage_config("data", "model", "train"),
-        text_only=LLM_DATA,
+        cfg=cfg("llm_pack"),
+    threads: 1
+    resources:
+        **light(mem_mb=4000),
     log:
-        "logs/llm_pack.log",
+        "logs/llm_pack/{exp}.log",
     benchmark:
-        "benchmarks/llm_pack.tsv"
+        "benchmarks/llm_pack/{exp}.tsv"
     conda:
         "../../envs/mm1.yaml"
     shell:
-        "mm1 pack --config-json {params.cfg:q} {params.text_only} --manifest {input.manifest} "
-        "--tokenizer {input.tokenizer} --out $(dirname {output.packed}) > {log} 2>&1"
+        "mm1 pack --config-json {params.cfg:q} --manifest {input.manifest:q} "
+        "--tokenizer {input.tokenizer:q} --out $(dirname {output.packed:q}) > {log:q} 2>&1"
 
 
 rule llm:
-    """Text-only pre-training of the decoder (encoder and connector frozen); `mm1 train --init-decoder`
-    starts a multimodal run from it."""
+    """Text-only pre-training of the decoder; multimodal pre-training starts from it (--init-decoder)."""
     input:
-        packed="results/llm_packed/train.parquet",
-        tokenizer="results/tokenizer/tokenizer.json",
+        packed=up("llm_pack", "train.parquet"),
+        tokenizer=up("tokenizer", "tokenizer.json"),
     output:
-        checkpoint=directory("results/llm/checkpoint"),
-        metrics="results/llm/metrics.csv",
-        provenance="results/llm/provenance.json",
+        checkpoint=directory("results/llm/{exp}/checkpoint"),
+        metrics="results/llm/{exp}/metrics.csv",
+        provenance="results/llm/{exp}/provenance.json",
     params:
-        cfg=stage_config("model", "parallel", "train"),
-        decoder_only="--set 'train.freeze=[encoder,connector]'",
+        cfg=cfg("llm"),
     threads: workflow.cores
     resources:
-        mem_mb=4000,
+        **training("llm"),
     log:
-        "logs/llm.log",
+        "logs/llm/{exp}.log",
     benchmark:
-        "benchmarks/llm.tsv"
+        "benchmarks/llm/{exp}.tsv"
     conda:
         "../../envs/mm1.yaml"
     shell:
-        "mm1 train --config-json {params.cfg:q} {params.decoder_only} --packed {input.packed} "
-        "--tokenizer {input.tokenizer} --out $(dirname {output.metrics}) > {log} 2>&1"
+        "mm1 train --config-json {params.cfg:q} --packed {input.packed:q} "
+        "--tokenizer {input.tokenizer:q} --out $(dirname {output.metrics:q}) > {log:q} 2>&1"

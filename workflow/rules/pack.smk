@@ -1,21 +1,24 @@
 rule pack:
     """Draw the run's pre-training sequences from the caption/interleaved/text mixture and pack them."""
     input:
-        manifest=DATA_MANIFEST,
-        tokenizer="results/tokenizer/tokenizer.json",
+        manifest=manifest,
+        tokenizer=up("tokenizer", "tokenizer.json"),
     output:
-        packed="results/packed/train.parquet",
-        mixture="results/packed/mixture.csv",
-        quarantine="results/packed/quarantine.parquet",
-        provenance="results/packed/provenance.json",
+        packed="results/pack/{exp}/train.parquet",
+        mixture="results/pack/{exp}/mixture.csv",
+        quarantine="results/pack/{exp}/quarantine.parquet",
+        provenance="results/pack/{exp}/provenance.json",
     params:
-        cfg=stage_config("data", "model", "train"),
+        cfg=cfg("pack"),
+    threads: 1
+    resources:
+        **light(mem_mb=4000),
     log:
-        "logs/pack.log",
+        "logs/pack/{exp}.log",
     benchmark:
-        "benchmarks/pack.tsv"
+        "benchmarks/pack/{exp}.tsv"
     conda:
         "../../envs/mm1.yaml"
     shell:
-        "mm1 pack --config-json {params.cfg:q} --manifest {input.manifest} --tokenizer {input.tokenizer} "
-        "--out $(dirname {output.packed}) > {log} 2>&1"
+        "mm1 pack --config-json {params.cfg:q} --manifest {input.manifest:q} --tokenizer {input.tokenizer:q} "
+        "--out $(dirname {output.packed:q}) > {log:q} 2>&1"

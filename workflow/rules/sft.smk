@@ -1,46 +1,49 @@
 rule sft_pack:
     """Instruction conversations -> SFT sequences (loss on answers; sft.image_grid splits pictures)."""
     input:
-        manifest=DATA_MANIFEST,
-        tokenizer="results/tokenizer/tokenizer.json",
+        manifest=manifest,
+        tokenizer=up("tokenizer", "tokenizer.json"),
     output:
-        packed="results/sft_packed/train.parquet",
-        quarantine="results/sft_packed/quarantine.parquet",
-        provenance="results/sft_packed/provenance.json",
+        packed="results/sft_pack/{exp}/train.parquet",
+        quarantine="results/sft_pack/{exp}/quarantine.parquet",
+        provenance="results/sft_pack/{exp}/provenance.json",
     params:
-        cfg=stage_config("data", "model", "sft"),
+        cfg=cfg("sft_pack"),
+    threads: 1
+    resources:
+        **light(mem_mb=4000),
     log:
-        "logs/sft_pack.log",
+        "logs/sft_pack/{exp}.log",
     benchmark:
-        "benchmarks/sft_pack.tsv"
+        "benchmarks/sft_pack/{exp}.tsv"
     conda:
         "../../envs/mm1.yaml"
     shell:
-        "mm1 sft-pack --config-json {params.cfg:q} --manifest {input.manifest} --tokenizer {input.tokenizer} "
-        "--out $(dirname {output.packed}) > {log} 2>&1"
+        "mm1 sft-pack --config-json {params.cfg:q} --manifest {input.manifest:q} --tokenizer {input.tokenizer:q} "
+        "--out $(dirname {output.packed:q}) > {log:q} 2>&1"
 
 
 rule sft:
     """Supervised fine-tuning of the pre-trained model (the trainer, started from its checkpoint)."""
     input:
-        packed="results/sft_packed/train.parquet",
-        tokenizer="results/tokenizer/tokenizer.json",
-        pretrained="results/train/checkpoint",
+        packed=up("sft_pack", "train.parquet"),
+        tokenizer=up("tokenizer", "tokenizer.json"),
+        pretrained=up("train", "checkpoint"),
     output:
-        checkpoint=directory("results/sft/checkpoint"),
-        metrics="results/sft/metrics.csv",
-        provenance="results/sft/provenance.json",
+        checkpoint=directory("results/sft/{exp}/checkpoint"),
+        metrics="results/sft/{exp}/metrics.csv",
+        provenance="results/sft/{exp}/provenance.json",
     params:
-        cfg=stage_config("model", "parallel", "train"),
+        cfg=cfg("sft"),
     threads: workflow.cores
     resources:
-        mem_mb=4000,
+        **training("sft"),
     log:
-        "logs/sft.log",
+        "logs/sft/{exp}.log",
     benchmark:
-        "benchmarks/sft.tsv"
+        "benchmarks/sft/{exp}.tsv"
     conda:
         "../../envs/mm1.yaml"
     shell:
-        "mm1 train --config-json {params.cfg:q} --packed {input.packed} --tokenizer {input.tokenizer} "
-        "--init {input.pretrained} --out $(dirname {output.metrics}) > {log} 2>&1"
+        "mm1 train --config-json {params.cfg:q} --packed {input.packed:q} --tokenizer {input.tokenizer:q} "
+        "--init {input.pretrained:q} --out $(dirname {output.metrics:q}) > {log:q} 2>&1"

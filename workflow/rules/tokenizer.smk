@@ -1,18 +1,21 @@
 rule tokenizer:
     """Train the BPE tokenizer on the text of the pre-training sources."""
     input:
-        manifest=DATA_MANIFEST,
+        manifest=manifest,
     output:
-        tokenizer="results/tokenizer/tokenizer.json",
-        provenance="results/tokenizer/provenance.json",
+        tokenizer="results/tokenizer/{exp}/tokenizer.json",
+        provenance="results/tokenizer/{exp}/provenance.json",
     params:
-        cfg=stage_config("tokenizer", "data"),
+        cfg=cfg("tokenizer"),
+    threads: 1
+    resources:
+        **light(),
     log:
-        "logs/tokenizer.log",
+        "logs/tokenizer/{exp}.log",
     benchmark:
-        "benchmarks/tokenizer.tsv"
+        "benchmarks/tokenizer/{exp}.tsv"
     conda:
         "../../envs/mm1.yaml"
     shell:
-        "mm1 tokenizer --config-json {params.cfg:q} --manifest {input.manifest} "
-        "--out $(dirname {output.tokenizer}) > {log} 2>&1"
+        "mm1 tokenizer --config-json {params.cfg:q} --manifest {input.manifest:q} "
+        "--out $(dirname {output.tokenizer:q}) > {log:q} 2>&1"

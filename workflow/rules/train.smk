@@ -1,23 +1,25 @@
 rule train:
-    """Multimodal pre-training (megatron-core); parallel.world_size processes via torchrun."""
+    """Multimodal pre-training (megatron-core) from the LLM and encoder stages; parallel.world_size processes."""
     input:
-        packed="results/packed/train.parquet",
-        tokenizer="results/tokenizer/tokenizer.json",
+        unpack(pretrained),
+        packed=up("pack", "train.parquet"),
+        tokenizer=up("tokenizer", "tokenizer.json"),
     output:
-        checkpoint=directory("results/train/checkpoint"),
-        metrics="results/train/metrics.csv",
-        provenance="results/train/provenance.json",
+        checkpoint=directory("results/train/{exp}/checkpoint"),
+        metrics="results/train/{exp}/metrics.csv",
+        provenance="results/train/{exp}/provenance.json",
     params:
-        cfg=stage_config("model", "parallel", "train"),
+        cfg=cfg("train"),
+        init=lambda w: " ".join(f"{INIT_FLAG[k]} {v}" for k, v in pretrained(w).items()),
     threads: workflow.cores
     resources:
-        mem_mb=4000,
+        **training("train"),
     log:
-        "logs/train.log",
+        "logs/train/{exp}.log",
     benchmark:
-        "benchmarks/train.tsv"
+        "benchmarks/train/{exp}.tsv"
     conda:
         "../../envs/mm1.yaml"
     shell:
-        "mm1 train --config-json {params.cfg:q} --packed {input.packed} "
-        "--tokenizer {input.tokenizer} --out $(dirname {output.metrics}) > {log} 2>&1"
+        "mm1 train --config-json {params.cfg:q} {params.init} --packed {input.packed:q} "
+        "--tokenizer {input.tokenizer:q} --out $(dirname {output.metrics:q}) > {log:q} 2>&1"

@@ -1,21 +1,24 @@
 rule world:
     """Write the synthetic MM1 world as real-format datasets, benchmarks and SFT data, with a manifest."""
     output:
-        captions=directory("results/world/captions"),
-        interleaved=directory("results/world/interleaved"),
-        text=directory("results/world/text"),
-        benchmarks=directory("results/world/benchmarks"),
-        sft=directory("results/world/sft"),
-        samples="results/world/samples.png",
-        manifest="results/world/manifest.parquet",
-        provenance="results/world/provenance.json",
+        captions=directory("results/world/{exp}/captions"),
+        interleaved=directory("results/world/{exp}/interleaved"),
+        text=directory("results/world/{exp}/text"),
+        benchmarks=directory("results/world/{exp}/benchmarks"),
+        sft=directory("results/world/{exp}/sft"),
+        samples="results/world/{exp}/samples.png",
+        manifest="results/world/{exp}/manifest.parquet",
+        provenance="results/world/{exp}/provenance.json",
     params:
-        cfg=stage_config("world"),
+        cfg=cfg("world"),
+    threads: 1
+    resources:
+        **light(),
     log:
-        "logs/world.log",
+        "logs/world/{exp}.log",
     benchmark:
-        "benchmarks/world.tsv"
+        "benchmarks/world/{exp}.tsv"
     conda:
         "../../envs/mm1.yaml"
     shell:
-        "mm1 world --config-json {params.cfg:q} --out $(dirname {output.manifest}) > {log} 2>&1"
+        "mm1 world --config-json {params.cfg:q} --out $(dirname {output.manifest:q}) > {log:q} 2>&1"

@@ -9,6 +9,7 @@ from mm1.config.data import DataConfig, TokenizerConfig, WorldConfig
 from mm1.config.eval import EvalConfig
 from mm1.config.model import ModelConfig
 from mm1.config.sft import SFTConfig
+from mm1.config.study import StudyConfig
 from mm1.config.train import ParallelConfig, TrainConfig
 
 
@@ -33,6 +34,8 @@ class RunConfig(Section):
     """Evaluation."""
     sft: SFTConfig = SFTConfig()
     """How instruction conversations become SFT sequences (chat template, image splitting)."""
+    study: StudyConfig = StudyConfig()
+    """The experiments (override sets) the workflow runs and the figures that compare them."""
 
     @model_validator(mode="after")
     def _cross(self) -> RunConfig:

@@ -78,6 +78,11 @@ def tiny_study(metrics_csv: Path, scores_csv: Path, out_dir: Path) -> FigureResu
     )
     csv = atomic.write_text(out_dir / "tiny_study.csv", table.write_csv())
     provenance.record(
-        out_dir, stage="figure", config={}, seed=None, inputs={"metrics": metrics_csv, "scores": scores_csv}
+        out_dir,
+        stage="figure",
+        config={},
+        seed=None,
+        inputs={"metrics": metrics_csv, "scores": scores_csv},
+        prefix="tiny_study.",
     )
     return FigureResult(png=png, table=csv)

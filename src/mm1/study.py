@@ -1,0 +1,199 @@
+"""Which stage runs an experiment needs, and which of them it shares with other experiments.
+
+Every workflow stage (a rule in ``workflow/rules/``) has
+
+* ``reads``: the config sections its command gets (``--config-json``), and
+* ``honors``: the dotted prefixes of experiment overrides it applies; the others keep the base
+  value. A connector ablation changes ``model.connector``: the pack and train stages honour it,
+  the LLM and encoder stages do not, so every connector cell starts from the same LLM and encoder.
+* ``after``: the stages whose outputs it reads.
+
+A stage's config for an experiment is: the base config, then the experiment's honoured overrides,
+then the stage's own overrides (``study.stages``). Two experiments share a stage's run when they
+apply the same overrides there and share every upstream run; the run is stored under the first
+such experiment's name (``base`` first, then ``study.experiments`` in order):
+``results/<stage>/<that name>/``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from mm1.config import ConfigError, RunConfig
+from mm1.config.load import from_dict
+from mm1.config.presets import deep_merge
+from mm1.config.study import BASE
+
+
+@dataclass(frozen=True)
+class Stage:
+    reads: tuple[str, ...]
+    honors: tuple[str, ...]
+    after: tuple[str, ...] = ()
+
+
+DATA = "data"  # stands for the world or the acquire stage, per data.source
+PACKING = ("model.decoder.seq_length", "model.connector.num_tokens")  # what sequence packing reads of the model
+STAGES: dict[str, Stage] = {
+    "world": Stage(reads=("world",), honors=("world",)),
+    "acquire": Stage(reads=("data",), honors=("data.source", "data.sources", "data.max_bad_fraction")),
+    "tokenizer": Stage(reads=("tokenizer", "data"), honors=("tokenizer",), after=(DATA,)),
+    # The LLM is the paper's fixed pre-trained LLM: only the decoder's shape and layout reach it.
+    "llm_pack": Stage(
+        reads=("data", "model", "train"), honors=("model.decoder.seq_length",), after=(DATA, "tokenizer")
+    ),
+    "llm": Stage(
+        reads=("model", "parallel", "train"),
+        honors=("model.decoder", "model.moe", "parallel"),
+        after=("llm_pack", "tokenizer"),
+    ),
+    # One encoder per encoder setting (Table 1: objective, size, resolution).
+    "encoder": Stage(
+        reads=("data", "model", "parallel", "train"), honors=("model.encoder",), after=(DATA, "tokenizer")
+    ),
+    "pack": Stage(
+        reads=("data", "model", "train"),
+        honors=(
+            "data.mixture",
+            "data.max_bad_fraction",
+            *PACKING,
+            "train.seed",
+            "train.steps",
+            "train.global_batch_size",
+        ),
+        after=(DATA, "tokenizer"),
+    ),
+    "train": Stage(
+        reads=("model", "parallel", "train"),
+        honors=("model", "parallel", "train"),
+        after=("pack", "tokenizer", "llm", "encoder"),
+    ),
+    "eval": Stage(reads=("eval", "sft"), honors=("eval",), after=("world", "tokenizer", "train")),
+    "sft_pack": Stage(
+        reads=("data", "model", "sft"),
+        honors=("data.max_bad_fraction", "sft", *PACKING, "model.encoder.image_size"),
+        after=(DATA, "tokenizer"),
+    ),
+    "sft": Stage(
+        reads=("model", "parallel", "train"),
+        honors=("model", "parallel", "train", "sft"),
+        after=("sft_pack", "tokenizer", "train"),
+    ),
+    "sft_eval": Stage(reads=("eval", "sft"), honors=("eval", "sft"), after=("world", "tokenizer", "sft")),
+}
+
+
+def _honored(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def _nested(overrides: dict[str, Any]) -> dict[str, Any]:
+    """{"a.b.c": 1} -> {"a": {"b": {"c": 1}}}."""
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        node = out
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return out
+
+
+class Study:
+    """The base config (a dict, as the config file holds it) with its experiments resolved."""
+
+    def __init__(self, data: dict[str, Any], source: str = "config") -> None:
+        self.base_data = data
+        self.base = from_dict(data, source)
+        self.source = source
+        study = self.base.study
+        self.overrides: dict[str, dict[str, Any]] = {BASE: {}, **study.experiments}
+        self.names = list(self.overrides)
+        self._signatures: dict[tuple[str, str], str] = {}
+        for name in self.names:  # every experiment is a valid run as a whole
+            self.config(name)
+        for stage in study.stages:  # and every stage's own overrides apply
+            self._stage_data(stage, BASE)
+
+    # -- configs -------------------------------------------------------------------------------
+    def config(self, exp: str) -> RunConfig:
+        """The experiment's whole run: base + all its overrides."""
+        self._known(exp)
+        data = deep_merge(self.base_data, _nested(self.overrides[exp]))
+        return from_dict({**data, "name": exp}, f"{self.source}, experiment {exp!r}")
+
+    def _stage_data(self, stage: str, exp: str) -> dict[str, Any]:
+        spec = STAGES[stage]
+        own = {k: v for k, v in self.overrides[exp].items() if _honored(k, spec.honors)}
+        extra = self.base.study.stages.get(stage, {})
+        data = deep_merge(deep_merge(self.base_data, _nested(own)), _nested(extra))
+        data["name"] = exp
+        from_dict(data, f"{self.source}, stage {stage} of experiment {exp!r}")
+        return data
+
+    def stage_config(self, stage: str, exp: str) -> RunConfig:
+        """The config the stage's command runs with for this experiment."""
+        return from_dict(self._stage_data(stage, exp), f"stage {stage} of experiment {exp!r}")
+
+    def stage_json(self, stage: str, exp: str) -> str:
+        """The sections the stage's command reads, as the JSON its ``--config-json`` gets."""
+        resolved = self.stage_config(stage, exp).model_dump(mode="json")
+        keys = ("name", *STAGES[stage].reads)
+        return json.dumps({k: resolved[k] for k in keys}, sort_keys=True)
+
+    # -- sharing -------------------------------------------------------------------------------
+    def upstream(self, stage: str) -> tuple[str, ...]:
+        """The stages it reads from, with the data placeholder resolved per data.source."""
+        data = "world" if self.base.data.source == "world" else "acquire"
+        study = self.base.study
+        skipped = {"llm"} if not study.init_decoder else set()
+        skipped |= {"encoder"} if not study.init_encoder else set()
+        after = STAGES[stage].after
+        return tuple(data if s == DATA else s for s in after if not (stage == "train" and s in skipped))
+
+    def _signature(self, stage: str, exp: str) -> str:
+        """What the stage's run depends on: its resolved sections (not the name) and its upstream runs."""
+        key = (stage, exp)
+        if key not in self._signatures:
+            resolved = json.loads(self.stage_json(stage, exp))
+            del resolved["name"]
+            ups = [(up, self._signature(up, exp)) for up in self.upstream(stage)]
+            self._signatures[key] = json.dumps([resolved, ups], sort_keys=True)
+        return self._signatures[key]
+
+    @cached_property
+    def _canonical(self) -> dict[tuple[str, str], str]:
+        table: dict[tuple[str, str], str] = {}
+        for stage in STAGES:
+            first: dict[str, str] = {}
+            for exp in self.names:
+                table[stage, exp] = first.setdefault(self._signature(stage, exp), exp)
+        return table
+
+    def run_of(self, stage: str, exp: str) -> str:
+        """The experiment name under which ``stage``'s run for ``exp`` is stored."""
+        self._known(exp)
+        return self._canonical[stage, exp]
+
+    def runs(self, stage: str, experiments: list[str] | None = None) -> list[str]:
+        """The distinct runs of ``stage`` that ``experiments`` (default: all) need, in order."""
+        out: list[str] = []
+        for exp in experiments or self.names:
+            run = self.run_of(stage, exp)
+            if run not in out:
+                out.append(run)
+        return out
+
+    def _known(self, exp: str) -> None:
+        if exp not in self.overrides:
+            raise ConfigError(f"unknown experiment {exp!r}; declared: {', '.join(self.names)}")
+
+    # -- figures -------------------------------------------------------------------------------
+    def figure_cells(self, fig: str) -> list[str]:
+        figures = self.base.study.figures
+        if fig not in figures:
+            raise ConfigError(f"unknown figure {fig!r}; declared: {', '.join(figures) or '(none)'}")
+        return list(figures[fig].experiments)

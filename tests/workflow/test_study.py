@@ -1,0 +1,108 @@
+"""mm1.study: which stage runs an experiment needs, and which it shares with other experiments."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mm1.config import ConfigError
+from mm1.study import Study
+
+TEXT_ONLY = {"data.mixture.caption": 0, "data.mixture.interleaved": 0, "data.mixture.text": 1}
+
+
+def study(**experiments) -> Study:
+    return Study(
+        {
+            "study": {
+                "experiments": experiments,
+                "stages": {"llm_pack": TEXT_ONLY, "llm": {"train.freeze": ["encoder", "connector"]}},
+                "figures": {"fig": {"title": "t", "experiments": ["base", *experiments]}},
+            }
+        }
+    )
+
+
+def test_a_connector_cell_shares_everything_upstream_of_training():
+    s = study(cabs={"model.connector.kind": "c_abstractor"})
+    for stage in ("world", "tokenizer", "llm_pack", "llm", "encoder", "pack"):
+        assert s.run_of(stage, "cabs") == "base", stage
+    for stage in ("train", "eval", "sft", "sft_eval"):
+        assert s.run_of(stage, "cabs") == "cabs", stage
+
+
+def test_token_count_repacks_resolution_retrains_the_encoder():
+    s = study(t4={"model.connector.num_tokens": 4}, r48={"model.encoder.image_size": 48})
+    assert s.run_of("pack", "t4") == "t4" and s.run_of("encoder", "t4") == "base"
+    assert s.run_of("encoder", "r48") == "r48" and s.run_of("pack", "r48") == "base"
+    assert s.run_of("sft_pack", "r48") == "r48"  # image splitting crops at the encoder's resolution
+    assert s.runs("train") == ["base", "t4", "r48"]
+
+
+def test_the_llm_is_shared_across_learning_rates_but_not_decoder_sizes():
+    s = study(lr={"train.lr": 3e-3}, wide={"model.decoder.hidden_size": 192, "model.decoder.ffn_hidden_size": 512})
+    assert s.run_of("llm", "lr") == "base" and s.run_of("train", "lr") == "lr"
+    assert json.loads(s.stage_json("train", "lr"))["train"]["lr"] == 3e-3
+    assert json.loads(s.stage_json("llm", "lr"))["train"]["lr"] is None
+    assert s.run_of("llm", "wide") == "wide" and s.run_of("llm_pack", "wide") == "base"
+
+
+def test_an_override_equal_to_the_base_value_shares_the_base_runs():
+    s = study(same={"model.connector.kind": "avg_pool", "train.seed": 1234})
+    assert {s.run_of(stage, "same") for stage in ("pack", "train", "eval")} == {"base"}
+
+
+def test_stage_overrides_apply_to_their_stage_only():
+    s = study()
+    llm_pack = json.loads(s.stage_json("llm_pack", "base"))
+    assert llm_pack["data"]["mixture"] | {"synthetic_captions": 0, "max_images_per_sequence": 0} == {
+        "caption": 0,
+        "interleaved": 0,
+        "text": 1,
+        "synthetic_captions": 0,
+        "max_images_per_sequence": 0,
+    }
+    assert json.loads(s.stage_json("llm", "base"))["train"]["freeze"] == ["encoder", "connector"]
+    assert json.loads(s.stage_json("pack", "base"))["data"]["mixture"]["caption"] == 0.45
+    assert json.loads(s.stage_json("train", "base"))["train"]["freeze"] == []
+    assert json.loads(s.stage_json("train", "base"))["name"] == "base"
+
+
+def test_training_reads_the_llm_and_encoder_unless_disabled():
+    assert set(study().upstream("train")) == {"pack", "tokenizer", "llm", "encoder"}
+    s = Study({"study": {"init_decoder": False, "init_encoder": False}})
+    assert set(s.upstream("train")) == {"pack", "tokenizer"}
+    assert Study({"data": {"source": "acquired", "sources": [_source()]}}).upstream("pack")[0] == "acquire"
+
+
+def _source() -> dict:
+    return {"name": "x", "url": "file:///x", "sha256": "0" * 64, "format": "jsonl", "role": "text", "licence": "CC0"}
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        ({"study": {"experiments": {"a": {"model.connector.kind": "pool"}}}}, ["'a'", "model.connector.kind"]),
+        ({"study": {"experiments": {"a": {"modle.x": 1}}}}, ["'modle.x'", "does not start with a config section"]),
+        ({"study": {"experiments": {"a b": {}}}}, ["'a b'", "letters, digits"]),
+        ({"study": {"experiments": {"base": {}}}}, ["'base'"]),
+        ({"study": {"figures": {"f": {"title": "t", "experiments": ["nope"]}}}}, ["'f'", "nope"]),
+        ({"study": {"stages": {"lm": {}}}}, ["unknown stage 'lm'"]),
+        ({"study": {"stages": {"llm": {"train.steps": 0}}}}, ["stage llm", "train.steps"]),
+    ],
+)
+def test_bad_study_config_names_the_field(data, words):
+    with pytest.raises(ConfigError) as err:
+        Study(data)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_unknown_experiment_and_figure_are_errors():
+    s = study(a={"train.lr": 1e-3})
+    with pytest.raises(ConfigError, match="unknown experiment 'b'; declared: base, a"):
+        s.run_of("train", "b")
+    with pytest.raises(ConfigError, match="unknown figure 'fig9'"):
+        s.figure_cells("fig9")
+    assert s.figure_cells("fig") == ["base", "a"]
