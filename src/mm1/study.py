@@ -24,7 +24,7 @@ from typing import Any
 
 from mm1.config import ConfigError, RunConfig
 from mm1.config.load import from_dict
-from mm1.config.presets import deep_merge
+from mm1.config.presets import deep_merge, preset_data
 from mm1.config.study import BASE
 
 
@@ -90,6 +90,32 @@ def _honored(key: str, prefixes: tuple[str, ...]) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1} (lists and scalars are leaves)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def expand(overrides: dict[str, Any]) -> dict[str, Any]:
+    """An experiment's overrides with ``preset: NAME`` replaced by that preset's keys (dotted), so
+    ``{preset: vit-l14-336}`` is an encoder swap; the experiment's other keys win over the preset's."""
+    if "preset" not in overrides:
+        return dict(overrides)
+    rest = {k: v for k, v in overrides.items() if k != "preset"}
+    names = overrides["preset"] if isinstance(overrides["preset"], list) else [overrides["preset"]]
+    keys: dict[str, Any] = {}
+    for name in names:
+        data = preset_data(str(name))
+        data.pop("name")
+        keys |= _flat(data)
+    return keys | rest
+
+
 def _nested(overrides: dict[str, Any]) -> dict[str, Any]:
     """{"a.b.c": 1} -> {"a": {"b": {"c": 1}}}."""
     out: dict[str, Any] = {}
@@ -110,7 +136,12 @@ class Study:
         self.base = from_dict(data, source)
         self.source = source
         study = self.base.study
-        self.overrides: dict[str, dict[str, Any]] = {BASE: {}, **study.experiments}
+        self.overrides: dict[str, dict[str, Any]] = {BASE: {}}
+        for name, overrides in study.experiments.items():
+            try:
+                self.overrides[name] = expand(overrides)
+            except ConfigError as exc:
+                raise ConfigError(f"{source}, experiment {name!r}: {exc}") from None
         self.names = list(self.overrides)
         self._signatures: dict[tuple[str, str], str] = {}
         for name in self.names:  # every experiment is a valid run as a whole

@@ -106,3 +106,12 @@ def test_unknown_experiment_and_figure_are_errors():
     with pytest.raises(ConfigError, match="unknown figure 'fig9'"):
         s.figure_cells("fig9")
     assert s.figure_cells("fig") == ["base", "a"]
+
+
+def test_a_preset_override_swaps_the_encoder_and_an_explicit_key_wins():
+    s = study(vitl={"preset": "vit-l14-336", "model.encoder.image_size": 224})
+    enc = s.config("vitl").model.encoder
+    assert (enc.hidden_size, enc.num_layers, enc.patch_size, enc.image_size) == (1024, 24, 14, 224)
+    assert s.run_of("encoder", "vitl") == "vitl" and s.run_of("llm", "vitl") == "base"
+    with pytest.raises(ConfigError, match="experiment 'x'.*unknown preset 'vit-q'"):
+        study(x={"preset": "vit-q"})

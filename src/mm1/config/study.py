@@ -41,6 +41,8 @@ Overrides = dict[str, Any]
 def _check_overrides(where: str, overrides: Overrides) -> None:
     for key in overrides:
         head = key.split(".", 1)[0]
+        if key == "preset":  # a preset's keys as overrides (mm1.study.expand)
+            continue
         if head not in SECTIONS:
             raise ValueError(f"{where}: override {key!r} does not start with a config section ({', '.join(SECTIONS)})")
         if not all(part for part in key.split(".")):
@@ -62,7 +64,8 @@ class StudyConfig(Section):
     """The experiments of the study and the figures that compare them."""
 
     experiments: dict[str, Overrides] = {}
-    """Experiment name -> dotted overrides over the base config (names: letters, digits, _ -)."""
+    """Experiment name -> dotted overrides over the base config (names: letters, digits, _ -);
+    ``preset: NAME`` (or a list) stands for that preset's keys, e.g. an encoder or decoder swap."""
     figures: dict[str, FigureSpec] = {}
     """Figure id (e.g. fig4) -> its cells; each id is a Snakemake target and a DVC stage."""
     stages: dict[str, Overrides] = {}

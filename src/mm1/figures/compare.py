@@ -71,7 +71,7 @@ def draw(fig_id: str, title: str, rows: pl.DataFrame) -> bytes:
         xs = [i + (j - (len(series) - 1) / 2) * width for i, c in enumerate(cells) if values.get(c) is not None]
         ax.bar(xs, [values[c] for c in cells if values.get(c) is not None], width, label=label)
     ax.set_xticks(range(len(cells)), cells, rotation=30, ha="right", fontsize=8)
-    ax.set(title=f"{fig_id}: {title}", ylabel="score (CIDEr x 100 / accuracy %)")
+    ax.set(title=title, ylabel="score (CIDEr x 100 / accuracy %)")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
