@@ -8,7 +8,7 @@ TORCH_INDEX ?=
 PIP    := $(BIN)/python -m pip
 RUN    := PATH="$(BIN):$$PATH"
 
-.PHONY: install study test test-fast lint schema lock clean
+.PHONY: install study test test-fast lint schema lock clean dvc plots-template
 
 install: $(VENV)/.installed
 
@@ -36,10 +36,19 @@ lint: install
 	$(RUN) ruff check src tests
 	$(RUN) ruff format --check src tests
 	$(RUN) mm1 config schema --check workflow/schemas/config.schema.json
+	$(RUN) python -m mm1.dvc_stages --check dvc.yaml
 
 ## Regenerate the Snakemake schema from the pydantic models.
 schema: install
 	$(RUN) mm1 config schema --write workflow/schemas/config.schema.json
+
+## Regenerate dvc.yaml from the Snakemake DAG (after changing rules or the study); --check fails if stale.
+dvc: install
+	$(RUN) python -m mm1.dvc_stages --write dvc.yaml
+
+## The offline `dvc plots show` template: vega/vega-lite/vega-embed inlined (needs npm; into build/).
+plots-template: install
+	$(RUN) python workflow/scripts/plots_template.py
 
 ## Re-pin every package after changing pyproject.toml.
 lock: install

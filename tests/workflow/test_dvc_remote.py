@@ -1,0 +1,166 @@
+"""DVC end to end on the smoke config: a fresh clone reproduces one figure and nothing else, `dvc push`
+then `dvc pull` restores every artifact with no recomputation, and in a fresh clone whose files all
+have checkout-time mtimes (and no .snakemake metadata) a param change reruns only the stages that
+read it: each stage's `snakemake --allowed-rules RULE` never rebuilds upstream work.
+
+One pipeline run (the smallest figure's ancestry) is shared by the tests of this file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import copy_project, smoke_config
+from test_dvc import dry_run_jobs, stage_io, target_rules
+
+pytestmark = pytest.mark.slow
+# On top of the smoke config: three optimizer steps of two sequences per training stage.
+FAST = {"train": {"steps": 3, "warmup_steps": 1, "micro_batch_size": 2, "global_batch_size": 2}}
+GIT_ID = ["-c", "user.name=t", "-c", "user.email=t@t"]
+
+
+def merge(a: dict, b: dict) -> dict:
+    return {
+        k: merge(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v for k, v in {**a, **b}.items()
+    }
+
+
+def sh(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 600) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
+    return proc.stdout + proc.stderr
+
+
+def ran(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def stages_of(repo: Path) -> dict[str, dict]:
+    return yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+
+
+def ancestry(stages: dict[str, dict], name: str) -> set[str]:
+    """The stage and every stage it depends on, from dvc.yaml's deps and outs."""
+    producer = {out: s for s, stage in stages.items() for out in stage_io(stage)[1]}
+    seen, todo = set(), [name]
+    while todo:
+        current = todo.pop()
+        if current not in seen:
+            seen.add(current)
+            todo += [producer[d] for d in stage_io(stages[current])[0] if d in producer]
+    return seen
+
+
+def smallest_figure(repo: Path, env: dict[str, str]) -> str:
+    """The figure stage (named like its Snakemake target) with the fewest stages behind it."""
+    stages = stages_of(repo)
+    targets = set(target_rules(repo))
+    figures = sorted(stages.keys() & targets) or sorted(
+        s for s, stage in stages.items() if any(o.endswith(".png") for o in stage_io(stage)[1])
+    )
+    assert figures, "no figure stage in dvc.yaml"
+    return min(figures, key=lambda s: (len(ancestry(stages, s)), s))
+
+
+def snakemake_stages(repo: Path, target: str) -> set[str]:
+    """The DVC stages of the jobs in Snakemake's own DAG of ``target`` (matched by outputs)."""
+    by_outs = {frozenset(stage_io(s)[1]): name for name, s in stages_of(repo).items()}
+    return {by_outs[frozenset(j["outputs"])] for j in dry_run_jobs(repo, [target]) if j["outputs"]}
+
+
+def files_under(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """origin (the project on the smoke config, with a local DVC remote) -> a fresh clone that ran
+    `dvc repro FIG`, pushed its artifacts and committed dvc.lock."""
+    tmp = tmp_path_factory.mktemp("dvc_remote")
+    env = {**os.environ, "DVC_SITE_CACHE_DIR": str(tmp / "site-cache"), "DVC_NO_ANALYTICS": "1"}
+    origin = copy_project(tmp / "origin")
+    config = merge(smoke_config(), FAST)
+    (origin / "config" / "default.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    sh([sys.executable, "-m", "mm1.dvc_stages", "--write", "dvc.yaml"], origin, env)  # the smoke DAG
+    sh(["git", "init", "-q"], origin, env)
+    sh(["dvc", "remote", "add", "-d", "storage", str(tmp / "remote")], origin, env)
+    sh(["git", "add", "-A"], origin, env)
+    sh(["git", *GIT_ID, "commit", "-qm", "smoke"], origin, env)
+
+    clone = tmp / "clone"
+    sh(["git", "clone", "-q", str(origin), str(clone)], tmp, env)
+    fig = smallest_figure(clone, env)
+    expected = snakemake_stages(clone, fig)
+    output = sh(["dvc", "repro", fig], clone, env, timeout=900)
+    sh(["dvc", "push", "--with-deps", fig], clone, env)
+    sh(["git", "add", "dvc.lock"], clone, env)
+    sh(["git", *GIT_ID, "commit", "-qm", "dvc.lock of the smoke run"], clone, env)
+    return {"tmp": tmp, "env": env, "clone": clone, "fig": fig, "expected": expected, "output": output}
+
+
+def test_fresh_clone_repro_runs_exactly_the_figures_ancestry(built: dict):
+    clone, fig = built["clone"], built["fig"]
+    assert ran(built["output"]) == built["expected"], built["output"][-3000:]
+    assert built["expected"] == ancestry(stages_of(clone), fig)  # Snakemake's DAG of the target = DVC's
+    logs = [p for p in (clone / "logs").rglob("*") if p.is_file()]
+    assert len(logs) == len(built["expected"]), logs  # one Snakemake job per DVC stage, nothing upstream twice
+    assert "up to date" in sh(["dvc", "status", "--with-deps", fig], clone, built["env"])
+
+
+def test_pull_restores_every_artifact_without_recomputation(built: dict):
+    clone, env, fig = built["clone"], built["env"], built["fig"]
+    before = files_under(clone / "results")
+    shutil.rmtree(clone / "results")
+    shutil.rmtree(clone / ".dvc" / "cache")
+    shutil.rmtree(env["DVC_SITE_CACHE_DIR"])
+    sh(["dvc", "pull", "--with-deps", fig], clone, env)
+    after = files_under(clone / "results")
+    declared = {o for s in ancestry(stages_of(clone), fig) for o in stage_io(stages_of(clone)[s])[1]}
+    assert all((clone / o).exists() for o in declared), sorted(o for o in declared if not (clone / o).exists())
+    lost = {f for f in before if f not in after}
+    assert all(not any(("results/" + f).startswith(o) for o in declared) for f in lost), sorted(lost)[:10]
+    assert {f: after[f] for f in after} == {f: before[f] for f in after}  # the same bytes
+    assert "up to date" in sh(["dvc", "status", "--with-deps", fig], clone, env)
+    again = sh(["dvc", "repro", fig], clone, env)
+    assert not ran(again), again[-3000:]
+
+
+def test_fresh_clone_after_pull_reruns_only_the_stages_a_param_change_reaches(built: dict):
+    env, fig = built["env"], built["fig"]
+    fresh = built["tmp"] / "fresh"
+    sh(["git", "clone", "-q", str(built["clone"]), str(fresh)], built["tmp"], env)
+    sh(["dvc", "pull", "--with-deps", fig], fresh, env)
+    assert not (fresh / ".snakemake").exists()  # no Snakemake metadata: mtimes are all it could go by
+    stages = stages_of(fresh)
+    order = [s for s in stages if s in ancestry(stages, fig)]  # dvc.yaml lists stages upstream first
+    now = time.time()
+    for i, name in enumerate(order):  # every upstream output newer than what was made from it:
+        for out in stage_io(stages[name])[1]:  # Snakemake's mtime trigger would rebuild all of it
+            for path in [fresh / out, *(fresh / out).rglob("*")]:
+                os.utime(path, (now - 100 * i, now - 100 * i))
+    config = yaml.safe_load((fresh / "config" / "default.yaml").read_text())
+    config["eval"]["captioning"]["max_new_tokens"] = config["eval"]["captioning"]["max_new_tokens"] - 4
+    (fresh / "config" / "default.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def reads_eval(name: str) -> bool:
+        return any("eval" in keys for entry in stages[name].get("params", []) for keys in entry.values())
+
+    changed = {s for s in order if reads_eval(s)}
+    assert changed, "no stage of the figure reads the eval section"
+    downstream = {s for s in order if ancestry(stages, s) & changed}
+    output = sh(["dvc", "repro", fig], fresh, env, timeout=600)
+    assert changed <= ran(output) <= downstream, (changed, downstream, output[-3000:])
+    logs = [p for p in (fresh / "logs").rglob("*") if p.is_file()] if (fresh / "logs").exists() else []
+    assert len(logs) == len(ran(output)), logs  # Snakemake ran those jobs and no upstream one
+    assert "up to date" in sh(["dvc", "status", "--with-deps", fig], fresh, env)
