@@ -4,6 +4,7 @@
     mm1 config schema [--write PATH | --check PATH]
     mm1 presets [NAME ...] [--check]              (sizes and LR law of config/presets/*.yaml)
     mm1 flops   [--preset NAME] [--config FILE] [--set ...] [--images-per-sequence N]  (FLOPs of one step)
+    mm1 plan    --preset NAME [--gpu h100-80gb] [--nodes N] [--set ...] | --all   (cluster layout, memory, time)
     mm1 world     --out DIR                         (the synthetic MM1 world, as datasets)
     mm1 acquire   --out DIR                         (the datasets listed in data.sources)
     mm1 tokenizer --manifest FILE --out DIR
@@ -143,6 +144,30 @@ def _cmd_flops(args: argparse.Namespace) -> int:
     for key, value in flops.items():
         print(f"{key},{value:.6e}")
     return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from mm1.config.presets import load_preset
+    from mm1.plan import PAPER_PRESETS, PlanError, check, choose, describe, estimate, table
+
+    opts = {"mfu": args.mfu, "images_per_sequence": args.images_per_sequence}
+    if not args.all:
+        sys.stdout.write(describe(choose(resolve(args), args.gpu, args.nodes, **opts)))
+        return 0
+    if args.nodes is not None or args.preset or args.config or args.config_json or args.overrides:
+        raise ConfigError("mm1 plan --all plans the paper presets as they are: drop --preset, --config, --set, --nodes")
+    plans, failed = [], []
+    for name in PAPER_PRESETS:
+        cfg = load_preset(name)
+        try:
+            plans.append(check(cfg, args.gpu, **opts))
+        except PlanError as exc:
+            plans.append(estimate(cfg, args.gpu, **opts))
+            failed.append(str(exc))
+    sys.stdout.write(table(plans))
+    for line in failed:
+        print(f"mm1 plan: error: {line}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _cmd_world(args: argparse.Namespace) -> int:
@@ -378,6 +403,20 @@ def parser() -> argparse.ArgumentParser:
     )
     _config_args(fl)
     fl.set_defaults(func=_cmd_flops)
+
+    pl = sub.add_parser("plan", help="cluster layout of a run: memory per GPU, FLOPs and time per step; or search one")
+    pl.add_argument("--gpu", default="h100-80gb", help="GPU model (h100-80gb, h200-141gb, a100-80gb, a100-40gb)")
+    pl.add_argument("--nodes", type=int, metavar="N", help="search the fastest fitting layout on N nodes")
+    pl.add_argument("--all", action="store_true", help="a Markdown table of the paper presets' own layouts")
+    pl.add_argument("--mfu", type=float, default=0.4, help="assumed utilisation of the matmuls (default 0.4)")
+    pl.add_argument(
+        "--images-per-sequence",
+        type=float,
+        metavar="N",
+        help="average images per sequence for the time (default: data.mixture.max_images_per_sequence)",
+    )
+    _config_args(pl)
+    pl.set_defaults(func=_cmd_plan)
 
     cm = sub.add_parser("compare", help="a paper figure: the eval summaries of its experiments side by side")
     cm.add_argument("--id", required=True, help="figure id (file names: ID.png, ID.csv)")

@@ -1,5 +1,6 @@
 # Shared helpers: the study (base config + experiments), each stage's config per experiment, where
 # an experiment's upstream runs live, and the resources of each job.
+import functools
 import json
 
 from mm1.study import Study
@@ -54,15 +55,23 @@ def light(mem_mb=2000, runtime=30):
     return dict(mem_mb=mem_mb, runtime=runtime)
 
 
+@functools.cache
+def _planned(stage_json):
+    """The layout planner's SLURM resources for a stage config (one plan per distinct config)."""
+    from mm1.config.load import from_dict
+    from mm1.plan import job_resources
+
+    return job_resources(from_dict(json.loads(stage_json), "stage config"), GPU)
+
+
 def training(stage):
     def field(name, local):
         def get(w):
-            cfg_ = STUDY.stage_config(stage, w.exp)
             if GPU:
-                from mm1.plan import job_resources
-
-                return job_resources(cfg_, GPU)[name]
-            return local(cfg_)
+                resolved = json.loads(STUDY.stage_json(stage, w.exp))
+                del resolved["name"]
+                return _planned(json.dumps(resolved, sort_keys=True))[name]
+            return local(STUDY.stage_config(stage, w.exp))
 
         return get
 

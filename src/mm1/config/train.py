@@ -24,9 +24,22 @@ class ParallelConfig(Section):
     """torch.distributed backend; auto picks nccl with CUDA, gloo without."""
     distributed_optimizer: bool = False
     """Shard optimizer state over data-parallel ranks (megatron's distributed optimizer, ZeRO-1)."""
+    gpus_per_node: int | None = Field(None, ge=1)
+    """Processes per node (GPUs per node on a cluster); None = all world_size processes on one node.
+    Sizes SLURM jobs (`mm1 plan`); tensor parallelism should stay inside a node."""
+    recompute: Literal["none", "selective", "full"] = "none"
+    """Activation recomputation: none keeps every activation; selective recomputes the attention
+    core (softmax, dropout, scores x values) in backward; full keeps only each layer's input and
+    recomputes the whole layer (about one extra forward). Applies to the encoder and the decoder."""
 
     @model_validator(mode="after")
     def _layout(self) -> ParallelConfig:
+        if self.gpus_per_node is not None and self.world_size % self.gpus_per_node:
+            raise ValueError(
+                f"world_size={self.world_size} is not divisible by gpus_per_node={self.gpus_per_node}; "
+                f"use a world_size that is a multiple of {self.gpus_per_node} (nodes x gpus_per_node) "
+                "or set gpus_per_node to a divisor of world_size"
+            )
         if self.world_size % (self.tp * self.pp):
             raise ValueError(
                 f"world_size={self.world_size} is not divisible by tp*pp={self.tp * self.pp}; "
@@ -43,6 +56,11 @@ class ParallelConfig(Section):
     def dp(self) -> int:
         """Data-parallel size: world_size / (tp * pp)."""
         return self.world_size // (self.tp * self.pp)
+
+    @property
+    def nodes(self) -> int:
+        """Nodes the run spans: world_size / gpus_per_node (1 when gpus_per_node is None)."""
+        return 1 if self.gpus_per_node is None else self.world_size // self.gpus_per_node
 
 
 class TrainConfig(Section):

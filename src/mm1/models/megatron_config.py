@@ -30,6 +30,17 @@ class Layout:
     pp: int = 1
     ep: int = 1
     bf16: bool = False  # bf16 weights and activations (train.precision); fp32 main weights live in the optimizer
+    recompute: str = "none"  # parallel.recompute: none, selective or full activation recomputation
+
+
+# parallel.recompute -> megatron's recomputation fields. selective: the attention core only
+# (recompute_modules defaults to ["core_attn"]); full: every layer keeps only its input and is
+# recomputed whole in backward, one layer per checkpointed unit.
+RECOMPUTE = {
+    "none": {},
+    "selective": {"recompute_granularity": "selective"},
+    "full": {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1},
+}
 
 
 def use_transformer_engine() -> bool:
@@ -55,6 +66,7 @@ def _common(layout: Layout) -> dict:
         # Full weights are drawn on the CPU and each rank keeps its shard, so the initial model
         # does not depend on the TP size; the trainer moves it to the GPU afterwards.
         "use_cpu_initialization": True,
+        **RECOMPUTE[layout.recompute],
         **compat.required_flags(),
     }
 

@@ -39,6 +39,14 @@ Each patch names the megatron functions it covers:
    ``optimizer.distrib_optimizer.DistributedOptimizer._build_model_and_main_param_groups``/``__init__``,
    which sort parameters into fp32/bf16 groups by ``param.type()`` and reject non-CUDA types.
 
+9. Activation recomputation (``parallel.recompute``: ``recompute_granularity`` full or selective).
+   Covers ``tensor_parallel.random.CheckpointFunction`` (via ``_get_all_rng_states``/
+   ``_set_all_rng_states``/``_fork_rng``): ``_get_cuda_rng_state``/``_set_cuda_rng_state`` become
+   no-ops (there is no CUDA generator; the same functions save and restore the CPU generator and
+   the tracker of patch 2), and ``CheckpointFunction.backward`` re-enters patch 3's mode, which
+   autograd does not carry into backward, where the recomputed forward builds
+   ``transformer.utils.get_default_causal_mask`` with ``device="cuda"``.
+
 What is *not* patched but must be chosen by the caller on CPU (see :func:`required_flags`):
 ``use_cpu_initialization=True`` (also makes weights independent of the TP size),
 ``batch_p2p_sync=False``/``batch_p2p_comm=False`` (gloo has no batched isend/irecv),
@@ -225,6 +233,21 @@ def _patch_rng_tracker() -> None:
     mrandom.CudaRNGStatesTracker = CpuRNGStatesTracker  # isinstance checks in get_all_rng_states
 
 
+def _patch_recompute() -> None:
+    from megatron.core.tensor_parallel import random as mrandom
+
+    mrandom._get_cuda_rng_state = lambda *args, **kwargs: None  # patch 9
+    mrandom._set_cuda_rng_state = lambda *args, **kwargs: None
+    backward = mrandom.CheckpointFunction.backward
+
+    @functools.wraps(backward)
+    def backward_on_cpu(ctx, *grads):
+        with _CudaToCpu():
+            return backward(ctx, *grads)
+
+    mrandom.CheckpointFunction.backward = staticmethod(backward_on_cpu)
+
+
 def _patch_moe() -> None:
     from megatron.core.transformer.moe import moe_utils, token_dispatcher
 
@@ -270,6 +293,7 @@ def apply() -> bool:
         return False
     _patch_torch_cuda()
     _patch_rng_tracker()
+    _patch_recompute()
     _patch_moe()
     _patch_clip_grads()
     _MODE = _CudaToCpu()

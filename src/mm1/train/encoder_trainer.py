@@ -44,7 +44,7 @@ SECTIONS = ("data", "model", "parallel", "train")  # the parts of RunConfig this
 
 def build_encoder_model(cfg: RunConfig, vocab_size: int) -> ClipModel | AimModel:
     """The encoder with its pre-training head, for the current process groups."""
-    enc, layout = cfg.model.encoder, Layout(tp=cfg.parallel.tp)
+    enc, layout = cfg.model.encoder, Layout(tp=cfg.parallel.tp, recompute=cfg.parallel.recompute)
     return ClipModel(enc, vocab_size, layout) if enc.objective == "clip" else AimModel(enc, layout)
 
 
