@@ -82,7 +82,15 @@ def test_a_wrong_hash_stops_the_pipeline_naming_the_source(project: Path, served
     acquired = project / "acquired.yaml"
     acquired.write_text(yaml.safe_dump({"data": {"source": "acquired", "sources": [source]}}))
     proc = subprocess.run(
-        ["snakemake", "--cores", "1", "results/acquire/base/manifest.parquet", "--configfile", str(SMOKE), str(acquired)],
+        [
+            "snakemake",
+            "--cores",
+            "1",
+            "results/acquire/base/manifest.parquet",
+            "--configfile",
+            str(SMOKE),
+            str(acquired),
+        ],
         cwd=project,
         capture_output=True,
         text=True,
