@@ -71,6 +71,25 @@ def test_stop_signals_are_noted_agreed_and_handed_over():
         signal.signal(signal.SIGUSR1, before)
 
 
+def test_every_noted_signal_is_handed_over_in_order():
+    """submitit interrupts with SIGTERM then SIGUSR2; only its USR2 handler requeues, so both go on."""
+    seen = []
+    before = {
+        sig: signal.signal(sig, lambda signum, frame: seen.append(signum)) for sig in (signal.SIGTERM, signal.SIGUSR2)
+    }
+    try:
+        with StopSignals() as stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGUSR2)
+            os.kill(os.getpid(), signal.SIGTERM)  # a repeat is noted once
+            assert stop.signum == signal.SIGTERM and seen == []
+        stop.hand_over()
+        assert seen == [signal.SIGTERM, signal.SIGUSR2]
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
 @pytest.mark.multiprocess
 @pytest.mark.slow
 def test_sigterm_to_two_process_run_saves_and_resume_repeats_the_curve(world, tmp_path):

@@ -202,8 +202,9 @@ new ctx.vega.View(ctx.vega.parse(compiled), {renderer: 'none'}).toSVG().then(svg
 """
 
 
-@pytest.mark.skipif(shutil.which("npm") is None or shutil.which("node") is None, reason="needs node and npm")
 def test_dvc_plots_show_renders_offline_with_the_inlined_template(tmp_path: Path):
+    if shutil.which("npm") is None or shutil.which("node") is None:
+        pytest.fail("the offline plots template needs node and npm: apt-get install nodejs npm (.ci/run does)")
     template = tmp_path / "offline.html"
     run(
         [

@@ -49,6 +49,13 @@ def manifest(w):
 
 
 # -- resources -----------------------------------------------------------------------------------
+# Training and evaluation jobs take every core Snakemake may use (--cores). Under a cluster executor
+# no total need be given: then each asks for 8 (on a GPU cluster cpus_per_task comes from the planner).
+try:
+    JOB_CORES = workflow.cores
+except WorkflowError:
+    JOB_CORES = 8
+
 # Data and evaluation jobs: one process. Training jobs: the parallel layout of their stage config;
 # on a GPU cluster (config gpu=...) nodes, GPUs, memory and time come from the layout planner.
 def light(mem_mb=2000, runtime=30):

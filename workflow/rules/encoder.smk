@@ -9,7 +9,7 @@ rule encoder:
         provenance="results/encoder/{exp}/provenance.json",
     params:
         cfg=cfg("encoder"),
-    threads: workflow.cores
+    threads: JOB_CORES
     resources:
         **training("encoder"),
     log:

@@ -41,7 +41,7 @@ rule llm:
         provenance="results/llm/{exp}/provenance.json",
     params:
         cfg=cfg("llm"),
-    threads: workflow.cores
+    threads: JOB_CORES
     resources:
         **training("llm"),
     log:

@@ -35,7 +35,7 @@ rule sft:
         provenance="results/sft/{exp}/provenance.json",
     params:
         cfg=cfg("sft"),
-    threads: workflow.cores
+    threads: JOB_CORES
     resources:
         **training("sft"),
     log:

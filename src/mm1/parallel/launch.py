@@ -2,9 +2,14 @@
 
 A stage command run by hand, by Snakemake or by DVC is a single process. When
 ``parallel.world_size > 1`` and no launcher has started it (torchrun sets ``WORLD_SIZE``; ``srun``
-with several tasks sets ``SLURM_STEP_NUM_TASKS``), the command re-runs itself under
-``torch.distributed.run`` on this node; under a launcher it runs as is, and under ``srun`` the
-rendezvous comes from SLURM's variables (:func:`torch_env_from_slurm`).
+with several tasks sets ``SLURM_STEP_NUM_TASKS``), the command re-runs itself:
+
+- inside a SLURM allocation of several nodes (``SLURM_JOB_NUM_NODES > 1``, e.g. a Snakemake SLURM
+  job with ``nodes=N``): under ``srun``, ``world_size / N`` tasks per node (:func:`srun_command`);
+- otherwise under ``torch.distributed.run`` on this node (:func:`torchrun_command`).
+
+Under a launcher it runs as is, and under ``srun`` the rendezvous comes from SLURM's variables
+(:func:`torch_env_from_slurm`, called by :func:`mm1.parallel.setup.initialize`).
 """
 
 from __future__ import annotations
@@ -52,22 +57,61 @@ def torch_env_from_slurm() -> None:
         os.environ.setdefault(key, value)
 
 
-def relaunch_if_needed(parallel: ParallelConfig, argv: list[str]) -> int | None:
-    """Return the exit code of a torchrun re-launch, or None when this process should do the work."""
-    if parallel.world_size == 1 or under_launcher():
-        return None
+def _slurm_nodes() -> int:
+    """Nodes of the SLURM allocation this process runs in; 1 outside one."""
+    return int(os.environ.get("SLURM_JOB_NUM_NODES", "1")) if "SLURM_JOB_ID" in os.environ else 1
+
+
+def torchrun_command(world_size: int, argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """``python -m torch.distributed.run`` of ``mm1 <argv>`` with ``world_size`` processes on this node."""
     cmd = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--standalone",
-        f"--nproc-per-node={parallel.world_size}",
+        f"--nproc-per-node={world_size}",
         "-m",
         "mm1.cli",
         *argv,
     ]
     cores = int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // parallel.world_size))}  # share the cores
+    return cmd, {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // world_size))}  # share the cores
+
+
+def srun_command(world_size: int, nodes: int, argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """``srun`` of ``mm1 <argv>`` as ``world_size`` tasks over the allocation's ``nodes`` nodes.
+
+    Snakemake's SLURM jobs run their command as a one-task ``srun`` step that holds the job's CPUs
+    and memory: ``--overlap`` (CPUs, GPUs) and ``--mem=0`` (all of the job's memory, not reserved)
+    let this step share them, and the explicit counts override the SLURM_* variables srun would
+    otherwise read from that step. Each task gets the job's ``--cpus-per-task`` (srun no longer
+    inherits it) and as many OpenMP threads.
+    """
+    if world_size % nodes:
+        raise ValueError(
+            f"parallel.world_size={world_size} does not divide over the {nodes} nodes of this SLURM job; "
+            f"set parallel.world_size to a multiple of {nodes} or ask for a node count that divides it"
+        )
+    per_node = world_size // nodes
+    cmd = ["srun", f"--nodes={nodes}", f"--ntasks={world_size}", f"--ntasks-per-node={per_node}"]
+    cmd += ["--overlap", "--mem=0", "--kill-on-bad-exit=1"]
+    if cpus := os.environ.get("SLURM_CPUS_PER_TASK"):
+        cmd.append(f"--cpus-per-task={cpus}")
+    else:
+        cpus = str(max(1, int(os.environ.get("SLURM_CPUS_ON_NODE", os.cpu_count() or 1)) // per_node))
+    cmd += [sys.executable, "-m", "mm1.cli", *argv]
+    return cmd, {**os.environ, "OMP_NUM_THREADS": cpus}
+
+
+def relaunch_if_needed(parallel: ParallelConfig, argv: list[str]) -> int | None:
+    """Return the exit code of a torchrun or srun re-launch, or None when this process should do the work."""
+    if parallel.world_size == 1 or under_launcher():
+        return None
+    nodes = _slurm_nodes()
+    if nodes > 1:
+        cmd, env = srun_command(parallel.world_size, nodes, argv)
+    else:
+        cmd, env = torchrun_command(parallel.world_size, argv)
     from mm1.train.preempt import run_supervised  # waits through preemption signals; returns 75 to requeue
 
     return run_supervised(cmd, env)

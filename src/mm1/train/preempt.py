@@ -51,7 +51,8 @@ class StopSignals:
     """
 
     def __init__(self) -> None:
-        self.signum: int | None = None
+        self.signum: int | None = None  # the first signal noted
+        self.received: list[int] = []  # every distinct signal noted, in order
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopSignals:
@@ -66,6 +67,8 @@ class StopSignals:
     def _note(self, signum: int, frame) -> None:
         if self.signum is None:
             self.signum = signum
+        if signum not in self.received:
+            self.received.append(signum)
 
     def agreed(self) -> bool:
         """True on every rank when any rank got a signal (a collective: all ranks call it each step)."""
@@ -77,10 +80,12 @@ class StopSignals:
         return bool(flag.item())
 
     def hand_over(self) -> None:
-        """Call the handler this signal had before (if it was a Python function)."""
-        previous = self._previous.get(self.signum) if self.signum is not None else None
-        if callable(previous):
-            previous(self.signum, None)
+        """Call the handler each noted signal had before (if it was a Python function), in the order
+        they came: submitit sends SIGTERM and SIGUSR2 together and only its USR2 handler requeues."""
+        for signum in self.received:
+            previous = self._previous.get(signum)
+            if callable(previous):
+                previous(signum, None)
 
 
 def report_exit(code: int, rank: int) -> None:

@@ -201,8 +201,16 @@ def _signal_proof_writer() -> None:
     worker's group) would kill it, and the save the signal asks for would fail (BrokenPipeError).
     """
     if filesystem_async._results_queue is None:
+        deaf = (*SIGNALS, signal.SIGINT)
         manager = SyncManager(ctx=mp.get_context("spawn"))
-        manager.start(signal.pthread_sigmask, (signal.SIG_BLOCK, (*SIGNALS, signal.SIGINT)))
+        # Blocked here too while it starts: a signal arriving before the helper's own mask is set
+        # (submitit sends SIGTERM and SIGUSR2 back to back) would otherwise kill it. The parent
+        # gets any such signal once its mask is restored.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, deaf)
+        try:
+            manager.start(signal.pthread_sigmask, (signal.SIG_BLOCK, deaf))
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         filesystem_async._results_queue = manager.Queue()  # the proxy keeps the manager alive
 
 
