@@ -29,7 +29,6 @@ import datetime
 import hashlib
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -40,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from mm1 import atomic
-from mm1.provenance import git_state, package_versions
+from mm1.provenance import git_state, machine, package_versions
 
 MiB = 2**20
 # The timings that read (and hash) every byte of the checkpoint; the others are start-up and lookups.
@@ -201,21 +200,6 @@ def measure(root: Path, shards: int, shard_mb: int, small: int, repeat: int) -> 
                 seconds["dvc status (state cache warm)"] / seconds["dvc --version (start-up)"], 2
             ),
         },
-    }
-
-
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "load_average_1m": os.getloadavg()[0],  # other work on the machine slows every number alike
-        "platform": platform.platform(),
-        "python": platform.python_version(),
     }
 
 

@@ -35,7 +35,6 @@ os.environ.setdefault("RAYON_NUM_THREADS", str(CORES))  # HF tokenizers' thread 
 
 import datetime  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -50,7 +49,7 @@ from mm1.data.packed_io import write_packed  # noqa: E402
 from mm1.data.records import CaptionSample, InterleavedDoc, TextDoc  # noqa: E402
 from mm1.data.sequence import caption_sequence  # noqa: E402
 from mm1.data.tokenizer import TextTokenizer, train_tokenizer  # noqa: E402
-from mm1.provenance import git_state, package_versions  # noqa: E402
+from mm1.provenance import git_state, machine, package_versions  # noqa: E402
 
 IMAGE_TOKENS = 16
 SEQ_LENGTHS = (64, 256)
@@ -162,20 +161,8 @@ def bench_batches(
     return _result(n, non_pad, loss, time.perf_counter() - t0, seq_length)
 
 
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "cores_used": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch_threads": torch.get_num_threads(),
-    }
+def machine_info() -> dict:
+    return {**machine(), "torch_threads": torch.get_num_threads()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "loader",
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "quick": args.quick,
-        "machine": machine(),
+        "machine": machine_info(),
         "git": git_state(Path(__file__).resolve().parent),
         "packages": package_versions(),
         "setup": {
