@@ -3,7 +3,8 @@ then `dvc pull` restores every artifact with no recomputation, and in a fresh cl
 have checkout-time mtimes (and no .snakemake metadata) a param change reruns only the stages that
 read it: each stage's `snakemake --allowed-rules RULE` never rebuilds upstream work.
 
-One pipeline run (the smallest figure's ancestry) is shared by the tests of this file.
+One pipeline run (the ancestry of the paper figure with the fewest stages: fig5d, 12) is shared by the tests
+of this file.
 """
 
 from __future__ import annotations
@@ -63,13 +64,11 @@ def ancestry(stages: dict[str, dict], name: str) -> set[str]:
 
 
 def smallest_figure(repo: Path, env: dict[str, str]) -> str:
-    """The figure stage (named like its Snakemake target) with the fewest stages behind it."""
+    """The paper figure's stage (named like its Snakemake target, e.g. fig5d) with the fewest stages behind it."""
     stages = stages_of(repo)
-    targets = set(target_rules(repo))
-    figures = sorted(stages.keys() & targets) or sorted(
-        s for s, stage in stages.items() if any(o.endswith(".png") for o in stage_io(stage)[1])
-    )
-    assert figures, "no figure stage in dvc.yaml"
+    paper = yaml.safe_load((repo / "config" / "study.yaml").read_text())["study"]["figures"]
+    figures = sorted(stages.keys() & set(target_rules(repo)) & set(paper))
+    assert figures, "no paper figure stage in dvc.yaml"
     return min(figures, key=lambda s: (len(ancestry(stages, s)), s))
 
 
