@@ -19,6 +19,20 @@ class PlanError(ValueError):
     """A layout that does not divide or does not fit; the message names the field and the fix."""
 
 
+# Each Layout field and the config section that holds it (of, apply and overrides map through this).
+SECTION = {
+    "world_size": "parallel",
+    "gpus_per_node": "parallel",
+    "tp": "parallel",
+    "pp": "parallel",
+    "ep": "parallel",
+    "micro_batch_size": "train",
+    "global_batch_size": "train",
+    "recompute": "parallel",
+    "distributed_optimizer": "parallel",
+}
+
+
 @dataclass(frozen=True)
 class Layout:
     """Where the processes go and how a global batch is split among them."""
@@ -36,18 +50,8 @@ class Layout:
     @classmethod
     def of(cls, cfg: RunConfig) -> Layout:
         """The layout a config states (gpus_per_node None = every process on one node)."""
-        par, tr = cfg.parallel, cfg.train
-        return cls(
-            world_size=par.world_size,
-            gpus_per_node=par.gpus_per_node or par.world_size,
-            tp=par.tp,
-            pp=par.pp,
-            ep=par.ep,
-            micro_batch_size=tr.micro_batch_size,
-            global_batch_size=tr.global_batch_size,
-            recompute=par.recompute,
-            distributed_optimizer=par.distributed_optimizer,
-        )
+        values = {name: getattr(getattr(cfg, section), name) for name, section in SECTION.items()}
+        return cls(**{**values, "gpus_per_node": values["gpus_per_node"] or cfg.parallel.world_size})
 
     @property
     def nodes(self) -> int:
@@ -118,28 +122,12 @@ def problems(layout: Layout, cfg: RunConfig) -> list[str]:
 def apply(cfg: RunConfig, layout: Layout) -> RunConfig:
     """``cfg`` with ``layout``'s parallel section and batch sizes, validated."""
     data = cfg.model_dump()
-    data["parallel"].update(
-        world_size=layout.world_size,
-        gpus_per_node=layout.gpus_per_node,
-        tp=layout.tp,
-        pp=layout.pp,
-        ep=layout.ep,
-        recompute=layout.recompute,
-        distributed_optimizer=layout.distributed_optimizer,
-    )
-    data["train"].update(micro_batch_size=layout.micro_batch_size, global_batch_size=layout.global_batch_size)
+    for name, section in SECTION.items():
+        data[section][name] = getattr(layout, name)
     return from_dict(data, f"{cfg.name} with a planned layout")
 
 
 def overrides(layout: Layout) -> list[str]:
     """``--set`` arguments that put ``layout`` into a config."""
-    return [
-        f"parallel.world_size={layout.world_size}",
-        f"parallel.gpus_per_node={layout.gpus_per_node}",
-        f"parallel.tp={layout.tp}",
-        f"parallel.pp={layout.pp}",
-        f"parallel.ep={layout.ep}",
-        f"parallel.recompute={layout.recompute}",
-        f"parallel.distributed_optimizer={str(layout.distributed_optimizer).lower()}",
-        f"train.micro_batch_size={layout.micro_batch_size}",
-    ]
+    values = {name: getattr(layout, name) for name in SECTION}
+    return [f"{SECTION[k]}.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in values.items()]
