@@ -18,7 +18,8 @@
     mm1 sft-pack  --manifest FILE --tokenizer FILE --out DIR   (SFT sequences)
     mm1 upcycle   --checkpoint DIR --out DIR --set model.moe.num_experts=N   (dense -> MoE)
     mm1 figure    --metrics FILE --scores FILE --out DIR
-    mm1 compare   --id FIG --title TEXT --cell NAME=SUMMARY.csv ... --out DIR   (a paper figure's cells)
+    mm1 compare   --id FIG --spec JSON --cell NAME=RUN_DIR ... [--meta JSON] --out DIR   (a paper figure, mean +- CI over seeds)
+    mm1 lessons   --lessons JSON --seeds FIG=SEEDS.csv ... --out DIR   (the paper's lessons: effects, verdicts)
 
 Every stage takes the config as ``--preset NAME`` (applied first), ``--config FILE``, then
 ``--config-json TEXT``, then ``--set`` (each merged over the one before).
@@ -320,10 +321,19 @@ def _cmd_figure(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from mm1.figures.compare import compare, parse_cell
+    from mm1.figures.compare import compare, load_meta, load_spec, parse_cells
 
-    png, csv = compare(args.id, args.title, [parse_cell(c) for c in args.cells], args.out)
-    print(f"figure {args.id}: {png}, {csv}")
+    spec, runs, meta = load_spec(args.spec), parse_cells(args.cells), load_meta(args.meta)
+    png, csv, seeds = compare(args.id, spec, runs, meta, args.out)
+    print(f"figure {args.id}: {png}, {csv}, {seeds}")
+    return 0
+
+
+def _cmd_lessons(args: argparse.Namespace) -> int:
+    from mm1.figures.lessons import lessons, parse_seeds
+
+    csv, md = lessons(args.lessons, parse_seeds(args.seeds), args.out)
+    print(f"lessons: {md}, {csv}")
     return 0
 
 
@@ -418,14 +428,28 @@ def parser() -> argparse.ArgumentParser:
     _config_args(pl)
     pl.set_defaults(func=_cmd_plan)
 
-    cm = sub.add_parser("compare", help="a paper figure: the eval summaries of its experiments side by side")
-    cm.add_argument("--id", required=True, help="figure id (file names: ID.png, ID.csv)")
-    cm.add_argument("--title", required=True, help="figure heading")
+    cm = sub.add_parser("compare", help="a paper figure or table: each cell's mean +- 95%% CI over its seed runs")
+    cm.add_argument("--id", required=True, help="figure id (file names: ID.png, ID.csv, ID.seeds.csv)")
+    cm.add_argument("--spec", required=True, metavar="JSON", help="the figure's FigureSpec as JSON (study.figures.ID)")
     cm.add_argument(
-        "--cell", dest="cells", action="append", default=[], metavar="NAME=SUMMARY", help="an experiment's summary.csv"
+        "--cell",
+        dest="cells",
+        action="append",
+        default=[],
+        metavar="NAME=RUN_DIR",
+        help="a seed run's stage output folder (repeat a NAME for its next seed)",
     )
+    cm.add_argument("--meta", metavar="JSON", help="{cell: {key: value}}: the x/hue keys and decoder_params per cell")
     cm.add_argument("--out", type=Path, required=True, help="output folder")
     cm.set_defaults(func=_cmd_compare)
+
+    ls = sub.add_parser("lessons", help="the paper's lessons: each check's effect over seeds, its 95%% CI, a verdict")
+    ls.add_argument("--lessons", type=Path, required=True, help="JSON {lesson id: {statement, checks}}")
+    ls.add_argument(
+        "--seeds", action="append", default=[], metavar="FIG=SEEDS", help="a figure's <fig>.seeds.csv (mm1 compare)"
+    )
+    ls.add_argument("--out", type=Path, required=True, help="output folder (lessons.csv, lessons.md)")
+    ls.set_defaults(func=_cmd_lessons)
 
     _eval_parser(sub)
     for name, (help_, func, configured, paths) in STAGES.items():

@@ -18,8 +18,9 @@ rules, as ``--forceall`` sees them) and writes the DVC stages that version and r
 * params: the config keys behind each JSON config a rule passes in ``params`` (the sections its
   command reads). A section equal to the base config is that section of the file(s) defining it
   (config/default.yaml, a preset's files, the study file, --configfile files); what an override
-  changed is the override's declaration (``study.experiments.<name>``, ``study.stages.<rule>``,
-  plus every file of a preset it names). A difference nothing declared explains is an error, not a
+  changed is the override's declaration (``study.experiments.<name>``, ``study.common``,
+  ``study.seeds`` for a seed run ``<name>-s<k>``, ``study.stages.<rule>``, plus every file of a
+  preset it names). A difference nothing declared explains is an error, not a
   silently missing param.
 
     python -m mm1.dvc_stages --write dvc.yaml   # regenerate after changing rules or the study
@@ -33,6 +34,7 @@ import contextlib
 import difflib
 import json
 import os
+import re
 import shlex
 import sys
 from collections.abc import Iterator, Sequence
@@ -230,6 +232,7 @@ class ParamsResolver:
         study = self.resolved.get("study") or {}
         self.experiments: dict[str, dict] = study.get("experiments") or {}
         self.stage_overrides: dict[str, dict] = study.get("stages") or {}
+        self.common: dict[str, Any] = study.get("common") or {}
 
     def params(self, job: Job) -> list[dict[str, list[str] | None]]:
         keys: list[str] = []
@@ -253,7 +256,12 @@ class ParamsResolver:
 
         out = {f"study.stages.{job.rule}": (self.stage_overrides.get(job.rule, {}), [])}
         for _, value in job.wildcards:
+            seeded = re.fullmatch(r"(.+)-s[0-9]+", value)
+            if value not in self.experiments and seeded:  # a seed run: train.seed + k (study.seeds)
+                out["study.seeds"] = ({"train.seed": None}, [])
+                value = seeded.group(1)
             if value in self.experiments:
+                out["study.common"] = (expand(self.common), [])
                 declared = self.experiments[value]
                 names = declared.get("preset") or []
                 files = [

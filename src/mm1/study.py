@@ -13,6 +13,11 @@ then the stage's own overrides (``study.stages``). Two experiments share a stage
 apply the same overrides there and share every upstream run; the run is stored under the first
 such experiment's name (``base`` first, then ``study.experiments`` in order):
 ``results/<stage>/<that name>/``.
+
+Every declared experiment starts from ``study.common`` (the ablation scale; ``base`` does not), and
+every figure cell runs ``study.seeds`` times: seed k > 0 is the experiment ``<cell>-s<k>`` with
+train.seed + k. The seed changes the packing order and the initialisation of multimodal
+pre-training (and SFT); the LLM and encoder stages do not read it, so the seeds share them.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ STAGES: dict[str, Stage] = {
             *PACKING,
             "train.seed",
             "train.steps",
+            "train.warmup_steps",  # not read, but it must stay below train.steps for the config to validate
             "train.global_batch_size",
         ),
         after=(DATA, "tokenizer"),
@@ -139,9 +145,16 @@ class Study:
         self.overrides: dict[str, dict[str, Any]] = {BASE: {}}
         for name, overrides in study.experiments.items():
             try:
-                self.overrides[name] = expand(overrides)
+                self.overrides[name] = expand(study.common) | expand(overrides)
             except ConfigError as exc:
                 raise ConfigError(f"{source}, experiment {name!r}: {exc}") from None
+        self._seeds: dict[str, list[str]] = {}
+        for exp in dict.fromkeys(e for spec in study.figures.values() for e in spec.experiments):
+            self._seeds[exp] = [exp]
+            for k in range(1, study.seeds):
+                seed = _nested(self.overrides[exp]).get("train", {}).get("seed", self.base.train.seed)
+                self.overrides[f"{exp}-s{k}"] = self.overrides[exp] | {"train.seed": seed + k}
+                self._seeds[exp].append(f"{exp}-s{k}")
         self.names = list(self.overrides)
         self._signatures: dict[tuple[str, str], str] = {}
         for name in self.names:  # every experiment is a valid run as a whole
@@ -217,6 +230,11 @@ class Study:
             if run not in out:
                 out.append(run)
         return out
+
+    def seed_runs(self, exp: str) -> list[str]:
+        """The experiment and its seed runs (``<exp>-s<k>``, train.seed + k): a figure cell's runs."""
+        self._known(exp)
+        return list(self._seeds.get(exp, [exp]))
 
     def _known(self, exp: str) -> None:
         if exp not in self.overrides:

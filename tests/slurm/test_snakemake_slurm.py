@@ -28,11 +28,14 @@ SNAKEMAKE_SLURM = [
 ]
 # On top of the smoke config: a few steps per training stage (the test is about scheduling, and
 # tests/workflow runs the same DAG at the smoke config's length).
-FAST = "train: {steps: 6, warmup_steps: 1}\n"
+FAST = (
+    "train: {steps: 6, warmup_steps: 1}\n"
+    "study: {seeds: 1, common: {train.steps: 6, train.warmup_steps: 1}}\n"  # one run per cell, as short
+)
 
 
 def test_a_figure_target_runs_as_slurm_jobs(tmp_path: Path) -> None:
-    """`snakemake fig5d` on SLURM: the base run and its no-synthetic-captions cell, then the figure."""
+    """`snakemake fig5d` on SLURM: the ablation baseline and its no-synthetic-captions cell, then the figure."""
     project = workflow.copy_project(tmp_path / "mm1")
     (project / "fast.yaml").write_text(FAST)
     cmd = ["snakemake", "fig5d", *SNAKEMAKE_SLURM[1:], "fast.yaml"]  # --configfile takes the files after it

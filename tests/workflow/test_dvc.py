@@ -129,8 +129,16 @@ def test_dvc_params_are_the_config_sections_each_job_passes(dag):
         wildcard_values = set(job["wildcards"].values())
         sections = {k for k, v in passed.items() if not (isinstance(v, str) and v in wildcard_values)}
         assert {k for k in keys if not k.startswith("study.")} == sections, f"{name}: {keys} vs {sections}"
-        for key in keys - sections:  # an override: the job's experiment's, or its rule's own
-            assert key.split(".")[2] in wildcard_values | {job["rule"]}, f"{name}: {key}"
+        exps = {re.sub(r"-s[0-9]+$", "", v) for v in wildcard_values}  # a seed run's experiment
+        for key in keys - sections:
+            if key == "study.seeds":  # only seed runs (<exp>-s<k>) read it
+                assert any(re.search(r"-s[0-9]+$", v) for v in wildcard_values), f"{name}: {key}"
+            elif key == "study.common":  # every declared experiment, never base
+                assert exps - {"base"}, f"{name}: {key}"
+            elif key == "study.lessons":
+                assert job["rule"] == "lessons", f"{name}: {key}"
+            else:  # an override: the job's experiment's or its rule's own, or the figure's spec
+                assert key.split(".")[2] in exps | {job["rule"]}, f"{name}: {key}"
 
 
 # -- the generator's rules, on hand-made jobs --------------------------------------------------------

@@ -25,6 +25,8 @@ from test_dvc import dry_run_jobs, stage_io, target_rules
 pytestmark = pytest.mark.slow
 # On top of the smoke config: three optimizer steps of two sequences per training stage.
 FAST = {"train": {"steps": 3, "warmup_steps": 1, "micro_batch_size": 2, "global_batch_size": 2}}
+# ... and for the figure cells (config/study.yaml's ablation scale), at one seed.
+FAST_STUDY = {"study": {"seeds": 1, "common": {"train.steps": 3, "train.warmup_steps": 1, "eval.num_examples": 4}}}
 GIT_ID = ["-c", "user.name=t", "-c", "user.email=t@t"]
 
 
@@ -91,6 +93,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
     origin = copy_project(tmp / "origin")
     config = merge(smoke_config(), FAST)
     (origin / "config" / "default.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    study = merge(yaml.safe_load((origin / "config" / "study.yaml").read_text()), FAST_STUDY)
+    (origin / "config" / "study.yaml").write_text(yaml.safe_dump(study, sort_keys=False))  # read after default.yaml
     sh([sys.executable, "-m", "mm1.dvc_stages", "--write", "dvc.yaml"], origin, env)  # the smoke DAG
     sh(["git", "init", "-q"], origin, env)
     sh(["dvc", "remote", "add", "-d", "storage", str(tmp / "remote")], origin, env)

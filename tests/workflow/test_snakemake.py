@@ -64,28 +64,34 @@ def job_counts(dry: str) -> dict[str, int]:
 
 
 def test_all_figures_plans_one_run_per_distinct_stage_setting(project: Path):
-    """The dry run of every figure has exactly the runs mm1.study says each stage needs."""
+    """The dry run of every figure has exactly the runs mm1.study says each stage needs: every cell
+    once per seed, the seeds sharing the LLM and encoder."""
     study = Study(snakemake_config(project))
     counts = job_counts(run(["snakemake", "-n", "all_figures"], project).stdout)
     figures = study.base.study.figures
-    cells = {stage: [] for stage in ("eval", "sft_eval")}
+    cells = {stage: [] for stage in ("eval", "sft_eval", "train")}
     for spec in figures.values():
-        cells[spec.evaluation] += spec.experiments
+        cells[spec.evaluation] += [r for exp in spec.experiments for r in study.seed_runs(exp)]
+    assert study.base.study.seeds == 3
     for stage in ("eval", "sft_eval"):
         assert counts[stage] == len(study.runs(stage, cells[stage])), stage
-    assert counts["compare"] == len(figures) >= 11
+    assert counts["compare"] == len(figures) >= 11 and counts["lessons"] == 1
     assert counts["world"] == counts["tokenizer"] == counts["llm_pack"] == 1  # shared by every experiment
     assert counts["encoder"] == 5  # base + Table 1's objective, width and two resolutions
-    assert counts["llm"] == 4  # three decoder widths (fig6) + the MoE decoder
-    assert counts["train"] == len(study.runs("train", cells["eval"] + cells["sft_eval"]))
+    assert counts["llm"] == 4  # the ablation decoder, two more widths (fig6) and the MoE decoder
+    assert counts["train"] == len(study.runs("train", cells["eval"] + cells["sft_eval"] + cells["train"]))
+    first_seeds = [c for c in cells["eval"] + cells["sft_eval"] + cells["train"] if not re.search(r"-s\d$", c)]
+    assert counts["train"] == 3 * len(study.runs("train", first_seeds))
 
 
 def test_each_figure_is_a_target_that_builds_only_its_cells(project: Path):
     dry = run(["snakemake", "-n", "fig5d"], project).stdout
     counts = job_counts(dry)
-    assert counts["train"] == counts["eval"] == 2 and counts["compare"] == 1
-    assert "results/train/syn-0/checkpoint" in dry and "results/train/base/checkpoint" in dry
+    assert counts["train"] == counts["eval"] == 2 * 3 and counts["compare"] == 1  # 2 cells x 3 seeds
+    for exp in ("syn-0", "syn-0-s1", "syn-0-s2", "abl", "abl-s1", "abl-s2"):
+        assert f"results/train/{exp}/checkpoint" in dry, exp
     assert "results/encoder/syn-0" not in dry, "the data ablation must reuse the base encoder"
+    assert counts["llm"] == 1 and counts["encoder"] == 1, "the seeds share one LLM and one encoder"
     assert "results/figures/fig5d.png" in dry
 
 
@@ -150,26 +156,11 @@ def test_smoke_study_end_to_end(project: Path):
         assert (project / "benchmarks" / stage / "base.tsv").is_file()
     assert json.loads((results / "figures/tiny_study.provenance.json").read_text())["stage"] == "figure"
 
-    # A paper figure: fig5d adds one experiment (no synthetic captions) that re-packs and re-trains
-    # but shares the world, tokenizer, LLM and encoder with the base run.
-    run(["snakemake", "fig5d", "--cores", "2", "--configfile", str(SMOKE)], project, timeout=900)
-    assert sorted(p.name for p in (results / "train").iterdir()) == ["base", "syn-0"]
-    assert sorted(p.name for p in (results / "encoder").iterdir()) == ["base"]
-    syn0 = json.loads((results / "pack/syn-0/provenance.json").read_text())
-    assert syn0["config"]["data"]["mixture"]["synthetic_captions"] == 0
-    fig = pl.read_csv(results / "figures/fig5d.csv")
-    assert fig["cell"].unique(maintain_order=True).to_list() == ["syn-0", "base"]
-    assert (
-        fig.filter(pl.col("cell") == "base")["average"].to_list()
-        == pl.read_csv(results / "eval/base/summary.csv")["average"].to_list()
-    )
-    assert (results / "figures/fig5d.png").stat().st_size > 10_000
-
     # The SFT half: SFT data, SFT from the pre-trained checkpoint, its 0-shot evaluation.
     run(["snakemake", "stages", "--cores", "2", "--configfile", str(SMOKE)], project, timeout=900)
     for stage in ("llm", "encoder", "sft"):
         assert checkpoint_meta(results / stage / "base/checkpoint")["model"]["encoder"]["image_size"] == 32
-        assert len(pl.read_csv(results / stage / "base/metrics.csv")) == 40, stage
+    assert len(pl.read_csv(results / "sft/base/metrics.csv")) == 10  # study.stages.sft of smoke.yaml
     sft_prov = json.loads((results / "sft/base/provenance.json").read_text())
     assert "init_all" in sft_prov["inputs"], "SFT did not start from the pre-trained checkpoint"
     sft_scores = pl.read_csv(results / "sft_eval/base/scores.csv")
@@ -178,3 +169,40 @@ def test_smoke_study_end_to_end(project: Path):
     # Nothing left to do: a second run is a no-op.
     again = run(["snakemake", "--cores", "2", "--configfile", str(SMOKE), "-n"], project)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.slow
+def test_default_target_and_a_paper_figure_at_full_scale(project: Path):
+    """What the README's first command runs (the default target), then one paper figure with all its
+    cells and seeds at the study's real ablation scale, then the HTML report of both."""
+    run(["snakemake", "--cores", "2"], project, timeout=1500)
+    results = project / "results"
+    scores = pl.read_csv(results / "figures/tiny_study.csv")
+    assert set(scores["shots"]) == {0, 4, 8} and scores["final_train_loss"][0] < 0.5 * scores["first_train_loss"][0]
+
+    run(["snakemake", "fig5d", "--cores", "2"], project, timeout=1500)
+    study = Study(snakemake_config(project))
+    fig = pl.read_csv(results / "figures/fig5d.csv")
+    assert fig["cell"].unique(maintain_order=True).to_list() == ["syn-0", "abl"]
+    assert set(fig["n_seeds"]) == {3} and fig.filter(pl.col("metric") == "8-shot")["ci95"].is_not_null().all()
+    seeds = pl.read_csv(results / "figures/fig5d.seeds.csv")
+    for cell in ("syn-0", "abl"):
+        runs = study.seed_runs(cell)
+        trained = [json.loads((results / "train" / r / "provenance.json").read_text()) for r in runs]
+        assert [t["config"]["train"]["seed"] for t in trained] == [1234, 1235, 1236]
+        assert trained[0]["config"]["train"]["steps"] == study.config(cell).train.steps == 80
+        eight = [
+            pl.read_csv(results / "eval" / r / "summary.csv").filter(pl.col("shots") == 8)["average"].item()
+            for r in runs
+        ]
+        assert len(set(eight)) > 1, "the seeds gave identical scores"
+        per_seed = seeds.filter((pl.col("cell") == cell) & (pl.col("metric") == "8-shot")).sort("seed")["value"]
+        assert per_seed.to_list() == pytest.approx(eight)
+        row = fig.filter((pl.col("cell") == cell) & (pl.col("metric") == "8-shot"))
+        assert row["mean"].item() == pytest.approx(sum(eight) / 3)
+    assert (results / "figures/fig5d.png").read_bytes()[:4] == b"\x89PNG"
+
+    html = project / "report.html"
+    run(["snakemake", "--report", str(html), "fig5d"], project, timeout=600)
+    text = html.read_text()
+    assert "fig5d" in text and "tiny_study" in text and len(text) > 100_000  # the figures are inlined

@@ -115,3 +115,101 @@ def test_a_preset_override_swaps_the_encoder_and_an_explicit_key_wins():
     assert s.run_of("encoder", "vitl") == "vitl" and s.run_of("llm", "vitl") == "base"
     with pytest.raises(ConfigError, match="experiment 'x'.*unknown preset 'vit-q'"):
         study(x={"preset": "vit-q"})
+
+
+def seeded(seeds: int = 3, common: dict | None = None, **experiments) -> Study:
+    return Study(
+        {
+            "study": {
+                "experiments": experiments,
+                "seeds": seeds,
+                "common": common or {},
+                "figures": {"fig": {"title": "t", "experiments": ["base", *experiments]}},
+            }
+        }
+    )
+
+
+def test_each_figure_cell_runs_once_per_seed_sharing_the_llm_and_encoder():
+    s = seeded(cabs={"model.connector.kind": "c_abstractor"})
+    assert s.seed_runs("cabs") == ["cabs", "cabs-s1", "cabs-s2"]
+    seeds = [s.stage_config("train", r).train.seed for r in s.seed_runs("cabs")]
+    assert seeds == [1234, 1235, 1236]
+    assert s.runs("train", s.seed_runs("cabs")) == ["cabs", "cabs-s1", "cabs-s2"]
+    assert s.runs("pack", s.seed_runs("cabs")) == ["base", "base-s1", "base-s2"]  # the seed orders the data
+    for stage in ("world", "tokenizer", "llm", "encoder"):
+        assert s.runs(stage, s.seed_runs("cabs")) == ["base"], stage
+
+
+def test_a_seed_run_follows_an_experiment_that_sets_its_own_seed():
+    s = seeded(other={"train.seed": 7})
+    assert [s.stage_config("train", r).train.seed for r in s.seed_runs("other")] == [7, 8, 9]
+
+
+def test_one_seed_adds_no_runs_and_undeclared_experiments_get_no_seeds():
+    assert seeded(seeds=1, x={"train.lr": 1e-3}).seed_runs("x") == ["x"]
+    s = Study({"study": {"seeds": 3, "experiments": {"lonely": {"train.lr": 1e-3}}}})
+    assert s.seed_runs("lonely") == ["lonely"] and "lonely-s1" not in s.names
+
+
+def test_common_overrides_apply_to_every_experiment_but_not_base():
+    s = seeded(common={"train.steps": 50, "train.warmup_steps": 5}, abl={}, fast={"train.steps": 20})
+    assert s.config("base").train.steps == 500
+    assert s.config("abl").train.steps == 50 and s.config("abl-s2").train.steps == 50
+    assert s.config("fast").train.steps == 20  # the experiment's own override wins
+    assert s.run_of("train", "abl") == "abl" and s.run_of("llm", "abl") == "base"
+
+
+@pytest.mark.parametrize(
+    ("study_data", "words"),
+    [
+        ({"seeds": 2, "experiments": {"x-s1": {}}}, ["x-s1", "seed"]),
+        ({"seeds": 0}, ["seeds"]),
+        ({"common": {"trian.steps": 3}}, ["study.common", "trian.steps"]),
+        (
+            {"figures": {"f": {"title": "t", "experiments": ["base"], "paper": {"nope": {"0-shot": 1.0}}}}},
+            ["nope", "paper"],
+        ),
+        (
+            {
+                "figures": {"f": {"title": "t", "experiments": ["base"]}},
+                "lessons": {
+                    "1": {
+                        "statement": "s",
+                        "checks": [{"figure": "g", "metric": "m", "a": ["base"], "b": ["base"], "expect": "a>b"}],
+                    }
+                },
+            },
+            ["lesson '1'", "unknown figure 'g'"],
+        ),
+        (
+            {
+                "figures": {"f": {"title": "t", "experiments": ["base"]}},
+                "lessons": {
+                    "1": {
+                        "statement": "s",
+                        "checks": [{"figure": "f", "metric": "m", "a": ["x"], "b": ["base"], "expect": "a>b"}],
+                    }
+                },
+            },
+            ["['x']", "not in figure 'f'"],
+        ),
+        (
+            {
+                "figures": {"f": {"title": "t", "experiments": ["base"]}},
+                "lessons": {
+                    "1": {
+                        "statement": "s",
+                        "checks": [{"figure": "f", "metric": "m", "a": ["base"], "b": ["base"], "expect": "a~b"}],
+                    }
+                },
+            },
+            ["tolerance"],
+        ),
+    ],
+)
+def test_bad_seeds_common_paper_and_lessons_name_the_problem(study_data, words):
+    with pytest.raises(ConfigError) as err:
+        Study({"study": study_data})
+    for word in words:
+        assert word in str(err.value), (word, str(err.value))

@@ -9,6 +9,7 @@ STUDY = Study(config, "snakemake config")
 RUN = STUDY.base
 EXPERIMENTS = STUDY.names
 FIGURES = list(RUN.study.figures)
+LESSON_FIGURES = sorted({check.figure for lesson in RUN.study.lessons.values() for check in lesson.checks})
 
 
 wildcard_constraints:
@@ -49,12 +50,20 @@ def manifest(w):
 
 
 # -- resources -----------------------------------------------------------------------------------
-# Training and evaluation jobs take every core Snakemake may use (--cores). Under a cluster executor
-# no total need be given: then each asks for 8 (on a GPU cluster cpus_per_task comes from the planner).
+# Training and evaluation jobs of the base recipe take every core Snakemake may use (--cores): its
+# stages run one after another. Those of the figure cells take half, at least one, so two run side
+# by side: the miniature models are too small for two threads to be twice as fast as one (on
+# 2 cores: 0.44 s/step with one thread, 0.33 s with two). Under a cluster executor no total need be
+# given: then each asks for 8 (on a GPU cluster cpus_per_task comes from the planner).
 try:
-    JOB_CORES = workflow.cores
-except WorkflowError:
-    JOB_CORES = 8
+    ALL_CORES = workflow.cores
+    HALF_CORES = max(1, workflow.cores // 2)
+except (WorkflowError, TypeError):
+    ALL_CORES = HALF_CORES = 8
+
+
+def job_threads(w):
+    return ALL_CORES if w.exp == "base" else HALF_CORES
 
 # Data and evaluation jobs: one process. Training jobs: the parallel layout of their stage config;
 # on a GPU cluster (config gpu=...) nodes, GPUs, memory and time come from the layout planner.
@@ -107,10 +116,48 @@ def pretrained(w):
 INIT_FLAG = {"llm": "--init-decoder", "encoder": "--init-encoder"}
 
 
-def cells(w):
-    """A paper figure's inputs: the summary of each experiment it compares (eval or sft_eval)."""
-    spec = RUN.study.figures[w.fig]
-    return {
-        exp: f"results/{spec.evaluation}/{run_of(spec.evaluation, exp)}/summary.csv"
+FIGURE_FILES = {"eval": ("summary.csv", "scores.csv"), "sft_eval": ("summary.csv", "scores.csv"), "train": ("metrics.csv",)}
+
+
+def figure_runs(fig):
+    """[(cell, run folder)] of a figure: every seed run of every cell, in order (mm1 compare --cell)."""
+    spec = RUN.study.figures[fig]
+    return [
+        (exp, f"results/{spec.evaluation}/{run_of(spec.evaluation, run)}")
         for exp in spec.experiments
-    }
+        for run in STUDY.seed_runs(exp)
+    ]
+
+
+def cells(w):
+    """A paper figure's inputs: the result files of each seed run of each cell it compares."""
+    files = FIGURE_FILES[RUN.study.figures[w.fig].evaluation]
+    return sorted({f"{folder}/{name}" for _, folder in figure_runs(w.fig) for name in files})
+
+
+def _attr(data, key):
+    for part in key.split("."):
+        data = data[part]
+    return data
+
+
+def figure_meta(fig):
+    """What ``mm1 compare`` needs to place each cell: its values of the figure's x/hue keys, its
+    decoder's (active) parameter count and its effective SFT resolution (px x image grid)."""
+    from mm1.models.size import decoder_params
+
+    spec = RUN.study.figures[fig]
+    keys = [k for k in (*spec.x, spec.hue) if k and k != "effective_resolution"]
+    meta = []
+    for exp in spec.experiments:
+        c = STUDY.config(exp)
+        data = c.model_dump(mode="json")
+        meta.append(
+            {"cell": exp}
+            | {k: _attr(data, k) for k in keys}
+            | {
+                "decoder_params": decoder_params(c.model.decoder, c.model.moe, c.tokenizer.vocab_size).active,
+                "effective_resolution": c.model.encoder.image_size * c.sft.image_grid,
+            }
+        )
+    return json.dumps(meta, sort_keys=True)

@@ -9,7 +9,7 @@ rule encoder:
         provenance="results/encoder/{exp}/provenance.json",
     params:
         cfg=cfg("encoder"),
-    threads: JOB_CORES
+    threads: job_threads
     resources:
         **training("encoder"),
     log:

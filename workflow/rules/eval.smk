@@ -12,7 +12,7 @@ rule eval:
         provenance="results/eval/{exp}/provenance.json",
     params:
         cfg=cfg("eval"),
-    threads: JOB_CORES
+    threads: job_threads
     resources:
         **light(mem_mb=4000, runtime=60),
     log:
@@ -42,7 +42,7 @@ rule sft_eval:
         provenance="results/sft_eval/{exp}/provenance.json",
     params:
         cfg=cfg("sft_eval"),
-    threads: JOB_CORES
+    threads: job_threads
     resources:
         **light(mem_mb=4000, runtime=60),
     log:

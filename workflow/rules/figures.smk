@@ -4,8 +4,8 @@ rule figure:
         metrics=f"results/train/{STUDY.run_of('train', 'base')}/metrics.csv",
         scores=f"results/eval/{STUDY.run_of('eval', 'base')}/scores.csv",
     output:
-        png="results/figures/tiny_study.png",
-        table="results/figures/tiny_study.csv",
+        png=report("results/figures/tiny_study.png", caption="../report/tiny_study.rst", category="Base recipe"),
+        table=report("results/figures/tiny_study.csv", caption="../report/tiny_study.rst", category="Base recipe"),
         provenance="results/figures/tiny_study.provenance.json",
     threads: 1
     resources:
@@ -22,16 +22,29 @@ rule figure:
 
 
 rule compare:
-    """A paper figure or table (study.figures): its experiments' scores side by side."""
+    """A paper figure or table (study.figures) in the paper's form: mean +- 95% CI over the seed runs
+    of each cell, with the paper's values beside ours."""
     input:
-        unpack(cells),
+        cells,
     output:
-        png="results/figures/{fig}.png",
-        table="results/figures/{fig}.csv",
+        png=report(
+            "results/figures/{fig}.png",
+            caption="../report/figure.rst",
+            category="Figures and tables",
+            labels=lambda w: {"figure": w.fig, "file": "plot"},
+        ),
+        table=report(
+            "results/figures/{fig}.csv",
+            caption="../report/figure.rst",
+            category="Figures and tables",
+            labels=lambda w: {"figure": w.fig, "file": "table"},
+        ),
+        seeds="results/figures/{fig}.seeds.csv",
         provenance="results/figures/{fig}.provenance.json",
     params:
-        title=lambda w: StageConfig(RUN.study.figures[w.fig].title),
-        cells=lambda w: " ".join(f"--cell {exp}={path}" for exp, path in cells(w).items()),
+        spec=lambda w: StageConfig(RUN.study.figures[w.fig].model_dump_json()),
+        meta=lambda w: StageConfig(figure_meta(w.fig)),
+        cells=lambda w: " ".join(f"--cell {exp}={folder}" for exp, folder in figure_runs(w.fig)),
     threads: 1
     resources:
         **light(),
@@ -42,5 +55,29 @@ rule compare:
     conda:
         "../../envs/mm1.yaml"
     shell:
-        "mm1 compare --id {wildcards.fig} --title {params.title:q} {params.cells} "
+        "mm1 compare --id {wildcards.fig} --spec {params.spec:q} --meta {params.meta:q} {params.cells} "
         "--out $(dirname {output.png:q}) > {log:q} 2>&1"
+
+
+rule lessons:
+    """The paper's six lessons (study.lessons), each tested on the figures' per-seed results."""
+    input:
+        [f"results/figures/{fig}.seeds.csv" for fig in LESSON_FIGURES],
+    output:
+        md=report("results/figures/lessons.md", caption="../report/lessons.rst", category="Lessons"),
+        table=report("results/figures/lessons.csv", caption="../report/lessons.rst", category="Lessons"),
+        provenance="results/figures/lessons.provenance.json",
+    params:
+        lessons=StageConfig(json.dumps({k: v.model_dump(mode="json") for k, v in RUN.study.lessons.items()})),
+        seeds=" ".join(f"--seeds {fig}=results/figures/{fig}.seeds.csv" for fig in LESSON_FIGURES),
+    threads: 1
+    resources:
+        **light(),
+    log:
+        "logs/figures/lessons.log",
+    benchmark:
+        "benchmarks/figures/lessons.tsv"
+    conda:
+        "../../envs/mm1.yaml"
+    shell:
+        "mm1 lessons --lessons {params.lessons:q} {params.seeds} --out $(dirname {output.md:q}) > {log:q} 2>&1"

@@ -41,7 +41,7 @@ rule llm:
         provenance="results/llm/{exp}/provenance.json",
     params:
         cfg=cfg("llm"),
-    threads: JOB_CORES
+    threads: job_threads
     resources:
         **training("llm"),
     log:

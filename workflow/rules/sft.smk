@@ -35,7 +35,7 @@ rule sft:
         provenance="results/sft/{exp}/provenance.json",
     params:
         cfg=cfg("sft"),
-    threads: JOB_CORES
+    threads: job_threads
     resources:
         **training("sft"),
     log:

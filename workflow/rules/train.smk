@@ -11,7 +11,7 @@ rule train:
     params:
         cfg=cfg("train"),
         init=lambda w: " ".join(f"{INIT_FLAG[k]} {v}" for k, v in pretrained(w).items()),
-    threads: JOB_CORES
+    threads: job_threads
     resources:
         **training("train"),
     log:

@@ -49,15 +49,75 @@ def _check_overrides(where: str, overrides: Overrides) -> None:
             raise ValueError(f"{where}: override {key!r} has an empty part")
 
 
+FORMS = ("bars", "lr_sweep", "benchmarks", "sweep")
+
+
 class FigureSpec(Section):
-    """One paper figure or table: the experiments it compares and which evaluation it reads."""
+    """One paper figure or table: the experiments it compares, which stage's results it reads and how
+    it is drawn (mm1.figures.compare)."""
 
     title: str
     """What the figure shows (its heading)."""
     experiments: list[str] = Field(min_length=1)
     """The cells, in plotting order (names from study.experiments, or "base")."""
-    evaluation: Literal["eval", "sft_eval"] = "eval"
-    """eval: few-shot scores of the pre-trained model; sft_eval: 0-shot scores after SFT."""
+    evaluation: Literal["eval", "sft_eval", "train"] = "eval"
+    """eval: few-shot scores of the pre-trained model; sft_eval: 0-shot scores after SFT;
+    train: the pre-training loss curve (fig6 picks each size's best LR by final loss)."""
+    form: Literal["bars", "lr_sweep", "benchmarks", "sweep"] = "bars"
+    """bars: one panel per metric (TextCore, 0/4/8-shot), a bar per cell with its 95% CI (Table 1,
+    Fig 4, Fig 5, Fig 8); lr_sweep: the metric against peak LR per decoder size, each size's best LR
+    against decoder parameters (log-log), the fitted law and the paper's (Fig 6); benchmarks: a table
+    of every benchmark per cell (Tables 3, 4); sweep: the metric against each key of ``x`` (Fig 7)."""
+    x: list[str] = []
+    """Dotted config keys (or ``effective_resolution``) that group the cells (bars) or form the x axis (sweep)."""
+    hue: str | None = None
+    """Dotted config key whose value colours the bars (Fig 4: model.connector.kind)."""
+    metrics: list[str] = []
+    """Metrics to draw (names as in the figure CSV, e.g. "0-shot", "textcore"); [] = the evaluation's defaults."""
+    paper: dict[str, dict[str, float]] = {}
+    """The paper's published values: cell -> metric -> value (the CSV's ``paper`` column). Only numbers
+    the paper prints; a cell without one stays empty."""
+    paper_source: str = ""
+    """Where ``paper`` comes from (e.g. "arXiv 2403.09611v4, Table 3") and which paper row each cell stands for."""
+
+
+class LessonCheck(Section):
+    """One comparison that tests a lesson: the effect mean(a) - mean(b) (minus mean(c) - mean(d) when
+    given) of ``metric`` in ``figure``, per seed, with its 95% CI."""
+
+    figure: str
+    """Figure id whose per-seed results (results/figures/<id>.seeds.csv) it reads."""
+    metric: str
+    """A metric of that figure's CSV, e.g. "0-shot", "8-shot", "textcore"."""
+    a: list[str] = Field(min_length=1)
+    """Cells averaged on the "a" side (per seed)."""
+    b: list[str] = Field(min_length=1)
+    """Cells averaged on the "b" side."""
+    c: list[str] = []
+    """With ``d``: the effect is (a - b) - (c - d), e.g. "resolution matters more than encoder size"."""
+    d: list[str] = []
+    expect: Literal["a>b", "a<b", "a~b"]
+    """The paper's claim: the effect is positive, negative, or within +-``tolerance`` of zero."""
+    tolerance: float = Field(default=0.0, ge=0)
+    """For a~b: the largest effect (in the metric's units) that still counts as "barely matters"."""
+    description: str = ""
+    """What the comparison means, in words."""
+
+    @model_validator(mode="after")
+    def _pairs(self) -> LessonCheck:
+        if bool(self.c) != bool(self.d):
+            raise ValueError("a lesson check gives both c and d (a difference of differences) or neither")
+        if self.expect == "a~b" and self.tolerance <= 0:
+            raise ValueError('expect "a~b" needs a tolerance > 0 (the effect size that counts as no effect)')
+        return self
+
+
+class LessonSpec(Section):
+    """One of the paper's lessons and the comparisons that test it."""
+
+    statement: str
+    """The lesson as the paper states it."""
+    checks: list[LessonCheck] = Field(min_length=1)
 
 
 class StudyConfig(Section):
@@ -74,6 +134,14 @@ class StudyConfig(Section):
     """Multimodal pre-training starts its decoder from the text-only LLM stage (MM1: a pre-trained LLM)."""
     init_encoder: bool = True
     """Multimodal pre-training starts its image encoder from the encoder stage (MM1: CLIP/AIM pre-trained)."""
+    seeds: int = Field(default=1, ge=1)
+    """Runs per figure cell: seed k > 0 adds the run ``<cell>-s<k>`` with train.seed + k (its own data
+    order and init; the LLM and encoder stages are shared). Figures show mean +- 95% CI over seeds."""
+    common: Overrides = {}
+    """Overrides under every declared experiment (not under ``base``): the ablation scale, as MM1 ran
+    its ablations on a smaller model than its final one."""
+    lessons: dict[str, LessonSpec] = {}
+    """Lesson id -> the lesson and the comparisons that test it (results/figures/lessons.{md,csv})."""
 
     @field_validator("experiments")
     @classmethod
@@ -95,6 +163,12 @@ class StudyConfig(Section):
             _check_overrides(f"stage {stage!r}", overrides)
         return value
 
+    @field_validator("common")
+    @classmethod
+    def _common(cls, value: Overrides) -> Overrides:
+        _check_overrides("study.common", value)
+        return value
+
     @model_validator(mode="after")
     def _figures(self) -> StudyConfig:
         known = {BASE, *self.experiments}
@@ -108,4 +182,20 @@ class StudyConfig(Section):
                 )
             if len(set(spec.experiments)) != len(spec.experiments):
                 raise ValueError(f"figure {fig!r} lists an experiment twice: {spec.experiments}")
+            strangers = [c for c in spec.paper if c not in spec.experiments]
+            if strangers:
+                raise ValueError(f"figure {fig!r}: paper values for cells it does not draw: {strangers}")
+        seeded = re.compile(r"-s[0-9]+$")
+        clash = [e for e in self.experiments if seeded.search(e)] if self.seeds > 1 else []
+        if clash:
+            raise ValueError(f"experiment names ending in -s<number> are the seed runs' names: rename {clash}")
+        for lesson, spec in self.lessons.items():
+            for i, check in enumerate(spec.checks):
+                where = f"lesson {lesson!r}, check {i + 1}"
+                if check.figure not in self.figures:
+                    raise ValueError(f"{where}: unknown figure {check.figure!r}; figures: {', '.join(self.figures)}")
+                cells = self.figures[check.figure].experiments
+                missing = [c for c in (*check.a, *check.b, *check.c, *check.d) if c not in cells]
+                if missing:
+                    raise ValueError(f"{where}: cells {missing} are not in figure {check.figure!r} ({cells})")
         return self

@@ -15,17 +15,13 @@ from mm1.config import ModelConfig
 from mm1.models.connector import build_connector
 from mm1.models.encoder import build_encoder, patch_features
 from mm1.models.megatron_config import Layout, decoder_config, decoder_layer_spec
+from mm1.models.size import padded_vocab_size
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from megatron.core.enums import ModelType
     from megatron.core.models.gpt import GPTModel
     from megatron.core.transformer.module import MegatronModule
-
-
-def padded_vocab_size(vocab_size: int, multiple: int = 128) -> int:
-    """Pad the vocabulary so it splits evenly over TP ranks (independent of the TP size)."""
-    return -(-vocab_size // multiple) * multiple
 
 
 def splice_images(text: torch.Tensor, image_tokens: torch.Tensor, is_image: torch.Tensor) -> torch.Tensor:

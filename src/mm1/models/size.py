@@ -18,13 +18,18 @@ import re
 from dataclasses import dataclass
 
 from mm1.config import DecoderConfig, EncoderConfig, ModelConfig, MoEConfig, RunConfig
-from mm1.models.connector import connector_params
-from mm1.models.mm1_model import padded_vocab_size
+
+# No torch at import time: the workflow and the figures count parameters without building a model.
 
 # MM1 (s): peak LR = exp(LR_SLOPE * ln N + LR_INTERCEPT); weight decay = WD_RATIO * peak LR.
 LR_SLOPE = -0.4214
 LR_INTERCEPT = -0.5535
 WD_RATIO = 0.1
+
+
+def padded_vocab_size(vocab_size: int, multiple: int = 128) -> int:
+    """Pad the vocabulary so it splits evenly over TP ranks (independent of the TP size)."""
+    return -(-vocab_size // multiple) * multiple
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,8 @@ def count_model(cfg: ModelConfig, vocab_size: int) -> dict[str, ParamCount]:
     The encoder's pre-training heads (CLIP text tower, AIM pixel head) are not part of MM1Model
     and are not counted.
     """
+    from mm1.models.connector import connector_params  # torch
+
     enc = encoder_params(cfg.encoder)
     con = ParamCount.dense(
         connector_params(cfg.connector, cfg.encoder.hidden_size, cfg.encoder.grid, cfg.decoder.hidden_size)
