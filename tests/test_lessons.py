@@ -42,11 +42,9 @@ def check(a: list[str], b: list[str], expect: str = "a>b", **extra) -> dict:
 
 
 def run(tmp_path: Path, lessons: dict, cells: dict[str, list[float]]) -> tuple[int, pl.DataFrame | None]:
-    spec = tmp_path / "lessons.json"
-    spec.write_text(json.dumps(lessons))
     csv = seeds_csv(tmp_path / "fig.seeds.csv", "fig", cells)
     out = tmp_path / "out"
-    rc = main(["lessons", "--lessons", str(spec), "--seeds", f"fig={csv}", "--out", str(out)])
+    rc = main(["lessons", "--lessons", json.dumps(lessons), "--seeds", f"fig={csv}", "--out", str(out)])
     return rc, pl.read_csv(out / "lessons.csv") if rc == 0 else None
 
 
@@ -166,10 +164,9 @@ def test_missing_names_are_one_line_errors(tmp_path: Path, capsys, lesson_check:
 
 
 def test_a_missing_seeds_file_is_named(tmp_path: Path, capsys):
-    spec = tmp_path / "lessons.json"
-    spec.write_text(json.dumps({"3": {"statement": "s", "checks": [check(["x"], ["y"])]}}))
+    spec = json.dumps({"3": {"statement": "s", "checks": [check(["x"], ["y"])]}})
     missing = tmp_path / "fig.seeds.csv"
-    assert main(["lessons", "--lessons", str(spec), "--seeds", f"fig={missing}", "--out", str(tmp_path)]) == 1
+    assert main(["lessons", "--lessons", spec, "--seeds", f"fig={missing}", "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert f"lesson '3', check 1, figure 'fig' ({missing}): {missing} does not exist" in err
 

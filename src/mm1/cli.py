@@ -444,7 +444,7 @@ def parser() -> argparse.ArgumentParser:
     cm.set_defaults(func=_cmd_compare)
 
     ls = sub.add_parser("lessons", help="the paper's lessons: each check's effect over seeds, its 95%% CI, a verdict")
-    ls.add_argument("--lessons", type=Path, required=True, help="JSON {lesson id: {statement, checks}}")
+    ls.add_argument("--lessons", required=True, help="JSON {lesson id: {statement, checks}} (study.lessons)")
     ls.add_argument(
         "--seeds", action="append", default=[], metavar="FIG=SEEDS", help="a figure's <fig>.seeds.csv (mm1 compare)"
     )

@@ -56,20 +56,17 @@ def parse_seeds(texts: list[str]) -> dict[str, Path]:
     return seeds
 
 
-def load_lessons(path: Path) -> dict[str, LessonSpec]:
-    """The lessons JSON ({lesson id: LessonSpec}), validated; errors name the offending field."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"lessons file {path} does not exist")
+def load_lessons(text: str) -> dict[str, LessonSpec]:
+    """The --lessons JSON ({lesson id: LessonSpec}, as study.lessons), validated; errors name the field."""
     try:
-        lessons = LESSONS.validate_python(json.loads(path.read_text()))
+        lessons = LESSONS.validate_python(json.loads(text))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not JSON: {exc}") from None
+        raise ValueError(f"--lessons is not JSON: {exc}") from None
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<top>'}: {e['msg']}" for e in exc.errors())
-        raise ValueError(f"{path}: invalid lessons: {problems}") from None
+        raise ValueError(f"--lessons: invalid lessons: {problems}") from None
     if not lessons:
-        raise ValueError(f"{path} holds no lessons")
+        raise ValueError("--lessons holds no lessons")
     return lessons
 
 
@@ -222,9 +219,9 @@ def markdown(lessons: dict[str, LessonSpec], table: pl.DataFrame) -> str:
     return "\n".join(out) + "\n"
 
 
-def lessons(lessons_path: Path, seeds: dict[str, Path], out_dir: Path) -> tuple[Path, Path]:
+def lessons(lessons_json: str, seeds: dict[str, Path], out_dir: Path) -> tuple[Path, Path]:
     """Write ``lessons.csv`` and ``lessons.md`` (and their provenance) into ``out_dir``."""
-    spec = load_lessons(lessons_path)
+    spec = load_lessons(lessons_json)
     table = evaluate(spec, seeds)
     out_dir = Path(out_dir)
     csv = atomic.write_text(out_dir / "lessons.csv", table.write_csv())
