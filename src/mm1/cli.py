@@ -439,7 +439,9 @@ def parser() -> argparse.ArgumentParser:
         metavar="NAME=RUN_DIR",
         help="a seed run's stage output folder (repeat a NAME for its next seed)",
     )
-    cm.add_argument("--meta", metavar="JSON", help="{cell: {key: value}}: the x/hue keys and decoder_params per cell")
+    cm.add_argument(
+        "--meta", metavar="JSON", help='[{"cell": NAME, key: value}]: the x/hue keys and decoder_params per cell'
+    )
     cm.add_argument("--out", type=Path, required=True, help="output folder")
     cm.set_defaults(func=_cmd_compare)
 

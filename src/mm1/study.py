@@ -151,8 +151,8 @@ class Study:
         self._seeds: dict[str, list[str]] = {}
         for exp in dict.fromkeys(e for spec in study.figures.values() for e in spec.experiments):
             self._seeds[exp] = [exp]
+            seed = self.overrides[exp].get("train.seed", self.base.train.seed)
             for k in range(1, study.seeds):
-                seed = _nested(self.overrides[exp]).get("train", {}).get("seed", self.base.train.seed)
                 self.overrides[f"{exp}-s{k}"] = self.overrides[exp] | {"train.seed": seed + k}
                 self._seeds[exp].append(f"{exp}-s{k}")
         self.names = list(self.overrides)

@@ -116,9 +116,6 @@ def pretrained(w):
 INIT_FLAG = {"llm": "--init-decoder", "encoder": "--init-encoder"}
 
 
-FIGURE_FILES = {"eval": ("summary.csv", "scores.csv"), "sft_eval": ("summary.csv", "scores.csv"), "train": ("metrics.csv",)}
-
-
 def figure_runs(fig):
     """[(cell, run folder)] of a figure: every seed run of every cell, in order (mm1 compare --cell)."""
     spec = RUN.study.figures[fig]
@@ -131,7 +128,9 @@ def figure_runs(fig):
 
 def cells(w):
     """A paper figure's inputs: the result files of each seed run of each cell it compares."""
-    files = FIGURE_FILES[RUN.study.figures[w.fig].evaluation]
+    from mm1.figures.compare import FILES  # what mm1 compare reads of each run folder
+
+    files = FILES[RUN.study.figures[w.fig].evaluation]
     return sorted({f"{folder}/{name}" for _, folder in figure_runs(w.fig) for name in files})
 
 
