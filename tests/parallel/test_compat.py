@@ -215,3 +215,23 @@ def test_patched_clip_scales_gradients_by_the_total_norm() -> None:
     before = [p.grad.clone() for p in params]
     clip_grads.clip_grad_by_total_norm_fp32(params, max_norm=10.0, total_norm=1.0)
     assert all(torch.equal(b, p.grad) for b, p in zip(before, params, strict=True))
+
+
+def test_megatron_fusion_kernels_are_plain_functions_on_cpu_and_compiled_on_gpu() -> None:
+    """mm1.parallel.jit_hook: importing mm1 first keeps megatron's jit_fuser from torch.compile on CPU."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import {first}\n"
+        "from megatron.core import jit\n"
+        "from megatron.core.fusions import fused_bias_gelu as f\n"
+        "print(jit.jit_fuser is jit.noop_decorator, hasattr(f.bias_gelu, '_torchdynamo_orig_callable'))\n"
+    )
+
+    def run(first: str) -> list[str]:
+        cmd = [sys.executable, "-W", "ignore", "-c", probe.format(first=first)]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()
+
+    assert run("torch") == ["False", "True"]  # megatron on its own compiles its fusions
+    assert run("mm1") == (["False", "True"] if torch.cuda.is_available() else ["True", "False"])
