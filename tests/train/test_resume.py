@@ -85,6 +85,15 @@ def test_finished_run_resumes_to_the_same_outputs_without_training(world, tmp_pa
     assert again.metrics["loss"].to_list() == first.metrics["loss"].to_list()
 
 
+def test_without_save_at_end_a_finished_run_keeps_no_resumable_checkpoint_and_trains_again(world, tmp_path):
+    cfg = tiny("train.steps=4", "train.save_interval=3", "train.save_at_end=false")
+    first = run(cfg, world, tmp_path)
+    assert [p.name for p in state.complete(tmp_path / "resume")] == ["step_000003"]  # the periodic one only
+    again = run(cfg, world, tmp_path)
+    assert again.resumed_from == 3  # redoes step 4 from the periodic checkpoint
+    assert again.metrics["loss"].to_list() == first.metrics["loss"].to_list()
+
+
 def test_checkpoint_of_another_run_is_moved_aside_naming_the_fields(world, tmp_path, capsys):
     """A changed config (why Snakemake reruns the stage) starts over; the old checkpoints are kept."""
     with pytest.raises(Preempted):

@@ -95,6 +95,9 @@ class TrainConfig(Section):
     """Log loss and LR every this many steps."""
     save_interval: int = Field(0, ge=0)
     """Save a resumable checkpoint every this many steps (0: only at the end)."""
+    save_at_end: bool = True
+    """Also save one after the last step, so that a run stopped while writing its outputs resumes
+    there. The ablation scale turns it off: its runs take seconds to redo, less than the save costs."""
     keep_last: int = Field(2, ge=1)
     """Resumable checkpoints kept (the oldest are deleted once a newer one is complete)."""
     resume: bool = True

@@ -54,7 +54,9 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 # TP/PP/DP layout resumes in another.
 OPTIMIZER_FORMAT = {"distrib_optim_sharding_type": "fully_reshardable", "chained_optim_avoid_prefix": True}
 # train.* fields that may change between the run that saved a checkpoint and the one resuming it.
-RESUMABLE_TRAIN_CHANGES = frozenset({"resume", "save_interval", "keep_last", "log_interval", "micro_batch_size"})
+RESUMABLE_TRAIN_CHANGES = frozenset(
+    {"resume", "save_interval", "save_at_end", "keep_last", "log_interval", "micro_batch_size"}
+)
 
 
 class IncompatibleCheckpoint(ValueError):

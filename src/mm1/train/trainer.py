@@ -118,7 +118,7 @@ def _train_loop(
     """Run steps ``start+1 .. train.steps``; return the last step run (below train.steps if ``stop``).
 
     After each step: ``stop(step)`` (a collective: every rank agrees), then ``save(step)`` at a
-    stop, every ``train.save_interval`` steps and at the end.
+    stop, every ``train.save_interval`` steps and at the end (``train.save_at_end``).
     """
     tc, mc = cfg.train, cfg.model
     n_micro = tc.global_batch_size // (tc.micro_batch_size * rank.dp_size)
@@ -166,7 +166,8 @@ def _train_loop(
         if step % tc.log_interval == 0 or step == start + 1:
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{row['lr']:.2e}")
         stopping = step < tc.steps and stop(step)
-        if stopping or step == tc.steps or (tc.save_interval and step % tc.save_interval == 0):
+        at_end = step == tc.steps and tc.save_at_end
+        if stopping or at_end or (tc.save_interval and step % tc.save_interval == 0):
             t0 = time.perf_counter()
             path = save(step)
             if rank.is_main:
