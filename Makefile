@@ -8,7 +8,7 @@ TORCH_INDEX ?=
 PIP    := $(BIN)/python -m pip
 RUN    := PATH="$(BIN):$$PATH"
 
-.PHONY: install study test test-fast lint schema lock clean dvc plots-template
+.PHONY: install study test test-fast lint schema lock clean dvc plots-template bench
 
 install: $(VENV)/.installed
 
@@ -31,6 +31,11 @@ test: install lint
 ## The tests without the slow end-to-end runs.
 test-fast: install
 	$(RUN) pytest -m "not slow"
+
+## Performance benchmarks, each against a baseline run alongside (not tests): about 10 min on 2 cores;
+## bench/results/summary.{json,md}. Options: make bench BENCH_ARGS="--quick" (or --only NAME ...).
+bench: install
+	$(RUN) python bench/run.py $(BENCH_ARGS)
 
 lint: install
 	$(RUN) ruff check src tests

@@ -12,10 +12,23 @@ cores, and measures sequences/s and tokens/s (non-pad input tokens, and loss tok
 - trainer batches: what the trainer does per step with the pack stage's file: read the packed
   parquet, then build micro-batches of 16 (tensors + every image decoded and resized to 32 px).
 
-Writes bench/results/loader.json (machine, versions, numbers, ratios) and prints a table.
+Then, at the default config's sequence length (256), the loader against the trainer:
 
-    python bench/loader.py            # full run (about a minute)
-    python bench/loader.py --quick    # a few seconds
+- loader workers: ``torch.utils.data.DataLoader`` with 1 and with 2 worker processes, worker w of W
+  being data-parallel rank w of W of the mixture (``MixtureSampler(dp_rank=w, dp_size=W)``; under
+  data parallelism rank r's workers would be ranks r * W + w of dp * W). Fresh workers (records
+  tokenised on first use), timed from the loader's start to its last item, in the main process:
+  either packed sequences, or micro-batches of ``train.micro_batch_size`` ready for the model
+  (tensors + images decoded at the encoder's size), what the trainer would take from it;
+- trainer: ``mm1.train.trainer.train`` of the default miniature model (``RunConfig()``: 4 x 128
+  decoder, 2-layer ViT, batch 8 x 256) for a few steps on a packed file of these sequences, one
+  process, 2 threads; the median ``step_time_s`` after the first two steps -> sequences/s consumed.
+  The loader should outrun it 10x (``headline``).
+
+Writes bench/results/loader.json (machine, versions, numbers, ratios, headline) and prints a table.
+
+    python bench/loader.py            # full run (about a minute on 2 cores)
+    python bench/loader.py --quick    # about 30 s
 """
 
 from __future__ import annotations
@@ -32,16 +45,16 @@ CORES = 2
 if hasattr(os, "sched_setaffinity"):
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:CORES])
 os.environ.setdefault("RAYON_NUM_THREADS", str(CORES))  # HF tokenizers' thread pool
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # loader workers are forked after the tokenizer ran
 
-import datetime  # noqa: E402
-import json  # noqa: E402
+import statistics  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
+from run import report, row, write  # noqa: E402  (bench/run.py: the harness's report format)
 
-from mm1 import atomic  # noqa: E402
-from mm1.config import TokenizerConfig  # noqa: E402
+from mm1.config import RunConfig, TokenizerConfig, load  # noqa: E402
 from mm1.config.data import MixtureConfig  # noqa: E402
 from mm1.data.batches import PackedData  # noqa: E402
 from mm1.data.mixture import MixtureSampler  # noqa: E402
@@ -49,10 +62,11 @@ from mm1.data.packed_io import write_packed  # noqa: E402
 from mm1.data.records import CaptionSample, InterleavedDoc, TextDoc  # noqa: E402
 from mm1.data.sequence import caption_sequence  # noqa: E402
 from mm1.data.tokenizer import TextTokenizer, train_tokenizer  # noqa: E402
-from mm1.provenance import git_state, machine, package_versions  # noqa: E402
 
-IMAGE_TOKENS = 16
+IMAGE_TOKENS = 16  # = RunConfig().model.connector.num_tokens
 SEQ_LENGTHS = (64, 256)
+WORKERS = (1, 2)
+GOAL = 10.0  # the loader should produce 10x what the trainer consumes
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
 SHAPES = ["circle", "square", "triangle", "star", "ring", "cross"]
 WORDS = COLOURS + SHAPES + "a the of on in above below left right of next to small large two three is".split()
@@ -161,8 +175,118 @@ def bench_batches(
     return _result(n, non_pad, loss, time.perf_counter() - t0, seq_length)
 
 
-def machine_info() -> dict:
-    return {**machine(), "torch_threads": torch.get_num_threads()}
+class _Shard(torch.utils.data.IterableDataset):
+    """One loader worker's share of the mixture: worker w of W is data-parallel rank w of W; yields
+    its packed sequences, or micro-batches of them as the trainer's forward takes them."""
+
+    def __init__(self, sources: dict, tok: TextTokenizer, seq_length: int, n: int, micro_batch: int, image_size: int):
+        self.sources, self.tok, self.seq_length, self.n = sources, tok, seq_length, n
+        self.micro_batch, self.image_size = micro_batch, image_size
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        w, workers = (info.id, info.num_workers) if info else (0, 1)
+        sampler = MixtureSampler(
+            self.sources, MixtureConfig(), self.tok, self.seq_length, IMAGE_TOKENS, seed=0, dp_rank=w, dp_size=workers
+        )
+        mine = len(range(w, self.n, workers))  # global sequences w, w + W, ... below n
+        if not self.micro_batch:
+            yield from (next(sampler) for _ in range(mine))
+            return
+        for _ in range(mine // self.micro_batch):
+            seqs = [next(sampler) for _ in range(self.micro_batch)]
+            yield PackedData(seqs, self.image_size).batch(np.arange(len(seqs)))
+
+
+def _first(batch):  # DataLoader's collate_fn: one item (a sequence or a ready micro-batch) as it is
+    return batch
+
+
+def bench_workers(
+    tok: TextTokenizer, sources: dict, seq_length: int, n: int, workers: int, micro_batch: int, image_size: int
+) -> dict:
+    """The mixture in ``workers`` DataLoader processes: sequences (micro_batch 0) or micro-batches."""
+    shard = _Shard(sources, tok, seq_length, n, micro_batch, image_size)
+    loader = torch.utils.data.DataLoader(shard, batch_size=None, num_workers=workers, collate_fn=_first)
+    t0 = time.perf_counter()
+    count = non_pad = loss = 0
+    for item in loader:
+        if micro_batch:
+            count += len(item["tokens"])
+            non_pad += int((item["tokens"] != tok.pad_id).sum())
+            loss += int(item["loss_mask"].sum())
+        else:
+            count += 1
+            non_pad += int(np.count_nonzero(item.tokens[:-1] != tok.pad_id))
+            loss += int(np.count_nonzero(item.loss_mask))
+    out = _result(count, non_pad, loss, time.perf_counter() - t0, seq_length)
+    return out | {"workers": workers, "micro_batch": micro_batch}
+
+
+def bench_trainer(seqs: list, tok: TextTokenizer, tmp: Path, steps: int) -> dict:
+    """Sequences/s the trainer consumes: a few steps of ``mm1.train.trainer.train``, default model."""
+    from mm1.train.trainer import train  # megatron: imported only here
+
+    cfg = load(None, [f"train.steps={steps}", "train.warmup_steps=1", "train.resume=false"])
+    tc, seq_length = cfg.train, cfg.model.decoder.seq_length
+    used = seqs[: steps * tc.global_batch_size]
+    packed = write_packed(used, tmp / "trainer" / "train.parquet")
+    t0 = time.perf_counter()
+    metrics = train(cfg, packed, tok.path, tmp / "trainer" / "out").metrics
+    wall = time.perf_counter() - t0
+    times = metrics["step_time_s"].to_list()[2:]  # step 1 and 2 warm up (allocations, first-call paths)
+    step_s = statistics.median(times)
+    non_pad = sum(int(np.count_nonzero(s.tokens[:-1] != tok.pad_id)) for s in used) / len(used)
+    loss = sum(int(np.count_nonzero(s.loss_mask)) for s in used) / len(used)
+    per_s = tc.global_batch_size / step_s
+    return {
+        "steps": steps, "global_batch_size": tc.global_batch_size, "micro_batch_size": tc.micro_batch_size,
+        "seq_length": seq_length, "step_time_s": step_s, "step_times_s": [round(t, 4) for t in times],
+        "sequences_per_s": per_s, "tokens_per_s": per_s * non_pad, "positions_per_s": per_s * seq_length,
+        "loss_tokens_per_s": per_s * loss, "fill": non_pad / seq_length, "wall_s_with_startup": round(wall, 1),
+    }  # fmt: skip
+
+
+def bench_vs_trainer(tok: TextTokenizer, sources: dict, tmp: Path, quick: bool) -> dict:
+    """Loader workers (1 and 2) against the trainer, at the default config's sequence length."""
+    cfg = RunConfig()
+    seq_length, micro, size = cfg.model.decoder.seq_length, cfg.train.micro_batch_size, cfg.model.encoder.image_size
+    n_seq, n_batch, steps = (2000, 800, 6) if quick else (8000, 3200, 12)
+    out: dict = {"seq_length": seq_length}
+    for w in WORKERS:
+        out[f"workers_{w}_sequences"] = bench_workers(tok, sources, seq_length, n_seq, w, 0, size)
+        out[f"workers_{w}_micro_batches"] = bench_workers(tok, sources, seq_length, n_batch, w, micro, size)
+    sampler = MixtureSampler(sources, MixtureConfig(), tok, seq_length, IMAGE_TOKENS, seed=0)
+    out["trainer"] = bench_trainer([next(sampler) for _ in range(steps * cfg.train.global_batch_size)], tok, tmp, steps)
+    trainer = out["trainer"]["sequences_per_s"]
+    out["ratio_to_trainer"] = {k: v["sequences_per_s"] / trainer for k, v in out.items() if k.startswith("workers")}
+    return out
+
+
+def headline(results: dict) -> list[dict]:
+    """The loader against the trainer at seq 256 (goal 10x), and the sampler against one caption per sequence."""
+    vs, at256 = results["vs_trainer"], results["256"]
+    trainer = vs["trainer"]
+
+    def vs_trainer(name: str, r: dict, unit: str = "seq/s") -> dict:
+        key = {"seq/s": "sequences_per_s", "tokens/s": "tokens_per_s"}[unit]
+        ratio = r[key] / trainer[key]
+        return row(name, r[key], unit, trainer[key], f">= {GOAL:g}x the trainer", ratio >= GOAL)
+
+    rows = []
+    for w in WORKERS:
+        name = f"loader, {w} worker{'s' * (w > 1)}: mixture+packing -> micro-batches (images decoded), seq 256"
+        rows += [vs_trainer(name, vs[f"workers_{w}_micro_batches"], u) for u in ("seq/s", "tokens/s")]
+    for w in WORKERS:
+        name = f"loader, {w} worker{'s' * (w > 1)}: mixture+packing -> packed sequences, seq 256"
+        rows.append(vs_trainer(name, vs[f"workers_{w}_sequences"]))
+    rows.append(vs_trainer("packed file -> micro-batches (the trainer's reader, in-process), seq 256",
+                           at256["trainer_batches"]))  # fmt: skip
+    name = "mixture sampler, steady, vs one caption per sequence (tokens/s), seq 256"
+    rows.append(
+        row(name, at256["sampler_steady"]["tokens_per_s"], "tokens/s", at256["baseline_one_caption"]["tokens_per_s"])
+    )
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,40 +306,36 @@ def main(argv: list[str] | None = None) -> int:
         tok = TextTokenizer(train_tokenizer(TokenizerConfig(vocab_size=1024), texts, Path(tmp) / "tokenizer.json"))
         setup_s = time.perf_counter() - t0
 
-        results = {}
+        results: dict = {}
         for seq_length in SEQ_LENGTHS:
-            row = {"baseline_one_caption": bench_baseline(tok, sources["caption"], seq_length, n_seq)}
-            row.update(bench_sampler(tok, sources, seq_length, n_seq))
+            loaders = {"baseline_one_caption": bench_baseline(tok, sources["caption"], seq_length, n_seq)}
+            loaders.update(bench_sampler(tok, sources, seq_length, n_seq))
             sampler = MixtureSampler(sources, MixtureConfig(), tok, seq_length, IMAGE_TOKENS, seed=0)
             seqs = [next(sampler) for _ in range(min(n_seq, 4000))]
-            row["trainer_batches"] = bench_batches(seqs, seq_length, tok.pad_id, Path(tmp))
-            base = row["baseline_one_caption"]
-            row["ratio_to_baseline"] = {
-                k: {m: row[k][m] / base[m] for m in ("sequences_per_s", "tokens_per_s", "loss_tokens_per_s")}
-                for k in row
+            loaders["trainer_batches"] = bench_batches(seqs, seq_length, tok.pad_id, Path(tmp))
+            base = loaders["baseline_one_caption"]
+            loaders["ratio_to_baseline"] = {
+                k: {m: loaders[k][m] / base[m] for m in ("sequences_per_s", "tokens_per_s", "loss_tokens_per_s")}
+                for k in loaders
                 if k.startswith(("sampler", "trainer"))
             }
-            results[str(seq_length)] = row
+            results[str(seq_length)] = loaders
+        results["vs_trainer"] = bench_vs_trainer(tok, sources, Path(tmp), args.quick)
 
-    report = {
-        "benchmark": "loader",
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "quick": args.quick,
-        "machine": machine_info(),
-        "git": git_state(Path(__file__).resolve().parent),
-        "packages": package_versions(),
-        "setup": {
-            "image_tokens": IMAGE_TOKENS,
-            "mixture": MixtureConfig().model_dump(),
-            "records": {"caption": n_cap, "interleaved": n_doc, "text": n_text},
-            "sequences_measured": n_seq,
-            "vocab_size": tok.vocab_size,
-            "setup_seconds": round(setup_s, 2),
-        },
-        "tokens_are": "non-pad input tokens (tokens[:seq_length] != <pad>); fill = their share of positions",
-        "results": results,
+    setup = {
+        "image_tokens": IMAGE_TOKENS,
+        "mixture": MixtureConfig().model_dump(),
+        "records": {"caption": n_cap, "interleaved": n_doc, "text": n_text},
+        "sequences_measured": n_seq,
+        "vocab_size": tok.vocab_size,
+        "vocab_note": "the trainer's output layer has this vocabulary (the study's tokenizer: 1024), so its "
+        "steps are a little faster than the study's and loader/trainer ratios a little low",
+        "setup_seconds": round(setup_s, 2),
     }
-    atomic.write_text(args.out, json.dumps(report, indent=2) + "\n")
+    data = report("loader", args.quick, results, headline(results), setup=setup,
+                  tokens_are="non-pad input tokens (tokens[:seq_length] != <pad>); fill = their share of positions")  # fmt: skip
+    data["machine"] |= {"torch_threads": torch.get_num_threads()}
+    write(args.out, data)
     _print(results)
     print(f"wrote {args.out}")
     return 0
@@ -225,15 +345,24 @@ def _print(results: dict) -> None:
     head = f"{'seq':>4}  {'loader':<26}{'seq/s':>10}{'tokens/s':>12}{'loss tok/s':>12}{'fill':>6}{'x base (tok/s)':>16}"
     print(head)
     print("-" * len(head))
-    for seq_length, row in results.items():
-        for name, r in row.items():
+    for seq_length, loaders in results.items():
+        if seq_length == "vs_trainer":
+            continue
+        for name, r in loaders.items():
             if name == "ratio_to_baseline":
                 continue
-            ratio = row["ratio_to_baseline"].get(name, {}).get("tokens_per_s", 1.0)
+            ratio = loaders["ratio_to_baseline"].get(name, {}).get("tokens_per_s", 1.0)
             print(
                 f"{seq_length:>4}  {name:<26}{r['sequences_per_s']:>10.0f}{r['tokens_per_s']:>12.0f}"
                 f"{r['loss_tokens_per_s']:>12.0f}{r['fill']:>6.2f}{ratio:>16.2f}"
             )
+
+    vs = results["vs_trainer"]
+    print(
+        f"\nseq {vs['seq_length']}: loader workers against the trainer ({vs['trainer']['sequences_per_s']:.1f} seq/s)"
+    )
+    for name, ratio in vs["ratio_to_trainer"].items():
+        print(f"  {name:<28}{vs[name]['sequences_per_s']:>10.0f} seq/s {ratio:>9.1f}x the trainer")
 
 
 if __name__ == "__main__":
