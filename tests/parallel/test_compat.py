@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
+import re
+from pathlib import Path
+
+import megatron.core
 import pytest
 import torch
 
@@ -141,21 +146,59 @@ def test_apply_is_a_no_op_with_cuda() -> None:
 
 
 @NEEDS_PATCH
+@pytest.mark.parametrize("module", compat.CUDA_FACTORY_MODULES)
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: torch.zeros(2, device="cuda"),
-        lambda: torch.ones(2, device=torch.device("cuda")),
-        lambda: torch.tensor([1.0, 2.0], device="cuda:0"),
-        lambda: torch.full((2,), 3.0, device="cuda"),
-        lambda: torch.arange(3, device="cuda"),
-        lambda: torch.empty(2, device="cuda"),
+        lambda t: t.zeros(2, device="cuda"),
+        lambda t: t.ones(2, device=torch.device("cuda")),
+        lambda t: t.tensor([1.0, 2.0], device="cuda:0"),
+        lambda t: t.full((2,), 3.0, device="cuda"),
+        lambda t: t.arange(3, device="cuda"),
+        lambda t: t.empty_like(t.ones(2), device="cuda"),
     ],
 )
-def test_cuda_factories_make_cpu_tensors_after_apply(make) -> None:
+def test_cuda_factories_make_cpu_tensors_in_the_patched_megatron_modules(module, make) -> None:
     compat.apply()
-    t = make()
+    t = make(importlib.import_module(module).torch)
     assert t.device.type == "cpu"
+
+
+@NEEDS_PATCH
+def test_the_rest_of_the_process_keeps_torch_untouched_and_on_its_fast_path() -> None:
+    from megatron.core.transformer.utils import get_default_causal_mask
+
+    compat.apply()
+    assert torch.overrides._get_current_function_mode_stack() == []  # no process-wide mode
+    with pytest.raises((RuntimeError, AssertionError)):
+        torch.zeros(2, device="cuda")  # outside megatron a CUDA request still fails loudly
+    mask = get_default_causal_mask(3)  # attention's mask, imported by name into fused_softmax
+    assert mask.device.type == "cpu" and mask.tolist() == [[False, True, True], [False, False, True], [False] * 3]
+
+
+def test_every_megatron_module_that_asks_for_cuda_tensors_is_patched() -> None:
+    """Grep megatron-core for ``device="cuda"`` factories; a new call site fails here, not mid-training."""
+    root = Path(megatron.core.__file__).parent
+    skip = ("inference", "export", "post_training", "datasets", "ssm", "fusions", "fsdp", "extensions",
+            "resharding", "tokenizers", "models/mamba")  # fmt: skip
+    asking = set()
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root).as_posix()
+        if any(part in rel for part in skip):
+            continue
+        text = path.read_text()
+        if re.search(r"""device\s*=\s*['"]cuda['"]""", text):
+            asking.add("megatron.core." + rel[: -len(".py")].replace("/", "."))
+    unused = {  # paths a CPU run never takes: energy monitoring, NCCL buffers, CUDA graphs, hybrid CP, FP8
+        "megatron.core.energy_monitor", "megatron.core.nccl_allocator", "megatron.core.full_cuda_graph",
+        "megatron.core.pipeline_parallel.hybrid_cp_schedule", "megatron.core.fp8_utils",
+        "megatron.core.pipeline_parallel.fine_grained_activation_offload",
+        "megatron.core.pipeline_parallel.utils",  # torch.cuda.Stream(device="cuda"): patch 4's inert stream
+    }  # fmt: skip
+    assert asking - unused <= set(compat.CUDA_FACTORY_MODULES), sorted(
+        asking - unused - set(compat.CUDA_FACTORY_MODULES)
+    )
+    assert set(compat.CUDA_FACTORY_MODULES) <= asking  # no stale entries
 
 
 @NEEDS_PATCH

@@ -13,11 +13,18 @@ Each patch names the megatron functions it covers:
 2. A CPU RNG tracker installed as megatron's ``_CUDA_RNG_STATE_TRACKER``.
    Covers ``tensor_parallel.random.model_parallel_cuda_manual_seed`` and ``get_cuda_rng_tracker().fork()``
    (dropout in TP regions), which call ``torch.cuda.get_rng_state``/``set_rng_state``.
-3. A ``TorchFunctionMode`` that rewrites ``device="cuda"`` to CPU in tensor factories, and
-   ``Tensor.cuda()`` as a no-op. Covers ``optimizer.optimizer.MixedPrecisionOptimizer.__init__``
-   (``found_inf``), ``optimizer.clip_grads.get_grad_norm_fp32``/``clip_grad_by_total_norm_fp32``/
-   ``count_zeros_fp32``, ``pipeline_parallel.schedules.forward_backward_*`` (``total_num_tokens``),
-   ``optimizer.optimizer.MegatronOptimizer.get_loss_scale``.
+3. CUDA tensor factories made on CPU, in exactly the megatron modules that ask for them. Each module
+   below gets its own copy of the ``torch`` module whose factories (``torch.zeros``/``tensor``/...)
+   turn ``device="cuda"`` into CPU; everything else in it is torch's own object, so the model's
+   hot path is untouched. ``Tensor.cuda()`` is a no-op. Covers
+   ``optimizer.optimizer.MixedPrecisionOptimizer.__init__`` (``found_inf``), ``optimizer.grad_scaler``,
+   ``optimizer.clip_grads.get_grad_norm_fp32``/``count_zeros_fp32`` and ``core.utils``'s local l2
+   norm, ``pipeline_parallel.schedules.forward_backward_*`` (``total_num_tokens``),
+   ``transformer.utils.get_default_causal_mask`` (attention, and the recomputed forward of patch 9),
+   ``transformer.moe.moe_utils`` (aux-loss tracker), ``tensor_parallel.data``, and
+   ``dist_checkpointing.{exchange_utils,strategies.state_dict_saver}``, ``rerun_state_machine``. (A process-wide
+   ``TorchFunctionMode`` did the same before; it sent every torch call through Python and cost
+   22% of a CPU training step.)
 4. Inert ``torch.cuda.Stream`` / ``Event`` / ``stream()`` / ``current_stream`` / ``synchronize``.
    Covers ``transformer.moe.token_dispatcher.MoEAlltoAllTokenDispatcher`` (its DtoH side stream),
    ``dist_checkpointing.strategies.{fully_parallel,filesystem_async,async_utils}`` (``synchronize``).
@@ -43,9 +50,7 @@ Each patch names the megatron functions it covers:
    Covers ``tensor_parallel.random.CheckpointFunction`` (via ``_get_all_rng_states``/
    ``_set_all_rng_states``/``_fork_rng``): ``_get_cuda_rng_state``/``_set_cuda_rng_state`` become
    no-ops (there is no CUDA generator; the same functions save and restore the CPU generator and
-   the tracker of patch 2), and ``CheckpointFunction.backward`` re-enters patch 3's mode, which
-   autograd does not carry into backward, where the recomputed forward builds
-   ``transformer.utils.get_default_causal_mask`` with ``device="cuda"``.
+   the tracker of patch 2). The recomputed forward's causal mask is patch 3's.
 
 What is *not* patched but must be chosen by the caller on CPU (see :func:`required_flags`):
 ``use_cpu_initialization=True`` (also makes weights independent of the TP size),
@@ -58,32 +63,36 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
+import types
 from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode
 
 _APPLIED = False
-_MODE: TorchFunctionMode | None = None
 
 # Tensor factories whose ``device=`` keyword megatron sets to "cuda".
-_FACTORIES = frozenset(
-    {
-        torch.tensor,
-        torch.zeros,
-        torch.ones,
-        torch.empty,
-        torch.full,
-        torch.arange,
-        torch.zeros_like,
-        torch.ones_like,
-        torch.empty_like,
-        torch.full_like,
-        torch.as_tensor,
-        torch.randn,
-        torch.rand,
-        torch.randint,
-    }
+_FACTORIES = (
+    "tensor", "zeros", "ones", "empty", "full", "arange", "zeros_like", "ones_like", "empty_like",
+    "full_like", "as_tensor", "randn", "rand", "randint",
+)  # fmt: skip
+
+# The megatron modules (outside inference, export, FSDP and fused kernels) that call a factory with
+# ``device="cuda"``; ``tests/parallel/test_compat.py`` greps megatron to keep this list complete.
+CUDA_FACTORY_MODULES = (
+    "megatron.core.dist_checkpointing.exchange_utils",
+    "megatron.core.dist_checkpointing.strategies.state_dict_saver",
+    "megatron.core.distributed.param_and_grad_buffer",
+    "megatron.core.optimizer.clip_grads",
+    "megatron.core.optimizer.grad_scaler",
+    "megatron.core.optimizer.optimizer",
+    "megatron.core.pipeline_parallel.schedules",
+    "megatron.core.rerun_state_machine",
+    "megatron.core.tensor_parallel.data",
+    "megatron.core.transformer.moe.moe_utils",
+    "megatron.core.transformer.utils",
+    "megatron.core.utils",
 )
 
 
@@ -117,14 +126,35 @@ def _is_cuda(device: Any) -> bool:
     return False
 
 
-class _CudaToCpu(TorchFunctionMode):
-    """Patch 3: tensor factories asked for ``device="cuda"`` make CPU tensors instead."""
+def _on_cpu(factory):
+    @functools.wraps(factory)
+    def make(*args, **kwargs):
+        if _is_cuda(kwargs.get("device")):
+            kwargs["device"] = "cpu"
+        return factory(*args, **kwargs)
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in _FACTORIES and _is_cuda(kwargs.get("device")):
-            kwargs = {**kwargs, "device": "cpu"}
-        return func(*args, **kwargs)
+    return make
+
+
+class _TorchOnCpu(types.ModuleType):
+    """Patch 3: ``torch`` as one megatron module sees it; names added to torch later still resolve."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch, name)
+
+
+def _torch_on_cpu() -> types.ModuleType:
+    module = _TorchOnCpu(torch.__name__)
+    module.__dict__.update(vars(torch))
+    for name in _FACTORIES:
+        setattr(module, name, _on_cpu(getattr(torch, name)))
+    return module
+
+
+def _patch_cuda_factories() -> None:
+    cpu_torch = _torch_on_cpu()
+    for name in CUDA_FACTORY_MODULES:
+        importlib.import_module(name).torch = cpu_torch
 
 
 class CpuRNGStatesTracker:
@@ -238,14 +268,6 @@ def _patch_recompute() -> None:
 
     mrandom._get_cuda_rng_state = lambda *args, **kwargs: None  # patch 9
     mrandom._set_cuda_rng_state = lambda *args, **kwargs: None
-    backward = mrandom.CheckpointFunction.backward
-
-    @functools.wraps(backward)
-    def backward_on_cpu(ctx, *grads):
-        with _CudaToCpu():
-            return backward(ctx, *grads)
-
-    mrandom.CheckpointFunction.backward = staticmethod(backward_on_cpu)
 
 
 def _patch_moe() -> None:
@@ -286,7 +308,7 @@ def _patch_clip_grads() -> None:
 
 def apply() -> bool:
     """Patch megatron-core for CPU if (and only if) CUDA is unavailable. Returns whether it did."""
-    global _APPLIED, _MODE
+    global _APPLIED
     if _APPLIED:
         return True
     if not needed():
@@ -296,8 +318,7 @@ def apply() -> bool:
     _patch_recompute()
     _patch_moe()
     _patch_clip_grads()
-    _MODE = _CudaToCpu()
-    _MODE.__enter__()
+    _patch_cuda_factories()
     _APPLIED = True
     return True
 

@@ -20,14 +20,11 @@ from __future__ import annotations
 
 import datetime
 import json
-import multiprocessing as mp
 import random
 import re
 import shutil
-import signal
 import warnings
 from dataclasses import dataclass
-from multiprocessing.managers import SyncManager
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +33,11 @@ import polars as pl
 import torch
 
 from mm1 import atomic
-from mm1.train.preempt import SIGNALS
+from mm1.train.checkpoint import write_results_in_process
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from megatron.core import dist_checkpointing, tensor_parallel
-    from megatron.core.dist_checkpointing.strategies import filesystem_async
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
 LATEST = "latest"
@@ -195,27 +191,6 @@ def _sharded(model: torch.nn.Module, optimizer, is_loading: bool) -> dict:
     }
 
 
-def _signal_proof_writer() -> None:
-    """Start the helper process of megatron's checkpoint writer deaf to the preemption signals.
-
-    megatron collects write results through a multiprocessing Manager, a process started at the
-    first save. A preemption signal sent to the process group (torchrun passes it on to each
-    worker's group) would kill it, and the save the signal asks for would fail (BrokenPipeError).
-    """
-    if filesystem_async._results_queue is None:
-        deaf = (*SIGNALS, signal.SIGINT)
-        manager = SyncManager(ctx=mp.get_context("spawn"))
-        # Blocked here too while it starts: a signal arriving before the helper's own mask is set
-        # (submitit sends SIGTERM and SIGUSR2 back to back) would otherwise kill it. The parent
-        # gets any such signal once its mask is restored.
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, deaf)
-        try:
-            manager.start(signal.pthread_sigmask, (signal.SIG_BLOCK, deaf))
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-        filesystem_async._results_queue = manager.Queue()  # the proxy keeps the manager alive
-
-
 def save(
     root: Path, step: int, model: torch.nn.Module, optimizer, scheduler, facts: dict, rows: list[dict], keep_last: int
 ) -> Path:
@@ -227,7 +202,7 @@ def save(
     final = step_dir(root, step)
     tmp = final.with_name(final.name + PARTIAL)
     rank = _rank()
-    _signal_proof_writer()
+    write_results_in_process()  # no writer helper process for a preemption signal to kill
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
