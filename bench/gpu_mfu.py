@@ -15,7 +15,7 @@ full) at which mm1.plan says micro-batch 1 fits this GPU, and moves on after an 
 micro-batch 1.
 
 FLOPs per step: mm1.models.flops.step_flops (matmuls only; backward = 2 x forward; causal attention
-over the full S x S square, as megatron's local attention computes it and as PaLM's MFU counts it);
+over the full S x S square, as PaLM's MFU counts it, though the fused kernel skips the masked half);
 recomputation is not counted (model FLOPs, not hardware FLOPs). MFU = those FLOPs / median step
 time / the GPU's dense BF16 peak (H100 SXM and H200 989 TFLOP/s, A100 312; --peak-tflops overrides).
 The layer spec is the product's choice, mm1.models.megatron_config.use_transformer_engine()
@@ -83,11 +83,11 @@ TINY = [
     *("model.decoder.seq_length=64", "tokenizer.vocab_size=320", "data.mixture.max_images_per_sequence=2"),
 ]
 SPEC_NOTES = {
-    "local": "megatron's local spec: attention materialises the S x S scores (4096^2 x 16 heads per layer, "
-    "fp32 softmax) and keeps them for backward; norms, RoPE and SwiGLU run as separate PyTorch kernels. "
-    "Transformer Engine would run the decoder's attention as one fused causal (flash/cuDNN) kernel that "
-    "keeps no scores and skips the masked half, fuse the norms into the next GEMM, and so fit a larger "
-    "micro-batch without recomputation; the ViT stays on the local spec either way (mm1.models.encoder).",
+    "local": "megatron's local spec with mm1's SDPA core attention (mm1.models.attention): on CUDA torch runs "
+    "it as a fused flash / memory-efficient kernel that keeps no S x S scores; norms, RoPE and SwiGLU run as "
+    "separate PyTorch kernels. Transformer Engine would also fuse the norms into the next GEMM and use cuDNN "
+    "attention; the ViT stays on the local spec (with SDPA) either way (mm1.models.encoder). mm1.plan still "
+    "budgets stored scores for the local spec, so the planned micro-batch is conservative.",
     "transformer_engine": "Transformer Engine for the decoder: fused causal attention without stored scores, "
     "norms fused into the GEMMs. The local spec would store the S x S scores (62 GB of activations for one "
     "sequence with 16 images, bench/results/plan_memory.json), which forces recomputation or a smaller "

@@ -13,37 +13,34 @@ tokens), one process pinned to 2 cores, 2 torch threads, fp32:
 - baseline: what a user would assemble instead from Hugging Face ``transformers`` -- CLIPVisionModel
   and LlamaForCausalLM from the same configs (``mm1.models.hf``), the same connector module, image
   embeddings put into the ``<image>`` slots with ``masked_scatter``, masked cross-entropy, torch
-  AdamW (no decay on 1-D weights, as megatron), ``clip_grad_norm_(1.0)`` -- a plain PyTorch loop,
-  with the compat module's TorchFunctionMode popped (a plain user has none).
+  AdamW (no decay on 1-D weights, as megatron), ``clip_grad_norm_(1.0)`` -- a plain PyTorch loop.
 
-Warm-up steps, then timed steps, in rounds that alternate the paths (ABC, CBA, ...) so machine
+The compat module installs no process-wide TorchFunctionMode (it did before; patch 3 now gives the
+megatron modules that ask for CUDA tensors their own copy of ``torch``), so neither path runs under one.
+
+Warm-up steps, then timed steps, in rounds that alternate the paths (AB, BA, ...) so machine
 noise hits both; medians per path. Reported: tokens/s (sequences x positions / step time),
-images/s, their ratio (goal: megatron >= 0.8x the baseline), a per-phase split (forward, backward,
-optimizer) and the compat module's own cost: its ``__torch_function__`` calls per step x their
-measured overhead, and the megatron path with the mode popped inside the model's forward.
-Where the ratio misses the goal (or with ``--profile``), torch.profiler's top operators per path.
+images/s, their ratio (goal: megatron >= 0.8x the baseline) and a per-phase split (forward, backward,
+optimizer). Where the ratio misses the goal (or with ``--profile``), torch.profiler's top operators per path.
 
-    python bench/train_throughput.py            # full run (about 1.5 minutes on 2 cores)
-    python bench/train_throughput.py --quick    # about 30 s
+    python bench/train_throughput.py            # full run (about 20 s on 2 cores)
+    python bench/train_throughput.py --quick    # about 6 s
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from run import report, row, write  # bench/run.py: the harness's report format
-from torch.overrides import TorchFunctionMode
 
 from mm1.config import ModelConfig, RunConfig, load
 from mm1.config.load import read_yaml
@@ -51,14 +48,12 @@ from mm1.models.connector import build_connector
 from mm1.models.flops import step_flops
 from mm1.models.hf import decoder_config_to_hf, encoder_config_to_hf
 from mm1.models.size import optimizer_hparams
-from mm1.parallel import compat
 from mm1.parallel.setup import Rank
 from mm1.train.optim import build_optimizer, wrap_ddp
 from mm1.train.trainer import _forward_step, _step_loss, build  # the trainer's own step pieces
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    from megatron.core.fusions import fused_softmax
     from megatron.core.pipeline_parallel import get_forward_backward_func
     from megatron.core.transformer.moe import moe_utils
     from transformers import CLIPVisionModel, LlamaForCausalLM
@@ -69,6 +64,11 @@ VOCAB = 1024  # the study's tokenizer.vocab_size, a multiple of 128: megatron pa
 BOS, IMAGE_ID, FIRST_TEXT_ID = 1, 3, 5  # mm1's special ids: <pad> <bos> <eos> <image> <eoc>
 IMAGES_PER_SEQUENCE = 4  # 4 pairs of (16 image tokens + ~47 caption tokens) fill 256 positions
 GOAL = 0.8  # megatron tokens/s >= 0.8x the baseline's
+COMPAT_NOTE = (  # historical context, not measured here
+    "before 2026-11-27 the megatron path used megatron's unfused local attention (now mm1.models.attention's "
+    "SDPA core) and a process-wide TorchFunctionMode in mm1.parallel.compat (now per-module factory copies); "
+    "it measured 0.63x (bench/results at 74c8f9c) and 0.51x in a contended harness run"
+)
 
 
 def pin_cores() -> None:
@@ -116,17 +116,6 @@ def synthetic_batches(cfg: RunConfig, images_per_sequence: int, count: int, seed
     return batches
 
 
-@contextlib.contextmanager
-def compat_mode_off() -> Iterator[bool]:
-    """Pop the compat module's TorchFunctionMode (patch 3) for the block, when it is the innermost mode."""
-    stack = torch.overrides._get_current_function_mode_stack()
-    if compat._MODE is None or not stack or stack[-1] is not compat._MODE:
-        yield False
-        return
-    with torch.overrides._pop_mode_temporarily():
-        yield True
-
-
 def _params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -148,13 +137,11 @@ class Megatron:
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg.train, lr, weight_decay)
         self.forward_backward = get_forward_backward_func()
         self.params = _params(self.model.module)
-        self.mode_off_in_forward = False  # the compat-cost experiment: no TorchFunctionMode in the model's forward
         self.phases: dict[str, float] = {}
 
     def _forward_step(self, data_iterator, model):
         t0 = time.perf_counter()
-        with compat_mode_off() if self.mode_off_in_forward else contextlib.nullcontext():
-            out = _forward_step(data_iterator, model)
+        out = _forward_step(data_iterator, model)
         self.phases["forward"] = time.perf_counter() - t0
         return out
 
@@ -208,7 +195,7 @@ class HFModel(torch.nn.Module):
 
 
 class Baseline:
-    """The HF model with a plain PyTorch training step (AdamW, clip 1.0, warm-up LR), no compat mode."""
+    """The HF model with a plain PyTorch training step (AdamW, clip 1.0, warm-up LR)."""
 
     def __init__(self, cfg: RunConfig) -> None:
         tc = cfg.train
@@ -226,20 +213,18 @@ class Baseline:
         self.phases: dict[str, float] = {}
 
     def step(self, batch: dict) -> float:
-        with compat_mode_off() as popped:
-            self.mode_popped = popped
-            t0, cpu0 = time.perf_counter(), time.process_time()
-            self.optimizer.zero_grad(set_to_none=True)
-            total, count = self.model(**batch)
-            loss = total / count.clamp(min=1)
-            t1 = time.perf_counter()
-            loss.backward()
-            t2 = time.perf_counter()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
-            self.optimizer.step()
-            self.scheduler.step()
-            t3 = time.perf_counter()
-            value, self.loss_tokens = loss.item(), int(count)
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        self.optimizer.zero_grad(set_to_none=True)
+        total, count = self.model(**batch)
+        loss = total / count.clamp(min=1)
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        t3 = time.perf_counter()
+        value, self.loss_tokens = loss.item(), int(count)
         self.phases = {"forward": t1 - t0, "backward": t2 - t1, "optimizer": t3 - t2,
                        "step": time.perf_counter() - t0, "cpu": time.process_time() - cpu0}  # fmt: skip
         return value
@@ -287,79 +272,6 @@ def summarise(rec: dict, cfg: RunConfig, images_per_sequence: int) -> dict:
     }  # fmt: skip
 
 
-# -- the compat module's cost ---------------------------------------------------------------------------
-class _CountCalls(TorchFunctionMode):
-    """Counts the torch calls that reach the mode stack (each one also reaches the compat mode below)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        self.calls += 1
-        return func(*args, **(kwargs or {}))
-
-
-def calls_per_step(path: Megatron, batch: dict) -> dict[str, int]:
-    """``__torch_function__`` calls of one megatron step: all, in the model's forward, in ``optimizer.step``."""
-    counter, calls = _CountCalls(), {}
-
-    def counted(name: str, fn: Callable) -> Callable:
-        def wrapper(*args, **kwargs):
-            before = counter.calls
-            out = fn(*args, **kwargs)
-            calls[name] = counter.calls - before
-            return out
-
-        return wrapper
-
-    path._forward_step = counted("forward", path._forward_step)  # instance attributes over the methods
-    path.optimizer.step = counted("optimizer", path.optimizer.step)
-    try:
-        with counter:
-            path.step(batch)
-    finally:
-        del path._forward_step, path.optimizer.step
-    return {"step": counter.calls, **calls, "rest": counter.calls - sum(calls.values())}
-
-
-def overhead_per_call(n: int) -> dict[str, float]:
-    """Seconds one call pays for the compat mode: the same small calls with the mode on the stack and popped."""
-    a, w = torch.ones(4, 8), torch.ones(8, 8)
-    calls: dict[str, Callable] = {"torch.add": lambda: torch.add(a, a), "Tensor.view": lambda: a.view(-1),
-                                  "F.linear": lambda: F.linear(a, w)}  # fmt: skip
-
-    def best(fn: Callable) -> float:
-        times = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            times.append((time.perf_counter() - t0) / n)
-        return min(times)
-
-    out = {}
-    for name, fn in calls.items():
-        on = best(fn)
-        with compat_mode_off():
-            off = best(fn)
-        out[name] = {"with_mode_s": on, "without_s": off, "overhead_s": on - off}
-    out["mean_overhead_s"] = statistics.mean(v["overhead_s"] for v in out.values())
-    return out
-
-
-@contextlib.contextmanager
-def cpu_causal_mask() -> Iterator[None]:
-    """megatron's default causal mask made on the CPU: the one call in the decoder's forward that asks
-    for ``device="cuda"`` (transformer.utils.get_default_causal_mask, via fused_softmax)."""
-    original = fused_softmax.get_default_causal_mask
-    fused_softmax.get_default_causal_mask = lambda sq: torch.triu(torch.ones(sq, sq), diagonal=1).bool()
-    try:
-        yield
-    finally:
-        fused_softmax.get_default_causal_mask = original
-
-
 # -- profile --------------------------------------------------------------------------------------------
 CATEGORIES = (  # (category, substrings of an aten op name), first match wins
     ("loss (log-softmax, NLL)", ("log_softmax", "nll_loss", "cross_entropy")),
@@ -381,7 +293,7 @@ def _category(op: str) -> str:
 
 def profile(path, batches: list[dict], steps: int, top: int = 12) -> dict:
     """torch.profiler over ``steps`` steps: self CPU time per operator and per category, and how much
-    of the wall time no operator accounts for (Python, module calls, dispatch, the compat mode)."""
+    of the wall time no operator accounts for (Python, module calls, dispatch)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -424,25 +336,6 @@ def compare_profiles(megatron: dict, baseline: dict) -> list[dict]:
 
 
 # -- the run ------------------------------------------------------------------------------------------
-class _ModeOffInForward:
-    """The megatron path with the compat mode popped in the model's forward (+ a CPU causal mask)."""
-
-    def __init__(self, path: Megatron) -> None:
-        self.path = path
-
-    @property
-    def phases(self) -> dict[str, float]:
-        return self.path.phases
-
-    def step(self, batch: dict) -> float:
-        self.path.mode_off_in_forward = True
-        try:
-            with cpu_causal_mask():
-                return self.path.step(batch)
-        finally:
-            self.path.mode_off_in_forward = False
-
-
 def measure(cfg: RunConfig, rank: Rank, quick: bool, force_profile: bool) -> dict:
     rounds, warm, steps = (2, 1, 3) if quick else (6, 2, 6)
     batches = synthetic_batches(cfg, IMAGES_PER_SEQUENCE, 4)
@@ -451,31 +344,12 @@ def measure(cfg: RunConfig, rank: Rank, quick: bool, force_profile: bool) -> dic
     t1 = time.perf_counter()
     baseline = Baseline(cfg)
     t2 = time.perf_counter()
-    paths: dict[str, object] = {"megatron": megatron, "baseline": baseline}
-    mode_off = _ModeOffInForward(megatron)
-    try:
-        mode_off.step(batches[0])
-        paths["megatron_mode_off_in_forward"] = mode_off
-        mode_off_error = None
-    except Exception as exc:  # noqa: BLE001  (reported: the experiment is not possible)
-        mode_off_error = f"{type(exc).__name__}: {exc}"
-    timed = time_rounds(paths, batches, rounds, warm, steps)
+    timed = time_rounds({"megatron": megatron, "baseline": baseline}, batches, rounds, warm, steps)
     out = {name: summarise(rec, cfg, IMAGES_PER_SEQUENCE) for name, rec in timed.items()}
     out["ratio_megatron_to_baseline"] = out["baseline"]["step_s"] / out["megatron"]["step_s"]
     out["build_s"] = {"megatron": round(t1 - t0, 2), "baseline": round(t2 - t1, 2)}
+    out["compat_note"] = COMPAT_NOTE
 
-    calls = calls_per_step(megatron, batches[0])
-    per_call = overhead_per_call(3000 if quick else 20000)
-    estimate = calls["step"] * per_call["mean_overhead_s"]
-    compat_cost = {
-        "torch_function_calls_per_step": calls, "overhead_per_call": per_call,
-        "estimated_s_per_step": estimate, "estimated_share_of_step": estimate / out["megatron"]["step_s"],
-        "mode_off_in_forward": {"error": mode_off_error} if mode_off_error else {
-            "share_saved": 1 - out["megatron_mode_off_in_forward"]["step_s"] / out["megatron"]["step_s"],
-            "how": "compat._MODE popped around the trainer's forward step; megatron's causal mask "
-                   "(fused_softmax.get_default_causal_mask, device='cuda') swapped for a CPU one meanwhile"},
-    }  # fmt: skip
-    out["compat_cost"] = compat_cost
     if out["ratio_megatron_to_baseline"] < GOAL or force_profile:
         n = 2 if quick else 4
         profiles = {"megatron": profile(megatron, batches, n), "baseline": profile(baseline, batches, n)}
@@ -483,7 +357,6 @@ def measure(cfg: RunConfig, rank: Rank, quick: bool, force_profile: bool) -> dic
     out["model"] = {
         "params": {"megatron": megatron.params, "baseline": baseline.params,
                    "relative_difference": baseline.params / megatron.params - 1},
-        "baseline_ran_without_compat_mode": baseline.mode_popped,
         "hf_attention": baseline.model.llm.config._attn_implementation,
         "hf_vision_attention": baseline.model.vision.config._attn_implementation,
         "loss_tokens_per_batch": [int(b["loss_mask"].sum()) for b in batches],
@@ -497,42 +370,29 @@ def headline(results: dict) -> list[dict]:
     meg, base = results["megatron"], results["baseline"]
     goal, met = f">= {GOAL:g}x the baseline", results["ratio_megatron_to_baseline"] >= GOAL
     what = "megatron-core + CPU compat vs HF CLIP+Llama, plain loop; 2x128 decoder, seq 256, batch 8, 4 img/seq"
-    rows = [
+    return [
         row(f"training tokens/s: {what}", meg["tokens_per_s"], "tokens/s", base["tokens_per_s"], goal, met),
         row(f"training images/s: {what}", meg["images_per_s"], "images/s", base["images_per_s"], goal, met),
         row("training tokens per CPU-second (all threads; less hit by other work), megatron vs HF",
             meg["tokens_per_cpu_s"], "tokens/cpu-s", base["tokens_per_cpu_s"]),
         row("parameters: megatron model vs HF model", results["model"]["params"]["megatron"], "params",
             results["model"]["params"]["baseline"]),
-        row("compat TorchFunctionMode: calls/step x overhead/call, share of the megatron step",
-            100 * results["compat_cost"]["estimated_share_of_step"], "%"),
     ]  # fmt: skip
-    off = results.get("megatron_mode_off_in_forward")
-    if off:
-        rows.append(row("megatron step with the compat mode popped in forward vs with it", off["step_s"], "s",
-                        meg["step_s"]))  # fmt: skip
-    return rows
 
 
 def _print(results: dict) -> None:
-    paths = [k for k in ("megatron", "baseline", "megatron_mode_off_in_forward") if k in results]
-    head = f"{'path':<30}{'step s':>8}{'tokens/s':>10}{'images/s':>10}{'GFLOP/s':>9}{'cpu/wall':>9}  fwd/bwd/opt/other"
+    head = f"{'path':<10}{'step s':>8}{'tokens/s':>10}{'images/s':>10}{'GFLOP/s':>9}{'cpu/wall':>9}  fwd/bwd/opt/other"
     print(head + "\n" + "-" * len(head))
-    for name in paths:
+    for name in ("megatron", "baseline"):
         r = results[name]
         shares = "/".join(f"{v:.2f}" for v in r["phases_share"].values())
-        print(f"{name:<30}{r['step_s']:>8.3f}{r['tokens_per_s']:>10.0f}{r['images_per_s']:>10.1f}"
+        print(f"{name:<10}{r['step_s']:>8.3f}{r['tokens_per_s']:>10.0f}{r['images_per_s']:>10.1f}"
               f"{r['gflop_per_s']:>9.2f}{r['cpu_per_wall']:>9.2f}  {shares}")  # fmt: skip
-    m, c = results["model"], results["compat_cost"]
+    m = results["model"]
     print(f"ratio megatron/baseline (tokens/s): {results['ratio_megatron_to_baseline']:.2f} (goal >= {GOAL:g})")
     print(f"parameters: megatron {m['params']['megatron']:,}, HF {m['params']['baseline']:,} "
           f"({100 * m['params']['relative_difference']:+.1f}%); HF attention: {m['hf_attention']}")  # fmt: skip
-    calls = c["torch_function_calls_per_step"]
-    print(f"compat mode: {calls['step']} calls/step ({calls['forward']} forward, {calls['optimizer']} optimizer) x "
-          f"{1e6 * c['overhead_per_call']['mean_overhead_s']:.2f} us = {1e3 * c['estimated_s_per_step']:.1f} ms "
-          f"({100 * c['estimated_share_of_step']:.1f}% of the step)")  # fmt: skip
-    off = c["mode_off_in_forward"]
-    print("mode popped in forward: " + (off["error"] if "error" in off else f"{100 * off['share_saved']:.1f}% faster"))
+    print(results["compat_note"])
     where = results.get("where_the_time_goes")
     if where:
         steps = {k: where[k]["profiled_step_s"] for k in ("megatron", "baseline")}

@@ -6,10 +6,12 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from megatron.core.transformer.dot_product_attention import DotProductAttention
 from torch.utils.flop_counter import FlopCounterMode
 
 from mm1.config import ParallelConfig, RunConfig, load
 from mm1.config.presets import available, load_preset
+from mm1.models.attention import SdpaAttention
 from mm1.models.flops import connector_flops, decoder_flops, encoder_flops, step_flops
 from mm1.models.mm1_model import MM1Model
 from mm1.models.size import (
@@ -160,12 +162,14 @@ def _batch(cfg, n_seq: int, images_per_seq: int) -> tuple[torch.Tensor, torch.Te
 
 
 @pytest.mark.parametrize("variant", ["default", "class-token-gqa-layernorm-gelu", "moe-freq3-c-abstractor"])
-def test_step_flops_equal_torchs_flop_counter_on_a_forward(dist: None, variant: str) -> None:
+def test_step_flops_equal_torchs_flop_counter_on_a_forward(dist: None, variant: str, monkeypatch) -> None:
     """Exact agreement: FlopCounterMode counts the matmuls and convolutions megatron's local modules
     run (full-square attention scores included), which is what the formula counts.
 
-    attn_pool is left out: on CPU torch runs its scaled_dot_product_attention as a fused kernel
-    that FlopCounterMode does not count (on the meta device it does)."""
+    On CPU torch runs scaled_dot_product_attention as a fused kernel that FlopCounterMode does not
+    count (on the meta device it does), so the model's SDPA core attention is counted through
+    megatron's unfused computation of the same product, and attn_pool is left out."""
+    monkeypatch.setattr(SdpaAttention, "forward", DotProductAttention.forward)
     cfg = load(None, [*VARIANTS[variant], "train.global_batch_size=2", "train.micro_batch_size=2"])
     model = MM1Model(cfg.model, vocab_size=VOCAB, image_token_id=IMAGE_ID).eval()
     tokens, images = _batch(cfg, n_seq=2, images_per_seq=2)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mm1.config import ClipHeadConfig, EncoderConfig
+from mm1.models.attention import with_sdpa
 from mm1.models.encoder import build_encoder, patch_features
 from mm1.models.megatron_config import Layout, encoder_config
 
@@ -54,7 +55,7 @@ class TextTower(MegatronModule):
         self.position_embedding = nn.Parameter(torch.empty(head.text_seq_length, head.text_hidden_size))
         nn.init.normal_(self.token_embedding.weight, std=config.init_method_std)
         nn.init.normal_(self.position_embedding, std=config.init_method_std)
-        spec = get_gpt_layer_local_spec(normalization="LayerNorm")  # causal self-attention
+        spec = with_sdpa(get_gpt_layer_local_spec(normalization="LayerNorm"))  # causal self-attention
         self.block = TransformerBlock(config=config, spec=spec, pre_process=True, post_process=False)
 
     def forward(self, text: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,6 @@ for loading an encoder trained at one resolution into one built for another (MM1
 
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 
@@ -15,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from mm1.config import EncoderConfig
+from mm1.models.attention import with_sdpa
 from mm1.models.megatron_config import Layout, encoder_config
 
 with warnings.catch_warnings():
@@ -32,7 +32,7 @@ def vit_layer_spec(attn_mask_type: AttnMaskType = AttnMaskType.no_mask):
     ``no_mask``: bidirectional (CLIP, MM1). ``arbitrary``: the caller passes a boolean mask to
     ``forward(x, attention_mask=...)`` (AIM's prefix-causal mask).
     """
-    spec = copy.deepcopy(get_vit_layer_with_local_spec())
+    spec = with_sdpa(get_vit_layer_with_local_spec())
     spec.submodules.self_attention.params = {"attn_mask_type": attn_mask_type}
     return spec
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from mm1.config import DecoderConfig, EncoderConfig, MoEConfig
+from mm1.models.attention import with_sdpa
 from mm1.parallel import compat
 
 with warnings.catch_warnings():
@@ -132,4 +133,4 @@ def encoder_config(enc: EncoderConfig, layout: Layout) -> TransformerConfig:
 
 def decoder_layer_spec(config: TransformerConfig):
     """The decoder's block spec (dense or MoE per layer), TE or local per :func:`use_transformer_engine`."""
-    return get_gpt_decoder_block_spec(config, use_transformer_engine=use_transformer_engine())
+    return with_sdpa(get_gpt_decoder_block_spec(config, use_transformer_engine=use_transformer_engine()))
