@@ -32,7 +32,7 @@ test: install lint
 test-fast: install
 	$(RUN) pytest -m "not slow"
 
-## Performance benchmarks, each against a baseline run alongside (not tests): about 10 min on 2 cores;
+## Performance benchmarks, each against a baseline run alongside (not tests): about 6 min on 2 cores;
 ## bench/results/summary.{json,md}. Options: make bench BENCH_ARGS="--quick" (or --only NAME ...).
 bench: install
 	$(RUN) python bench/run.py $(BENCH_ARGS)

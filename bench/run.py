@@ -1,6 +1,6 @@
 """The benchmark harness: every bench script in turn, then one summary (measurements, not tests).
 
-    python bench/run.py                         # everything: about 10 min on 2 cores
+    python bench/run.py                         # everything: about 6 min on 2 cores
     python bench/run.py --quick                 # every script with --quick
     python bench/run.py --only loader generate  # some of them (--skip NAME ... leaves some out)
     make bench                                  # the first line
