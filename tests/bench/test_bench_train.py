@@ -8,6 +8,8 @@ import importlib
 import math
 from pathlib import Path
 
+import torch
+
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 # A 1-layer ViT of width 16 on 16 px images (4 image tokens), a 2 x 64 decoder over 64 positions.
@@ -26,6 +28,13 @@ TINY = [
 ]
 
 
+def _record_mode_depths(depths: list[int]):
+    """A forward pre-hook on every module: the depth of the TorchFunctionMode stack at each call."""
+    return torch.nn.modules.module.register_module_forward_pre_hook(
+        lambda *_: depths.append(len(torch.overrides._get_current_function_mode_stack()))
+    )
+
+
 def test_megatron_and_hf_baseline_train_the_same_model(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))
     bench = importlib.import_module("train_throughput")
@@ -36,16 +45,21 @@ def test_megatron_and_hf_baseline_train_the_same_model(monkeypatch):
     assert [len(b["images"]) for b in batches] == [8, 8]
     with distributed(cfg.parallel, cfg.train.seed) as rank:
         paths = {"megatron": bench.Megatron(cfg, rank), "baseline": bench.Baseline(cfg)}
-        losses, tokens = {}, {}
+        losses, tokens, modes = {}, {}, {}
         for name, path in paths.items():
-            losses[name], tokens[name] = [], []
-            for batch in batches:
-                losses[name].append(path.step(batch))
-                tokens[name].append(path.loss_tokens)
+            losses[name], tokens[name], modes[name] = [], [], []
+            hook = _record_mode_depths(modes[name])
+            try:
+                for batch in batches:
+                    losses[name].append(path.step(batch))
+                    tokens[name].append(path.loss_tokens)
+            finally:
+                hook.remove()
 
     megatron, baseline = paths["megatron"].params, paths["baseline"].params
     assert abs(baseline / megatron - 1) < 0.05, (megatron, baseline)
-    assert paths["baseline"].mode_popped  # the baseline ran without the compat module's TorchFunctionMode
+    # no TorchFunctionMode in either path's steps (the compat module installs none any more)
+    assert all(modes.values()) and not any(any(v) for v in modes.values()), {k: set(v) for k, v in modes.items()}
     want = [int(b["loss_mask"].sum()) for b in batches]
     assert tokens["megatron"] == tokens["baseline"] == want
     for name, values in losses.items():
