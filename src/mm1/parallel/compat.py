@@ -23,8 +23,8 @@ Each patch names the megatron functions it covers:
    ``transformer.utils.get_default_causal_mask`` (attention, and the recomputed forward of patch 9),
    ``transformer.moe.moe_utils`` (aux-loss tracker), ``tensor_parallel.data``, and
    ``dist_checkpointing.{exchange_utils,strategies.state_dict_saver}``, ``rerun_state_machine``. (A process-wide
-   ``TorchFunctionMode`` did the same before; it sent every torch call through Python and cost
-   22% of a CPU training step.)
+   ``TorchFunctionMode`` did the same before; it sent every torch call in the process through a
+   Python hook.)
 4. Inert ``torch.cuda.Stream`` / ``Event`` / ``stream()`` / ``current_stream`` / ``synchronize``.
    Covers ``transformer.moe.token_dispatcher.MoEAlltoAllTokenDispatcher`` (its DtoH side stream),
    ``dist_checkpointing.strategies.{fully_parallel,filesystem_async,async_utils}`` (``synchronize``).
