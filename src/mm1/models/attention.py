@@ -2,8 +2,8 @@
 
 megatron's local ``DotProductAttention`` computes scores with ``baddbmm``, masks and softmaxes them in
 separate kernels and multiplies by V with ``bmm``; Transformer Engine replaces all of it with a fused
-kernel, but TE is not installable everywhere (no wheel for this CPU machine, none for cp312). torch's
-SDPA is a fused kernel on both: flash attention on CPU and on CUDA. ``bench/train_throughput.py``
+kernel, but TE needs CUDA and has no cp312 wheel for the GPU machine here. torch's SDPA is a fused
+kernel on both (``_scaled_dot_product_flash_attention_for_cpu`` in the CPU profile; flash attention on CUDA). ``bench/train_throughput.py``
 measured megatron's unfused attention at 34% of the gap to an HF model that uses SDPA.
 
 :class:`SdpaAttention` is a drop-in subclass: same constructor, same state dict (no parameters), same
@@ -35,11 +35,10 @@ class SdpaAttention(DotProductAttention):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        cfg = self.config
         self._fused = (
             self.softmax_offset is None
             and self.scale_mask_softmax.window_size is None
-            and not cfg.apply_query_key_layer_scaling
+            and not self.config.apply_query_key_layer_scaling
         )
 
     def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
@@ -87,8 +86,6 @@ def _swap(node: Any) -> Any:
         node.submodules = _swap(node.submodules)
     elif isinstance(node, list):
         node[:] = [_swap(item) for item in node]
-    elif isinstance(node, tuple):
-        return type(node)(_swap(item) for item in node) if not hasattr(node, "_fields") else node
     elif dataclasses.is_dataclass(node) and not isinstance(node, type):
         for field in dataclasses.fields(node):
             setattr(node, field.name, _swap(getattr(node, field.name)))
