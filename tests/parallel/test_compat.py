@@ -145,6 +145,21 @@ def test_apply_is_a_no_op_with_cuda() -> None:
         assert compat.apply() is True  # idempotent
 
 
+def test_router_gemm_fix_applies_on_any_device_without_transformer_engine(monkeypatch) -> None:
+    """megatron's MoE router reads ``te_general_gemm`` even without TE (a NameError on an H100)."""
+    from megatron.core.transformer.moe import moe_utils
+
+    monkeypatch.delattr(moe_utils, "te_general_gemm", raising=False)
+    monkeypatch.setattr(moe_utils, "HAVE_TE", False)
+    monkeypatch.setattr(compat, "needed", lambda: False)  # as on a GPU machine
+    monkeypatch.setattr(compat, "_APPLIED", False)
+    assert compat.apply() is False
+    assert moe_utils.te_general_gemm is None
+    weight, inp = torch.randn(4, 8), torch.randn(3, 8)
+    logits = moe_utils.router_gating_linear(inp, weight, None, torch.float32)
+    torch.testing.assert_close(logits, inp @ weight.T)
+
+
 @NEEDS_PATCH
 @pytest.mark.parametrize("module", compat.CUDA_FACTORY_MODULES)
 @pytest.mark.parametrize(

@@ -28,9 +28,11 @@ Each patch names the megatron functions it covers:
 4. Inert ``torch.cuda.Stream`` / ``Event`` / ``stream()`` / ``current_stream`` / ``synchronize``.
    Covers ``transformer.moe.token_dispatcher.MoEAlltoAllTokenDispatcher`` (its DtoH side stream),
    ``dist_checkpointing.strategies.{fully_parallel,filesystem_async,async_utils}`` (``synchronize``).
-5. ``transformer.moe.moe_utils.te_general_gemm = None``.
-   Covers ``moe_utils.RouterGatingLinearFunction`` which references the Transformer-Engine GEMM
-   unconditionally (``NameError`` without TE); ``None`` selects its plain ``torch.matmul`` path.
+5. ``transformer.moe.moe_utils.te_general_gemm = None`` wherever Transformer Engine is missing,
+   **on a GPU too** (:func:`fix_megatron`, the one patch that is a plain bug fix). Covers
+   ``moe_utils.RouterGatingLinearFunction`` which references the Transformer-Engine GEMM
+   unconditionally (``NameError`` without TE, seen on an H100 with the local spec); ``None``
+   selects its plain ``torch.matmul`` path.
 6. ``transformer.moe.moe_utils.maybe_move_tensor_to_cpu`` also converts CPU tensors to python ints
    when asked for numpy. Covers ``MoEAlltoAllTokenDispatcher._maybe_dtoh_and_synchronize``: on a
    GPU the split sizes arrive on the host as arrays; on CPU they stayed tensors, which gloo's
@@ -273,7 +275,6 @@ def _patch_recompute() -> None:
 def _patch_moe() -> None:
     from megatron.core.transformer.moe import moe_utils, token_dispatcher
 
-    moe_utils.te_general_gemm = None  # patch 5
     original = moe_utils.maybe_move_tensor_to_cpu
 
     @functools.wraps(original)
@@ -306,9 +307,18 @@ def _patch_clip_grads() -> None:
     optimizer.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_fp32
 
 
+def fix_megatron() -> None:
+    """Patch 5, CPU or GPU: megatron's MoE router names ``te_general_gemm`` even without TE."""
+    from megatron.core.transformer.moe import moe_utils
+
+    if not getattr(moe_utils, "HAVE_TE", False) and not hasattr(moe_utils, "te_general_gemm"):
+        moe_utils.te_general_gemm = None
+
+
 def apply() -> bool:
     """Patch megatron-core for CPU if (and only if) CUDA is unavailable. Returns whether it did."""
     global _APPLIED
+    fix_megatron()
     if _APPLIED:
         return True
     if not needed():
