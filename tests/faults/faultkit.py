@@ -1,0 +1,82 @@
+"""Helpers the fault-injection tests share: snapshots of what must survive a fault, and waiting.
+
+Tests import these from here (``from faultkit import ...``), not from conftest: when pytest collects
+several test folders, ``import conftest`` may find another folder's conftest.
+
+The suite's one promise is "nothing is lost". A test takes a :func:`snapshot` of every file that
+already existed before it injects the fault, and :func:`assert_intact` afterwards raises
+:class:`DataLost` (an ``AssertionError``) when one of them changed or vanished. The suite's report
+(``tests/faults/conftest.py``) counts those failures in the "data lost" column.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+TESTS = Path(__file__).resolve().parents[1]
+ROOT = TESTS.parent
+sys.path.insert(0, str(TESTS / "train"))  # trainkit: the tiny training run
+
+
+class DataLost(AssertionError):
+    """Something that existed before the fault changed or vanished: the one outcome never allowed."""
+
+
+def load_conftest(folder: Path) -> ModuleType:
+    """Another test folder's conftest, as a module of its own name."""
+    spec = importlib.util.spec_from_file_location(f"mm1_faults_{folder.name}_conftest", folder / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def snapshot(root: Path, skip: Callable[[Path], bool] = lambda p: False) -> dict[str, str]:
+    """Relative path -> sha256 of every regular file under ``root`` (a file or a folder)."""
+    root = Path(root)
+    if root.is_file():
+        return {root.name: sha256(root)}
+    return {
+        str(p.relative_to(root)): sha256(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.is_symlink() and not skip(p)
+    }
+
+
+def assert_intact(root: Path, before: dict[str, str], what: str = "") -> None:
+    """Raise :class:`DataLost` if any file of ``before`` is missing under ``root`` or changed."""
+    root = Path(root)
+    base = root.parent if root.is_file() else root
+    missing, changed = [], []
+    for rel, digest in before.items():
+        path = base / rel
+        if not path.is_file():
+            missing.append(rel)
+        elif sha256(path) != digest:
+            changed.append(rel)
+    if missing or changed:
+        raise DataLost(f"{what or root}: {len(missing)} file(s) vanished {missing[:5]}, {len(changed)} changed {changed[:5]}")
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str, poll: float = 0.05) -> object:
+    """Poll ``condition`` until it returns something truthy; fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
