@@ -20,7 +20,11 @@ from faultkit import TESTS, DataLost, load_conftest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
-    "ci", derandomize=True, deadline=None, database=None, max_examples=200,
+    "ci",
+    derandomize=True,
+    deadline=None,
+    database=None,
+    max_examples=200,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 settings.register_profile("dev", deadline=None, max_examples=500)
@@ -70,11 +74,15 @@ def table() -> list[dict]:
     for number, name in ITEMS.items():
         cases = [r for r in _RESULTS.values() if r["item"] == number]
         tried = [r for r in cases if r["outcome"] != "skipped"]
-        rows.append({
-            "item": number, "what": name, "tried": len(tried),
-            "survived": sum(r["outcome"] == "passed" for r in tried),
-            "data_lost": sum(r["lost"] for r in tried),
-        })
+        rows.append(
+            {
+                "item": number,
+                "what": name,
+                "tried": len(tried),
+                "survived": sum(r["outcome"] == "passed" for r in tried),
+                "data_lost": sum(r["lost"] for r in tried),
+            }
+        )
     return rows
 
 

@@ -68,7 +68,9 @@ def assert_intact(root: Path, before: dict[str, str], what: str = "") -> None:
         elif sha256(path) != digest:
             changed.append(rel)
     if missing or changed:
-        raise DataLost(f"{what or root}: {len(missing)} file(s) vanished {missing[:5]}, {len(changed)} changed {changed[:5]}")
+        raise DataLost(
+            f"{what or root}: {len(missing)} file(s) vanished {missing[:5]}, {len(changed)} changed {changed[:5]}"
+        )
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str, poll: float = 0.05) -> object:
