@@ -37,6 +37,7 @@ from pathlib import Path
 from mm1.config import ConfigError, RunConfig
 from mm1.config.load import apply_overrides, from_dict, read_yaml
 from mm1.config.presets import deep_merge, preset_data
+from mm1.eval import cli as eval_cli
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -230,6 +231,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     code = relaunch_if_needed(cfg.parallel, sys.argv[1:])
     if code is not None:
         return code
+    from mm1.train.state import CheckpointWriteError
     from mm1.train.trainer import train
 
     init = [
@@ -237,7 +239,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         for flag, part in INIT_FLAGS.items()
         if getattr(args, flag[2:].replace("-", "_"))
     ]
-    result = train(cfg, args.packed, args.tokenizer, args.out, init=init)
+    try:
+        result = train(cfg, args.packed, args.tokenizer, args.out, init=init)
+    except CheckpointWriteError as exc:  # disk full and co: exit 1, not 75 (a requeue would fail again)
+        raise ValueError(str(exc)) from exc
     if os.environ.get("RANK", "0") != "0":
         return 0
     first, last = result.metrics["loss"][0], result.metrics["loss"][-1]
@@ -261,36 +266,6 @@ def _cmd_encoder(args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") == "0":
         first, last = metrics["loss"][0], metrics["loss"][-1]
         print(f"encoder ({cfg.model.encoder.objective}): loss {first:.3f} -> {last:.3f} over {len(metrics)} steps")
-    return 0
-
-
-def _cmd_eval(args: argparse.Namespace) -> int:
-    from mm1.eval.harness import evaluate
-
-    cfg = resolve(args)
-    result = evaluate(
-        cfg.eval, cfg.name, args.data, args.tokenizer, args.checkpoint, args.out, sft=cfg.sft if args.sft else None
-    )
-    print(result.summary)
-    return 0
-
-
-def _brief(scores: dict, per_item: bool) -> dict:
-    """The scores without the per-image / per-question lists unless asked for."""
-    return scores if per_item else {k: v for k, v in scores.items() if k not in ("per_image", "per_question")}
-
-
-def _cmd_score_captions(args: argparse.Namespace) -> int:
-    from mm1.eval.scoring import score_captions
-
-    print(json.dumps(_brief(score_captions(args.pred, args.refs), args.per_item), indent=2))
-    return 0
-
-
-def _cmd_score_vqa(args: argparse.Namespace) -> int:
-    from mm1.eval.scoring import score_vqa
-
-    print(json.dumps(_brief(score_vqa(args.pred, args.questions, args.annotations), args.per_item), indent=2))
     return 0
 
 
@@ -453,7 +428,7 @@ def parser() -> argparse.ArgumentParser:
     ls.add_argument("--out", type=Path, required=True, help="output folder (lessons.csv, lessons.md)")
     ls.set_defaults(func=_cmd_lessons)
 
-    _eval_parser(sub)
+    eval_cli.add_parser(sub, _config_args, resolve)
     for name, (help_, func, configured, paths) in STAGES.items():
         stage = sub.add_parser(name, help=help_)
         if configured:
@@ -468,36 +443,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _eval_parser(sub) -> None:
-    ev = sub.add_parser("eval", help="evaluate a checkpoint on the benchmarks, or score prediction files")
-    cmds = ev.add_subparsers(dest="eval_command", required=True)
-    run = cmds.add_parser(
-        "run", help="few-shot captioning/VQA + TextCore (pre-trained) or 0-shot + multiple choice (--sft)"
-    )
-    _config_args(run)
-    run.add_argument(
-        "--data", type=Path, required=True, help="folder relative benchmark paths start from (the world stage's)"
-    )
-    run.add_argument("--tokenizer", type=Path, required=True, help="tokenizer.json")
-    run.add_argument("--checkpoint", type=Path, required=True, help="checkpoint folder of a train or sft stage")
-    run.add_argument("--out", type=Path, required=True, help="output folder")
-    run.add_argument(
-        "--sft", action="store_true", help="an instruction-tuned checkpoint: 0-shot with the sft chat template"
-    )
-    run.set_defaults(func=_cmd_eval)
-    sc = cmds.add_parser("score-captions", help="CIDEr-D of [{image_id, caption}] against a COCO captions JSON")
-    sc.add_argument("--pred", type=Path, required=True, help='predictions: [{"image_id": int, "caption": str}]')
-    sc.add_argument("--refs", type=Path, required=True, help="COCO captions JSON with the references")
-    sc.add_argument("--per-item", action="store_true", help="also print every image's score")
-    sc.set_defaults(func=_cmd_score_captions)
-    sv = cmds.add_parser("score-vqa", help="VQA accuracy of [{question_id, answer}] against VQAv2 files")
-    sv.add_argument("--pred", type=Path, required=True, help='predictions: [{"question_id": int, "answer": str}]')
-    sv.add_argument("--questions", type=Path, required=True, help="VQAv2 questions JSON")
-    sv.add_argument("--annotations", type=Path, required=True, help="VQAv2 annotations JSON")
-    sv.add_argument("--per-item", action="store_true", help="also print every question's score")
-    sv.set_defaults(func=_cmd_score_vqa)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -505,9 +450,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"mm1: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, MemoryError) as exc:
         if os.environ.get("MM1_DEBUG"):
             raise
+        if isinstance(exc, MemoryError):  # e.g. loading a batch: the loader runs in the training process
+            exc = f"out of memory ({exc}); lower train.micro_batch_size or give the job more memory"
         print(f"mm1 {args.command}: error: {exc}", file=sys.stderr)
         return 1
 

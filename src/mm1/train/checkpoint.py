@@ -7,8 +7,11 @@ A checkpoint folder holds the sharded weights (any TP/PP layout can load them) a
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import os
 import queue
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -18,6 +21,7 @@ import torch
 
 from mm1.config import ModelConfig
 from mm1.models.encoder import interpolate_position_embeddings
+from mm1.train import safe_load
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -26,6 +30,7 @@ with warnings.catch_warnings():
     from megatron.core.dist_checkpointing.mapping import ShardedTensor, apply_factories
     from megatron.core.dist_checkpointing.strategies import filesystem_async
     from megatron.core.models.vision.clip_vit_model import CLIPViTModel
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
 
 META = "model.json"
 
@@ -48,27 +53,144 @@ def write_results_in_process() -> None:
         filesystem_async._results_queue = queue.Queue()
 
 
+PARTIAL = ".partial"  # <folder>.partial: being written; never read
+DELETING = ".deleting"  # <folder>.deleting: being removed; never read
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, quota, read-only file system); nothing earlier
+    was touched. Not a preemption: ``mm1`` exits 1, so a scheduler does not requeue it forever."""
+
+
+def discard(path: Path) -> None:
+    """Delete a checkpoint folder so that a kill half-way never leaves it looking whole: rename it to
+    ``<name>.deleting`` first (readers ignore that name; the next save sweeps leftovers)."""
+    path = Path(path)
+    aside = path.with_name(path.name + DELETING)
+    shutil.rmtree(aside, ignore_errors=True)
+    try:
+        path.rename(aside)
+    except FileNotFoundError:
+        return
+    except OSError:  # the old aside is not gone: a writer of a killed run may still be writing into it
+        aside = path.with_name(f"{path.name}.{os.getpid()}{DELETING}")
+        path.rename(aside)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _os_error(exc: BaseException | None) -> OSError | None:
+    """The OSError (ENOSPC, EDQUOT, EROFS, ...) behind ``exc``: its causes, or the failures that
+    torch's CheckpointException gathered from each rank (pickled on the way from megatron's writer
+    processes, where only the message "[Errno 28] No space left on device" survives)."""
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop()
+        if isinstance(e, tuple):  # torch's wrapped exception: (exception, traceback summary)
+            todo += [x for x in e if isinstance(x, BaseException)]
+            continue
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError):
+            return e
+        if found := re.search(r"\[Errno (\d+)\] ([^:'\"\]\n]+)", str(e)):
+            return OSError(int(found[1]), found[2].strip())
+        todo += [e.__cause__, e.__context__, *getattr(e, "failures", {}).values()]
+    return None
+
+
+def agree(failed: BaseException | None, tmp: Path, what: str, intact: str) -> None:
+    """Every rank calls this after writing its part into ``tmp``: if any rank failed, rank 0 removes
+    ``tmp`` and every rank raises (no rank is left waiting for the others at a barrier).
+
+    A write error (an OSError behind ``failed``, or any failure on a file system left with less than
+    ``FULL`` bytes) becomes a :class:`CheckpointWriteError` naming ``what``, the reason, the free
+    space and ``intact`` (what the failure left as it was); any other failure is raised as it is."""
+    flag = torch.tensor([int(failed is not None)])
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    if not flag.item():
+        return
+    full = _free(tmp.parent) < FULL  # before the partial folder goes: what the write ran into
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        discard(tmp)
+    _barrier()
+    error = _os_error(failed)
+    if failed is not None and error is None:
+        if not full:
+            raise failed  # not a write error: a bug, shown as it is
+        # torch's serializer reports a short write on a full disk as its own error ("unexpected pos")
+        error = OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (the write failed with: {_last_line(failed)})")
+    reason = (error.strerror or str(error)) if error else "another rank could not write its part"
+    free = _free(tmp.parent)
+    raise CheckpointWriteError(
+        f"could not write {what} to {tmp}: {reason} ({free / 2**20:.1f} MiB free on the file system of "
+        f"{tmp.parent}); {intact}; free some space (or lower train.keep_last) and run again"
+    ) from failed
+
+
+FULL = 1 << 20  # a file system with less free space than this is full for a checkpoint
+
+
+def _free(folder: Path) -> float:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return float("nan")
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
 def save(model: torch.nn.Module, meta: dict[str, Any], out: Path) -> Path:
-    """Save ``model`` (every rank calls this) to ``out``; readers never see a half-written folder."""
+    """Save ``model`` (every rank calls this) to ``out``; readers never see a half-written folder.
+
+    The folder is written as ``<out>.partial``; the old ``out`` (if any) is renamed to
+    ``<out>.deleting`` before the new one takes its name and is deleted after, so a kill at any
+    point leaves the old checkpoint or the new one under ``out`` (or, between the two renames,
+    none), never a half-deleted one that still looks whole.
+    """
     out = Path(out)
-    tmp = out.with_name(out.name + ".partial")
+    tmp = out.with_name(out.name + PARTIAL)
     rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
     if rank0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        discard(tmp)
+        shutil.rmtree(out.with_name(out.name + DELETING), ignore_errors=True)  # a run killed during the swap
+        tmp.mkdir(parents=True, exist_ok=True)
     _barrier()
     write_results_in_process()
-    dist_checkpointing.save(model.sharded_state_dict(), str(tmp))
-    _barrier()
+    failed = None
+    try:
+        dist_checkpointing.save(model.sharded_state_dict(), str(tmp))
+        if rank0:
+            (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    except (Exception, CheckpointException) as exc:
+        failed = exc
+    kept = f"the previous {out} is intact" if (out / META).is_file() else f"{out} was not written"
+    agree(failed, tmp, "the model checkpoint", kept)
     if rank0:
-        (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
+        aside = out.with_name(out.name + DELETING)
+        if out.exists():
+            out.rename(aside)
+        tmp.rename(out)  # between the two renames there is no ``out``, never a half of one
+        shutil.rmtree(aside, ignore_errors=True)
     _barrier()
     return out
 
 
+def _refuse_unfinished(ckpt: Path) -> None:
+    if ckpt.name.endswith((PARTIAL, DELETING)):
+        whole = re.sub(rf"(\.\d+)?({re.escape(PARTIAL)}|{re.escape(DELETING)})$", "", ckpt.name)
+        raise ValueError(
+            f"{ckpt} is a checkpoint folder being written or deleted (a run was killed there); "
+            f"load {ckpt.with_name(whole)} or rerun the stage that writes it"
+        )
+
+
 def read_meta(ckpt: Path) -> dict[str, Any]:
+    _refuse_unfinished(Path(ckpt))
     path = Path(ckpt) / META
     if not path.is_file():
         raise FileNotFoundError(f"{ckpt} is not an mm1 checkpoint (no {META}); run the train stage first")
@@ -92,6 +214,7 @@ def load_into(model: torch.nn.Module, ckpt: Path, parts: tuple[str, ...] | None 
     its saved shape, or a ``ValueError`` names each one that does not, with both shapes.
     """
     ckpt = Path(ckpt)
+    safe_load.verify(ckpt)  # before megatron unpickles anything of it
     saved = dist_checkpointing.load_tensors_metadata(str(ckpt))  # ShardedTensor key -> global shape
     sharded = {k: v for k, v in model.sharded_state_dict().items() if _in_parts(k, parts)}
     if not sharded:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -105,13 +106,43 @@ def run_supervised(cmd: list[str], env: dict[str, str]) -> int:
     with tempfile.TemporaryDirectory(prefix="mm1-") as tmp:
         status = Path(tmp) / "exit_status"
         env = {**env, EXIT_STATUS_ENV: str(status), "PET_SIGNALS_TO_HANDLE": TORCHRUN_SIGNALS}
-        previous = {sig: signal.signal(sig, lambda *_: None) for sig in (*SIGNALS, signal.SIGINT)}
+        received: list[int] = []
+        previous = {sig: signal.signal(sig, lambda n, _: received.append(n)) for sig in (*SIGNALS, signal.SIGINT)}
         try:
             code = subprocess.Popen(cmd, env=env).wait()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        return int(status.read_text()) if code != 0 and status.is_file() else code
+        if code != 0 and status.is_file():
+            return int(status.read_text())
+    if code != 0 and any(sig in SIGNALS for sig in received):
+        # preempted before rank 0 could report (e.g. still starting up): nothing new was saved, and
+        # a requeue resumes from the newest complete checkpoint, so ask for one
+        print(
+            f"mm1: preempted ({signal.Signals(received[0]).name}) before training could save; requeue", file=sys.stderr
+        )
+        return REQUEUE_EXIT
+    if code != 0:
+        print(failure_message(code, cmd), file=sys.stderr, flush=True)
+    return code
+
+
+def failure_message(code: int, cmd: list[str]) -> str:
+    """One line for a launcher that failed without a status from rank 0: a rank raised an error or
+    died (torchrun's report above names the rank and its exit code), and where training resumes."""
+    out = cmd[cmd.index("--out") + 1] if "--out" in cmd[:-1] else None
+    where = ""
+    if out is not None and (Path(out) / "resume").is_dir():  # mm1 train's resumable checkpoints
+        from mm1.train.state import latest  # here: only on failure (torch and megatron are slow to import)
+
+        newest = latest(Path(out) / "resume")
+        where = (
+            f"; the next run resumes from {newest}" if newest else "; no complete checkpoint: the next run starts over"
+        )
+    return (
+        f"mm1: a training process failed or died (launcher exit {code}; see its report above for the rank: "
+        f"exitcode -9 is a SIGKILL, usually the kernel's OOM killer){where}"
+    )
 
 
 class TrainJob(Checkpointable):

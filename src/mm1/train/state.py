@@ -3,7 +3,8 @@
     <root>/                       (the train stage's ``resume/`` folder)
       latest                      the name of the newest complete checkpoint, e.g. "step_000120"
       step_000120/                one complete checkpoint (written as step_000120.partial, renamed
-                                  when every rank is done: a folder without .partial is complete)
+                                  when every rank is done: a folder without .partial is complete;
+                                  old ones are renamed to step_N.deleting before they are removed)
         .metadata, *.distcp       model + optimizer (megatron dist_checkpointing: any layout loads it)
         common.pt                 LR-scheduler state and the step
         rng/rank_00000.pt         RNG states of each rank (torch, CUDA, megatron's tracker, python, numpy)
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import pickle
 import random
 import re
 import shutil
@@ -33,12 +35,20 @@ import polars as pl
 import torch
 
 from mm1 import atomic
-from mm1.train.checkpoint import write_results_in_process
+from mm1.train import safe_load
+from mm1.train.checkpoint import (  # noqa: F401  (CheckpointWriteError: raised by save, re-exported)
+    DELETING,
+    CheckpointWriteError,
+    agree,
+    discard,
+    write_results_in_process,
+)
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from megatron.core import dist_checkpointing, tensor_parallel
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
 
 LATEST = "latest"
 PARTIAL = ".partial"
@@ -80,7 +90,8 @@ def step_dir(root: Path, step: int) -> Path:
 
 
 def complete(root: Path) -> list[Path]:
-    """The complete checkpoints under ``root``, oldest first (``.partial`` folders are never complete)."""
+    """The complete checkpoints under ``root``, oldest first: folders named ``step_N`` exactly
+    (``step_N.partial``, being written, and ``step_N.deleting``, being removed, never are)."""
     found = [(int(m[1]), p) for p in Path(root).glob("step_*") if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
     return [p for _, p in sorted(found)]
 
@@ -105,6 +116,7 @@ def resumable(root: Path, facts: dict) -> Path | None:
     found = latest(root)
     if found is None:
         return None
+    safe_load.verify_on_every_rank(found)  # a checkpoint that holds code is refused, not moved aside
     try:
         check_compatible(json.loads((found / STATE).read_text()), facts, found)
         return found
@@ -125,13 +137,21 @@ def clear(root: Path) -> None:
     _barrier()
 
 
+RNG_FORMAT = 2  # 1 (until issue 10): numpy's state as an ndarray, which weights-only loading refuses
+
+
 def _rng_state() -> dict[str, Any]:
+    """Every RNG stream of this rank, in tensors and plain Python values only, so that the file
+    loads with ``torch.load(weights_only=True)``: numpy's MT19937 key is an int64 tensor."""
+    numpy = np.random.get_state(legacy=False)
+    numpy["state"] = {**numpy["state"], "key": torch.from_numpy(numpy["state"]["key"].astype(np.int64))}
     return {
+        "format": RNG_FORMAT,
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
         "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": numpy,
     }
 
 
@@ -141,7 +161,26 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
     tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy = state["numpy"]
+    np.random.set_state({**numpy, "state": {**numpy["state"], "key": numpy["state"]["key"].numpy().astype(np.uint32)}})
+
+
+def _read_rng(path: Path) -> dict[str, Any] | None:
+    """The RNG states saved in ``path``; None, with a warning, for a file of RNG format 1 (it holds an
+    ndarray, and is never unpickled unsafely to get at it): those streams restart from the seed."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # format 1; safe_load.verify has refused any other global
+        state = None
+    if isinstance(state, dict) and state.get("format") == RNG_FORMAT:
+        return state
+    if _rank() == 0:
+        warnings.warn(
+            f"{path}: RNG states of an older format (before weights-only loading): RNG streams restart "
+            "from the seed, so the curve continues correctly but not bit for bit",
+            stacklevel=3,
+        )
+    return None
 
 
 def _init_distributed_optimizer_state(optimizer) -> None:
@@ -198,34 +237,56 @@ def save(
 
     ``model`` is the unwrapped model (no DDP ``module.`` prefix); ``facts`` describe the run
     (:func:`check_compatible` compares them on resume); ``rows`` are the metrics of steps 1..step.
+    A write that fails on any rank (disk full, quota, read-only) removes ``step_N.partial`` and
+    raises :class:`CheckpointWriteError` on every rank, naming the step, the folder, the free space
+    and the newest complete checkpoint, which it left as it was.
     """
     final = step_dir(root, step)
     tmp = final.with_name(final.name + PARTIAL)
     rank = _rank()
     write_results_in_process()  # no writer helper process for a preemption signal to kill
     if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        # A run killed while saving may have left this folder, and megatron's forked writer
+        # processes may still be writing into it: move it aside rather than racing them.
+        discard(tmp)
+        tmp.mkdir(parents=True, exist_ok=True)
     _barrier()
-    state = _sharded(model, optimizer, is_loading=False)
-    state.update(scheduler=scheduler.state_dict(), step=step)
-    dist_checkpointing.save(state, str(tmp))
-    (tmp / RNG).mkdir(exist_ok=True)
-    torch.save(_rng_state(), tmp / RNG / f"rank_{rank:05d}.pt")
-    _barrier()
+    failed = None
+    try:
+        state = _sharded(model, optimizer, is_loading=False)
+        state.update(scheduler=scheduler.state_dict(), step=step)
+        dist_checkpointing.save(state, str(tmp))
+        (tmp / RNG).mkdir(exist_ok=True)
+        torch.save(_rng_state(), tmp / RNG / f"rank_{rank:05d}.pt")
+        if rank == 0:
+            pl.DataFrame(rows).write_csv(tmp / METRICS)
+            created = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+            (tmp / STATE).write_text(json.dumps({"step": step, "created": created, **facts}, indent=2) + "\n")
+    except (Exception, CheckpointException) as exc:  # ENOSPC and co; every rank hears of it in agree()
+        failed = exc
+    newest = latest(root)
+    intact = f"the newest complete checkpoint {newest} is intact" if newest else "there is no earlier checkpoint"
+    agree(failed, tmp, f"checkpoint step {step}", intact)
     if rank == 0:
-        pl.DataFrame(rows).write_csv(tmp / METRICS)
-        created = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-        (tmp / STATE).write_text(json.dumps({"step": step, "created": created, **facts}, indent=2) + "\n")
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        atomic.write_text(Path(root) / LATEST, final.name + "\n")
+        discard(final)  # only there when this step is saved again
+        tmp.rename(final)  # the moment the checkpoint becomes complete
+        _point_latest(root, final)
         for old in complete(root)[:-keep_last]:
-            shutil.rmtree(old)
+            discard(old)  # renamed first: a kill half-way leaves no half-deleted "complete" folder
         for stale in Path(root).glob(f"step_*{PARTIAL}"):  # left by a run that died while saving
-            shutil.rmtree(stale)
+            discard(stale)
+        for stale in Path(root).glob(f"step_*{DELETING}"):  # left by a run that died while deleting
+            shutil.rmtree(stale, ignore_errors=True)
     _barrier()
     return final
+
+
+def _point_latest(root: Path, final: Path) -> None:
+    """Update the ``latest`` pointer (for people and tools; :func:`latest` reads the folders)."""
+    try:
+        atomic.write_text(Path(root) / LATEST, final.name + "\n")
+    except OSError as exc:
+        warnings.warn(f"{final} is saved, but {Path(root) / LATEST} could not be updated: {exc}", stacklevel=3)
 
 
 def _diff(saved: Any, now: Any, path: str) -> list[str]:
@@ -254,6 +315,7 @@ def check_compatible(saved: dict, facts: dict, path: Path) -> None:
 def load(path: Path, model: torch.nn.Module, optimizer, scheduler, facts: dict) -> Restored:
     """Restore model, optimizer, scheduler and (same layout only) RNG states from ``path``."""
     path = Path(path)
+    safe_load.verify_on_every_rank(path)  # before megatron unpickles anything of it
     saved = json.loads((path / STATE).read_text())
     check_compatible(saved, facts, path)
     loaded = dist_checkpointing.load(_sharded(model, optimizer, is_loading=True), str(path))
@@ -262,7 +324,8 @@ def load(path: Path, model: torch.nn.Module, optimizer, scheduler, facts: dict) 
     scheduler.load_state_dict(loaded["scheduler"])
     rng = path / RNG / f"rank_{_rank():05d}.pt"
     if saved["layout"] == facts["layout"] and rng.is_file():
-        _set_rng_state(torch.load(rng, weights_only=False))
+        if (rng_state := _read_rng(rng)) is not None:
+            _set_rng_state(rng_state)
     elif _rank() == 0:
         warnings.warn(
             f"resuming {path} under layout {facts['layout']} (saved under {saved['layout']}): RNG streams "

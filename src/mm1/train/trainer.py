@@ -271,9 +271,10 @@ def train(
         if last == tc.steps:
             extra = {"peak_lr": lr, "weight_decay": weight_decay, "resumed_from": str(found) if found else None}
             ckpt = _write_outputs(cfg, tok, model.module, metrics, rank, out_dir, inputs, extra)
+        else:  # saved; report before the shutdown barrier: torchrun ends the other ranks as soon as one
+            report_exit(REQUEUE_EXIT, rank.rank)  # exits 75, and rank 0 must not die unreported
     if last < tc.steps:
         signals.hand_over()  # e.g. submitit's checkpoint-and-requeue
-        report_exit(REQUEUE_EXIT, rank.rank)
         raise Preempted(last)
     report_exit(0, rank.rank)
     return TrainResult(checkpoint=ckpt, metrics=metrics, resumed_from=start)

@@ -1,0 +1,69 @@
+"""``mm1 eval run | score-captions | score-vqa``: the evaluation commands of :mod:`mm1.cli`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from mm1.eval.harness import evaluate
+
+    cfg = args.resolve(args)
+    result = evaluate(
+        cfg.eval, cfg.name, args.data, args.tokenizer, args.checkpoint, args.out, sft=cfg.sft if args.sft else None
+    )
+    print(result.summary)
+    return 0
+
+
+def _brief(scores: dict, per_item: bool) -> dict:
+    """The scores without the per-image / per-question lists unless asked for."""
+    return scores if per_item else {k: v for k, v in scores.items() if k not in ("per_image", "per_question")}
+
+
+def _cmd_score_captions(args: argparse.Namespace) -> int:
+    from mm1.eval.scoring import score_captions
+
+    print(json.dumps(_brief(score_captions(args.pred, args.refs), args.per_item), indent=2))
+    return 0
+
+
+def _cmd_score_vqa(args: argparse.Namespace) -> int:
+    from mm1.eval.scoring import score_vqa
+
+    print(json.dumps(_brief(score_vqa(args.pred, args.questions, args.annotations), args.per_item), indent=2))
+    return 0
+
+
+def add_parser(sub, config_args: Callable, resolve: Callable) -> None:
+    """``mm1 eval``: ``config_args`` adds the config flags, ``resolve`` turns them into a RunConfig."""
+    ev = sub.add_parser("eval", help="evaluate a checkpoint on the benchmarks, or score prediction files")
+    cmds = ev.add_subparsers(dest="eval_command", required=True)
+    run = cmds.add_parser(
+        "run", help="few-shot captioning/VQA + TextCore (pre-trained) or 0-shot + multiple choice (--sft)"
+    )
+    config_args(run)
+    run.add_argument(
+        "--data", type=Path, required=True, help="folder relative benchmark paths start from (the world stage's)"
+    )
+    run.add_argument("--tokenizer", type=Path, required=True, help="tokenizer.json")
+    run.add_argument("--checkpoint", type=Path, required=True, help="checkpoint folder of a train or sft stage")
+    run.add_argument("--out", type=Path, required=True, help="output folder")
+    run.add_argument(
+        "--sft", action="store_true", help="an instruction-tuned checkpoint: 0-shot with the sft chat template"
+    )
+    run.set_defaults(func=_cmd_eval, resolve=resolve)
+    sc = cmds.add_parser("score-captions", help="CIDEr-D of [{image_id, caption}] against a COCO captions JSON")
+    sc.add_argument("--pred", type=Path, required=True, help='predictions: [{"image_id": int, "caption": str}]')
+    sc.add_argument("--refs", type=Path, required=True, help="COCO captions JSON with the references")
+    sc.add_argument("--per-item", action="store_true", help="also print every image's score")
+    sc.set_defaults(func=_cmd_score_captions)
+    sv = cmds.add_parser("score-vqa", help="VQA accuracy of [{question_id, answer}] against VQAv2 files")
+    sv.add_argument("--pred", type=Path, required=True, help='predictions: [{"question_id": int, "answer": str}]')
+    sv.add_argument("--questions", type=Path, required=True, help="VQAv2 questions JSON")
+    sv.add_argument("--annotations", type=Path, required=True, help="VQAv2 annotations JSON")
+    sv.add_argument("--per-item", action="store_true", help="also print every question's score")
+    sv.set_defaults(func=_cmd_score_vqa)
