@@ -5,14 +5,19 @@ For each SourceSpec the file at its URL lands in ``out_dir/<name>/<file name>``:
 - http(s):// URLs stream through urllib to ``<file>.partial``; a download cut off is resumed with an
   HTTP Range request from the partial file's size (a server that ignores Range sends the whole file
   again, and the partial file is restarted). file:// URLs and local paths are copied the same way.
+- A download is retried only when the network fails; a write that fails (disk full, quota, read-only
+  file system), while downloading or extracting, raises AcquireError naming the file at once (a
+  partial download is kept for a resume).
 - The sha256 is checked before the file is renamed into place; a mismatch deletes the download and
   raises ChecksumError. A file already in place with the right hash is not fetched again.
 - The file is read with its format's reader; bad samples go to the quarantine. Tar shards are read
   without extracting them; a coco / vqa / llava source that is a tar (JSON + image files) is
-  extracted to ``<name>/extracted/`` with tarfile's ``data`` filter (absolute names refused too). Either way a member that could
-  write outside its folder raises UnsafeArchiveError naming it, and a truncated tar raises
-  FormatError naming the file. A coco / vqa / llava source that is a bare JSON file is checked
-  alone: its image files are not part of it.
+  extracted to ``<name>/extracted/`` with tarfile's ``data`` filter (absolute names refused too).
+  Either way a member that could write outside its folder, a special file, or a member larger than
+  the limit (webdataset's MAX_MEMBER_BYTES read in place, MAX_EXTRACTED_MEMBER_BYTES extracted, and
+  never more than the archive holds: a sparse-file bomb) raises UnsafeArchiveError naming it before
+  it is read or written; a truncated tar raises FormatError naming the file. A coco / vqa / llava
+  source that is a bare JSON file is checked alone: its image files are not part of it.
 
 ``out_dir/quarantine.parquet`` is always written (also when a later check fails);
 ``out_dir/manifest.parquet`` only when every source is acquired, non-empty, and within
@@ -21,7 +26,6 @@ For each SourceSpec the file at its URL lands in ``out_dir/<name>/<file name>``:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -47,6 +51,8 @@ from mm1.data.formats._common import Sink
 from mm1.data.formats.text import json_lines
 from mm1.data.formats.webdataset import UnsafeArchiveError, check_tar_end, strict_data_filter
 from mm1.data.quarantine import Quarantine
+from mm1.data.sources import ChecksumError as _FileChecksumError
+from mm1.data.sources import sha256_file
 from mm1.progress import progress
 
 log = logging.getLogger(__name__)
@@ -67,6 +73,8 @@ MANIFEST_SCHEMA = {
 CHUNK = 1 << 20
 RETRY_WAITS_S = (0.0, 2.0, 10.0)
 """Seconds to wait before each retry of an interrupted download (so 1 + 3 attempts in all)."""
+MAX_EXTRACTED_MEMBER_BYTES = 16 << 30
+"""The largest member an archive source may extract (the biggest real annotation JSON is < 2 GiB)."""
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9_+=,-][A-Za-z0-9_.+=,-]*$")
 _SUFFIX = {"webdataset": ".tar", "obelics": ".parquet", "jsonl": ".jsonl"}
@@ -76,7 +84,7 @@ class AcquireError(RuntimeError):
     """A source could not be acquired: unreachable, unsupported URL, empty..."""
 
 
-class ChecksumError(AcquireError):
+class ChecksumError(AcquireError, _FileChecksumError):
     """A downloaded file does not have the sha256 its SourceSpec names."""
 
 
@@ -107,8 +115,13 @@ def acquire(
                     "fetched_at": datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat(timespec="seconds"),
                 }
             )
-    finally:
-        quarantine.write(out_dir / "quarantine.parquet")
+    except BaseException as e:  # the quarantine is written anyway, but never hides the first error
+        try:
+            quarantine.write(out_dir / "quarantine.parquet")
+        except Exception as also:
+            e.add_note(f"the quarantine could not be written to {out_dir} either: {also}")
+        raise
+    quarantine.write(out_dir / "quarantine.parquet")
     quarantine.check(max_bad_fraction, names)
     empty = [r["name"] for r in rows if r["samples"] == 0]
     if empty:
@@ -160,34 +173,49 @@ def file_name(spec: SourceSpec) -> str:
     return spec.name + _SUFFIX.get(spec.format, ".json")
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _fetch_once(spec: SourceSpec, partial: Path, timeout_s: float) -> None:
     """Continue ``partial`` from its size to the end; _Interrupted when the body stops short."""
     offset = partial.stat().st_size if partial.exists() else 0
     body, start, total = _open(spec, offset, timeout_s)
     written = start
-    with body, open(partial, "ab" if start else "wb") as f:
-        bar = progress(total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024, desc=spec.name)
-        with bar:
-            try:
-                while chunk := body.read(CHUNK):
+    bar = progress(total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024, desc=spec.name)
+    with body, bar:
+        try:
+            with open(partial, "ab" if start else "wb") as f:
+                while chunk := _read(body):
                     f.write(chunk)
                     written += len(chunk)
                     bar.update(len(chunk))
-            except (OSError, HTTPException) as e:
-                raise _Interrupted(f"{type(e).__name__}: {e}") from e
+        except OSError as e:  # only writing: _read turns read errors into _Interrupted
+            raise _write_error(spec, partial, e) from e
     if total is not None and written < total:
         raise _Interrupted(f"got {written} of {total} bytes")
     if total is not None and written > total:
         partial.unlink()
         raise _Interrupted(f"got {written} bytes, more than the announced {total}; starting again")
+
+
+def _read(body: BinaryIO) -> bytes:
+    try:
+        return body.read(CHUNK)
+    except (OSError, HTTPException) as e:
+        raise _Interrupted(f"{type(e).__name__}: {e}") from e
+
+
+def _write_error(spec: SourceSpec, partial: Path, e: OSError) -> AcquireError:
+    """A local write failed (disk full, quota, read-only...): no retry helps, so say so at once."""
+    return AcquireError(
+        f"source {spec.name!r}: cannot write the download to {partial} ({e.strerror or e}; {_free(partial.parent)}); "
+        "make room or point the acquire stage's output elsewhere, then run it again (the part already "
+        "downloaded is kept and resumed)"
+    )
+
+
+def _free(folder: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(folder).free} bytes free there"
+    except OSError:
+        return "free space unknown"
 
 
 def _open(spec: SourceSpec, offset: int, timeout_s: float) -> tuple[BinaryIO, int, int | None]:
@@ -269,7 +297,7 @@ def _extract(spec: SourceSpec, path: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".extracting-"))
     try:
         with tarfile.open(path, "r:") as tar:
-            tar.extractall(tmp, filter=strict_data_filter)
+            tar.extractall(tmp, filter=_size_capped(spec, path))
             check_tar_end(path, tar.offset)
     except tarfile.FilterError as e:
         shutil.rmtree(tmp)
@@ -279,13 +307,42 @@ def _extract(spec: SourceSpec, path: Path) -> Path:
     except formats.FormatError:
         shutil.rmtree(tmp)
         raise
-    except (tarfile.TarError, EOFError, OSError) as e:
+    except (tarfile.TarError, EOFError) as e:
         shutil.rmtree(tmp)
         raise formats.FormatError(f"source {spec.name!r}: {path}: truncated or corrupt tar archive ({e})") from e
+    except OSError as e:  # writing the members: disk full, quota, read-only...
+        shutil.rmtree(tmp)
+        raise AcquireError(
+            f"source {spec.name!r}: cannot extract {path} into {path.parent} ({e.strerror or e}; {_free(path.parent)})"
+        ) from e
     if dest.exists():
         shutil.rmtree(dest)
     tmp.rename(dest)
     return dest
+
+
+def _size_capped(spec: SourceSpec, path: Path):
+    """strict_data_filter, and a member larger than MAX_EXTRACTED_MEMBER_BYTES, or members adding up
+    to more than the archive's own size (only sparse members can), raise UnsafeArchiveError before
+    anything of it is written."""
+    budget = path.stat().st_size
+    total = 0
+
+    def check(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+        nonlocal total
+        total += member.size
+        too_big = None
+        if member.size > MAX_EXTRACTED_MEMBER_BYTES:
+            too_big = f"over the limit of {MAX_EXTRACTED_MEMBER_BYTES} bytes (MAX_EXTRACTED_MEMBER_BYTES)"
+        elif total > budget:
+            too_big = f"members add up to {total} bytes, more than the {budget}-byte archive holds (sparse?)"
+        if too_big:
+            raise UnsafeArchiveError(
+                f"source {spec.name!r}: {path}: tar member {member.name!r} of {member.size} bytes refused: {too_big}"
+            )
+        return strict_data_filter(member, dest)
+
+    return check
 
 
 def _read_extracted(spec: SourceSpec, root: Path, quarantine: Quarantine) -> None:

@@ -63,7 +63,7 @@ def read_packed_indexed(path: Path) -> list[tuple[int, PackedSequence]]:
         raise FileNotFoundError(f"packed sequence file {path} does not exist; run the packing stage first")
     try:
         df = pl.read_parquet(path)
-    except Exception as e:  # polars raises several types for a damaged file
+    except (Exception, pl.exceptions.PanicException) as e:  # several types; a panic is no Exception
         raise ValueError(f"packed sequence file {path} is not a readable parquet file: {e}") from e
     got = dict(df.schema)
     if got != SCHEMA:

@@ -3,28 +3,42 @@
 A manifest (parquet) has one row per file with at least ``name``, ``format``, ``role`` and
 ``path`` (relative to the manifest's folder). The three pre-training roles are read into records
 with the format readers; rejected samples go to the quarantine, never silently away.
+
+Every file is checked against the manifest's ``sha256`` before it is read: a byte that changed
+after the world or acquire stage wrote the file (disk error, a hand edit, a partial copy) could
+still decode, into different data, so a mismatch raises ChecksumError instead.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import polars as pl
+from polars.exceptions import PanicException
 
 from mm1.data.formats import read_caption_shards, read_documents, read_text
 from mm1.data.quarantine import Quarantine
 from mm1.data.records import CaptionSample, InterleavedDoc, TextDoc
 
 ROLES = ("caption", "interleaved", "text")
-MANIFEST_COLUMNS = {"name", "format", "role", "path"}
+MANIFEST_COLUMNS = {"name", "format", "role", "path", "sha256"}
 READERS = {"webdataset": "caption", "obelics": "interleaved", "jsonl": "text"}
+_CHUNK = 1 << 20
+
+
+class ChecksumError(ValueError):
+    """A file does not have the sha256 its manifest (or SourceSpec) records."""
 
 
 def read_manifest(path: Path) -> pl.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data manifest {path} does not exist; run the world or acquire stage first")
-    df = pl.read_parquet(path)
+    try:
+        df = pl.read_parquet(path)
+    except (Exception, PanicException) as e:  # a damaged file can make polars panic (a BaseException)
+        raise ValueError(f"data manifest {path} is not a readable parquet file ({type(e).__name__}: {e})") from e
     missing = MANIFEST_COLUMNS - set(df.columns)
     if missing:
         raise ValueError(f"data manifest {path} lacks the columns {sorted(missing)}")
@@ -32,10 +46,38 @@ def read_manifest(path: Path) -> pl.DataFrame:
 
 
 def files_for(manifest: Path, role: str) -> list[tuple[str, Path]]:
-    """(format, absolute path) of every file of ``role``, in manifest order."""
+    """(format, absolute path) of every file of ``role``, in manifest order, each checked against
+    the manifest's sha256 (ChecksumError naming the manifest, the file and both hashes)."""
     df = read_manifest(manifest).filter(pl.col("role") == role)
     root = Path(manifest).parent
-    return [(fmt, root / rel) for fmt, rel in zip(df["format"], df["path"], strict=True)]
+    out = []
+    for fmt, rel, expected in zip(df["format"], df["path"], df["sha256"], strict=True):
+        path = root / rel
+        verify(manifest, path, expected)
+        out.append((fmt, path))
+    return out
+
+
+def verify(manifest: Path, path: Path, expected: str | None) -> None:
+    """ChecksumError unless ``path`` has the sha256 ``expected`` that ``manifest`` records for it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"data manifest {manifest} lists {path}, which does not exist")
+    if not expected:
+        raise ChecksumError(f"data manifest {manifest} records no sha256 for {path}; run its stage again")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ChecksumError(
+            f"{path} has sha256 {actual}, but data manifest {manifest} records {expected}: the file changed "
+            "after it was written (disk error or an edit); run the world or acquire stage again"
+        )
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def load_pretraining_sources(

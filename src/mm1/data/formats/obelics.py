@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import polars as pl
+from polars.exceptions import PanicException
 
 from mm1.atomic import write_with
 from mm1.data.formats._common import FormatError, Sink, image_problem
@@ -39,7 +40,7 @@ def read_documents(
     sink = Sink(quarantine, source, path)
     try:
         df = pl.read_parquet(path)
-    except Exception as e:  # polars raises ComputeError, OSError... for a file that is not parquet
+    except (Exception, PanicException) as e:  # ComputeError, OSError...; a damaged footer can make polars panic
         raise FormatError(f"{path}: not a readable parquet file ({type(e).__name__}: {e})") from e
     missing = [c for c in SCHEMA if c not in df.columns]
     if missing:

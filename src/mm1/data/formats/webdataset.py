@@ -12,7 +12,8 @@ Writing is deterministic: fixed mtime/uid/gid/mode, members of a sample sorted b
 input order. Reading never extracts to disk; each member is checked with Python's tar ``data``
 filter (made strict: absolute names are refused, not stripped), and a member it refuses (absolute
 path, ``..``, link outside, device file) raises UnsafeArchiveError naming it; a link that stays
-inside the archive sends its sample to the quarantine. A truncated or corrupt tar raises
+inside the archive sends its sample to the quarantine. A member larger than MAX_MEMBER_BYTES
+raises UnsafeArchiveError naming it before it is read (members are read into memory). A truncated or corrupt tar raises
 FormatError naming the file (the samples before the damage have been yielded by then). Other bad
 samples go to the quarantine.
 Only plain (uncompressed) ``.tar`` shards are read.
@@ -34,6 +35,8 @@ from mm1.data.quarantine import Quarantine
 from mm1.data.records import CaptionSample
 
 IMAGE_MEMBERS = ("png", "jpg", "jpeg", "webp")
+MAX_MEMBER_BYTES = 256 << 20
+"""The largest member a shard may hold; a sample's image and texts are read into memory."""
 MTIME = 0
 """Every member's mtime, so that the same samples give the same bytes."""
 _KEY = re.compile(r"^[^./\\\x00]+$")
@@ -146,6 +149,11 @@ def strict_data_filter(member: tarfile.TarInfo, dest_path: str) -> tarfile.TarIn
 
 
 def _check_member(path: Path, info: tarfile.TarInfo) -> None:
+    if info.size > MAX_MEMBER_BYTES:
+        raise UnsafeArchiveError(
+            f"{path}: tar member {info.name!r} of {info.size} bytes refused: over the limit of "
+            f"{MAX_MEMBER_BYTES} bytes (MAX_MEMBER_BYTES) for a member read into memory"
+        )
     try:
         strict_data_filter(info, _CHECK_DEST)
     except tarfile.FilterError as e:
