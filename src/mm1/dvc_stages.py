@@ -44,6 +44,8 @@ from typing import Any
 
 import yaml
 
+from mm1 import atomic
+
 SNAKEFILE = "workflow/Snakefile"
 DEFAULT_CONFIG = "config/default.yaml"  # the Snakefile's base config (it merges preset and study on top)
 INVALID = set("!\"#$%&'()*+,./:;<=>?@[\\]^`{|}~")  # DVC stage names: punctuation other than _ and -
@@ -395,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.print:
         sys.stdout.write(text)
     elif args.write:
-        args.write.write_text(text)
+        atomic.write_text(args.write, text)  # a failed or killed write leaves the old dvc.yaml
         print(f"wrote {args.write}: {len(yaml.safe_load(text)['stages'])} stages")
     else:
         current = args.check.read_text() if args.check.exists() else ""

@@ -15,4 +15,4 @@ rule acquire:
     conda:
         "../../envs/mm1.yaml"
     shell:
-        "mm1 acquire --config-json {params.cfg:q} --out $(dirname {output.manifest:q}) > {log:q} 2>&1"
+        "mm1 acquire --config-json {params.cfg:q} --out \"$(dirname {output.manifest:q})\" > {log:q} 2>&1"

@@ -20,4 +20,4 @@ rule encoder:
         "../../envs/mm1.yaml"
     shell:
         "mm1 encoder --config-json {params.cfg:q} --manifest {input.manifest:q} "
-        "--tokenizer {input.tokenizer:q} --out $(dirname {output.metrics:q}) > {log:q} 2>&1"
+        "--tokenizer {input.tokenizer:q} --out \"$(dirname {output.metrics:q})\" > {log:q} 2>&1"

@@ -22,9 +22,9 @@ rule eval:
     conda:
         "../../envs/mm1.yaml"
     shell:
-        "mm1 eval run --config-json {params.cfg:q} --data $(dirname {input.benchmarks:q}) "
+        "mm1 eval run --config-json {params.cfg:q} --data \"$(dirname {input.benchmarks:q})\" "
         "--tokenizer {input.tokenizer:q} --checkpoint {input.checkpoint:q} "
-        "--out $(dirname {output.scores:q}) > {log:q} 2>&1"
+        "--out \"$(dirname {output.scores:q})\" > {log:q} 2>&1"
 
 
 rule sft_eval:
@@ -52,6 +52,6 @@ rule sft_eval:
     conda:
         "../../envs/mm1.yaml"
     shell:
-        "mm1 eval run --sft --config-json {params.cfg:q} --data $(dirname {input.benchmarks:q}) "
+        "mm1 eval run --sft --config-json {params.cfg:q} --data \"$(dirname {input.benchmarks:q})\" "
         "--tokenizer {input.tokenizer:q} --checkpoint {input.checkpoint:q} "
-        "--out $(dirname {output.scores:q}) > {log:q} 2>&1"
+        "--out \"$(dirname {output.scores:q})\" > {log:q} 2>&1"

@@ -18,7 +18,7 @@ rule figure:
         "../../envs/mm1.yaml"
     shell:
         "mm1 figure --metrics {input.metrics:q} --scores {input.scores:q} "
-        "--out $(dirname {output.png:q}) > {log:q} 2>&1"
+        "--out \"$(dirname {output.png:q})\" > {log:q} 2>&1"
 
 
 rule compare:
@@ -44,7 +44,7 @@ rule compare:
     params:
         spec=lambda w: StageConfig(RUN.study.figures[w.fig].model_dump_json()),
         meta=lambda w: StageConfig(figure_meta(w.fig)),
-        cells=lambda w: " ".join(f"--cell {exp}={folder}" for exp, folder in figure_runs(w.fig)),
+        cells=lambda w: [arg for exp, folder in figure_runs(w.fig) for arg in ("--cell", f"{exp}={folder}")],
     threads: 1
     resources:
         **light(),
@@ -55,8 +55,8 @@ rule compare:
     conda:
         "../../envs/mm1.yaml"
     shell:
-        "mm1 compare --id {wildcards.fig} --spec {params.spec:q} --meta {params.meta:q} {params.cells} "
-        "--out $(dirname {output.png:q}) > {log:q} 2>&1"
+        "mm1 compare --id {wildcards.fig:q} --spec {params.spec:q} --meta {params.meta:q} {params.cells:q} "
+        "--out \"$(dirname {output.png:q})\" > {log:q} 2>&1"
 
 
 rule lessons:
@@ -69,7 +69,7 @@ rule lessons:
         provenance="results/figures/lessons.provenance.json",
     params:
         lessons=StageConfig(json.dumps({k: v.model_dump(mode="json") for k, v in RUN.study.lessons.items()})),
-        seeds=" ".join(f"--seeds {fig}=results/figures/{fig}.seeds.csv" for fig in LESSON_FIGURES),
+        seeds=[arg for fig in LESSON_FIGURES for arg in ("--seeds", f"{fig}=results/figures/{fig}.seeds.csv")],
     threads: 1
     resources:
         **light(),
@@ -80,4 +80,4 @@ rule lessons:
     conda:
         "../../envs/mm1.yaml"
     shell:
-        "mm1 lessons --lessons {params.lessons:q} {params.seeds} --out $(dirname {output.md:q}) > {log:q} 2>&1"
+        "mm1 lessons --lessons {params.lessons:q} {params.seeds:q} --out \"$(dirname {output.md:q})\" > {log:q} 2>&1"

@@ -27,7 +27,7 @@ rule llm_pack:
         "../../envs/mm1.yaml"
     shell:
         "mm1 pack --config-json {params.cfg:q} --manifest {input.manifest:q} "
-        "--tokenizer {input.tokenizer:q} --out $(dirname {output.packed:q}) > {log:q} 2>&1"
+        "--tokenizer {input.tokenizer:q} --out \"$(dirname {output.packed:q})\" > {log:q} 2>&1"
 
 
 rule llm:
@@ -52,4 +52,4 @@ rule llm:
         "../../envs/mm1.yaml"
     shell:
         "mm1 train --config-json {params.cfg:q} --packed {input.packed:q} "
-        "--tokenizer {input.tokenizer:q} --out $(dirname {output.metrics:q}) > {log:q} 2>&1"
+        "--tokenizer {input.tokenizer:q} --out \"$(dirname {output.metrics:q})\" > {log:q} 2>&1"

@@ -21,4 +21,4 @@ rule pack:
         "../../envs/mm1.yaml"
     shell:
         "mm1 pack --config-json {params.cfg:q} --manifest {input.manifest:q} --tokenizer {input.tokenizer:q} "
-        "--out $(dirname {output.packed:q}) > {log:q} 2>&1"
+        "--out \"$(dirname {output.packed:q})\" > {log:q} 2>&1"

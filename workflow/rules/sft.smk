@@ -20,7 +20,7 @@ rule sft_pack:
         "../../envs/mm1.yaml"
     shell:
         "mm1 sft-pack --config-json {params.cfg:q} --manifest {input.manifest:q} --tokenizer {input.tokenizer:q} "
-        "--out $(dirname {output.packed:q}) > {log:q} 2>&1"
+        "--out \"$(dirname {output.packed:q})\" > {log:q} 2>&1"
 
 
 rule sft:
@@ -46,4 +46,4 @@ rule sft:
         "../../envs/mm1.yaml"
     shell:
         "mm1 train --config-json {params.cfg:q} --packed {input.packed:q} --tokenizer {input.tokenizer:q} "
-        "--init {input.pretrained:q} --out $(dirname {output.metrics:q}) > {log:q} 2>&1"
+        "--init {input.pretrained:q} --out \"$(dirname {output.metrics:q})\" > {log:q} 2>&1"

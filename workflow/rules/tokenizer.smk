@@ -18,4 +18,4 @@ rule tokenizer:
         "../../envs/mm1.yaml"
     shell:
         "mm1 tokenizer --config-json {params.cfg:q} --manifest {input.manifest:q} "
-        "--out $(dirname {output.tokenizer:q}) > {log:q} 2>&1"
+        "--out \"$(dirname {output.tokenizer:q})\" > {log:q} 2>&1"

@@ -10,7 +10,7 @@ rule train:
         provenance="results/train/{exp}/provenance.json",
     params:
         cfg=cfg("train"),
-        init=lambda w: " ".join(f"{INIT_FLAG[k]} {v}" for k, v in pretrained(w).items()),
+        init=lambda w: [arg for k, v in pretrained(w).items() for arg in (INIT_FLAG[k], v)],
     threads: job_threads
     resources:
         **training("train"),
@@ -21,5 +21,5 @@ rule train:
     conda:
         "../../envs/mm1.yaml"
     shell:
-        "mm1 train --config-json {params.cfg:q} {params.init} --packed {input.packed:q} "
-        "--tokenizer {input.tokenizer:q} --out $(dirname {output.metrics:q}) > {log:q} 2>&1"
+        "mm1 train --config-json {params.cfg:q} {params.init:q} --packed {input.packed:q} "
+        "--tokenizer {input.tokenizer:q} --out \"$(dirname {output.metrics:q})\" > {log:q} 2>&1"

@@ -21,4 +21,4 @@ rule world:
     conda:
         "../../envs/mm1.yaml"
     shell:
-        "mm1 world --config-json {params.cfg:q} --out $(dirname {output.manifest:q}) > {log:q} 2>&1"
+        "mm1 world --config-json {params.cfg:q} --out \"$(dirname {output.manifest:q})\" > {log:q} 2>&1"

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from mm1.config.base import Section
+from mm1.config.base import FILE_NAME, Section
 
 
 class WorldConfig(Section):
@@ -55,8 +55,8 @@ Format = Literal["webdataset", "obelics", "jsonl", "coco", "vqa", "llava"]
 class SourceSpec(Section):
     """One dataset to acquire: where it is, what it must hash to, how it is stored, under what licence."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    """Folder name under results/acquired/ (letters, digits, _ . -)."""
+    name: str = Field(pattern=FILE_NAME)
+    """Folder name under results/acquired/ (letters, digits, _ . -; not starting with . or -)."""
     url: str
     """http(s):// or file:// URL, or a local path, of one file (a tar shard, parquet, jsonl or json)."""
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from mm1.config.base import Section
+from mm1.config.base import FILE_NAME, Section
 
 MARKERS: tuple[str, ...] = ("<image>", "<eoc>", "<eos>")
 """Markers a prompt template may use: the image's slots, end-of-caption, end-of-text."""
@@ -22,7 +22,7 @@ class BenchmarkSpec(Section):
     JSON, each with an image folder). Relative paths are read from the eval stage's ``--data``
     folder (the world stage's output); absolute paths point anywhere, e.g. at the real COCO."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=FILE_NAME)
     """Name in results (predictions/<name>_<k>shot.json, scores.csv)."""
     task: Literal["captioning", "vqa"]
     """captioning: COCO caption JSON, CIDEr; vqa: VQAv2 questions/annotations, VQA accuracy."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from mm1.config.base import Section
+from mm1.config.base import FILE_NAME, Section
 from mm1.config.data import DataConfig, TokenizerConfig, WorldConfig
 from mm1.config.eval import EvalConfig
 from mm1.config.model import ModelConfig
@@ -16,8 +16,8 @@ from mm1.config.train import ParallelConfig, TrainConfig
 class RunConfig(Section):
     """One MM1 run: data, tokenizer, model, layout, training and evaluation."""
 
-    name: str = Field("mm1-tiny", pattern=r"^[A-Za-z0-9_.-]+$")
-    """Run name, used in logs and provenance (letters, digits, _ . -)."""
+    name: str = Field("mm1-tiny", pattern=FILE_NAME)
+    """Run name, used in logs and provenance (letters, digits, _ . -; not starting with . or -)."""
     world: WorldConfig = WorldConfig()
     """The synthetic MM1 world (data source of the miniature study)."""
     data: DataConfig = DataConfig()
@@ -43,6 +43,23 @@ class RunConfig(Section):
         for name, heads in (("decoder", dec.num_attention_heads), ("encoder", self.model.encoder.num_attention_heads)):
             if heads % par.tp:
                 raise ValueError(f"parallel.tp={par.tp} must divide model.{name}.num_attention_heads={heads}")
+        # Each tensor-parallel rank holds an equal share of these widths (megatron asserts it deep inside
+        # the model build otherwise); mm1.plan.layout.problems checks the same for the planner.
+        shares = [
+            ("decoder.num_query_groups", dec.query_groups),
+            ("decoder.ffn_hidden_size", dec.ffn_hidden_size),
+            ("encoder.ffn_hidden_size", self.model.encoder.ffn_hidden_size),
+        ]
+        if self.model.encoder.objective == "clip":  # the CLIP text tower is built with the same layout
+            shares.append(("encoder.clip.text_attention_heads", self.model.encoder.clip.text_attention_heads))
+        for name, value in shares:
+            if value % par.tp:
+                raise ValueError(f"parallel.tp={par.tp} must divide model.{name}={value}; use a divisor of {value}")
+        if par.gpus_per_node is not None and par.gpus_per_node % par.tp:
+            raise ValueError(
+                f"parallel.tp={par.tp} must divide parallel.gpus_per_node={par.gpus_per_node}: tensor "
+                "parallelism stays inside a node; lower parallel.tp"
+            )
         if dec.num_layers % par.pp:
             raise ValueError(f"parallel.pp={par.pp} must divide model.decoder.num_layers={dec.num_layers}")
         if par.ep > 1 and not moe.enabled:
@@ -53,6 +70,8 @@ class RunConfig(Section):
         if self.train.global_batch_size % per_step:
             raise ValueError(
                 f"train.global_batch_size={self.train.global_batch_size} must be a multiple of "
-                f"micro_batch_size*dp={per_step}"
+                f"micro_batch_size*dp={per_step} (train.micro_batch_size={self.train.micro_batch_size} x dp, "
+                f"where dp = parallel.world_size / (parallel.tp x parallel.pp) = {par.world_size}/({par.tp}x{par.pp}) "
+                f"= {par.dp})"
             )
         return self

@@ -16,7 +16,7 @@ from pydantic import Field, field_validator, model_validator
 
 from mm1.config.base import Section
 
-NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
+NAME = r"[A-Za-z0-9][A-Za-z0-9_-]*"  # matched whole (re.fullmatch: a trailing newline fails too)
 BASE = "base"  # the experiment with no overrides: the run as the config file states it
 SECTIONS = ("name", "world", "data", "tokenizer", "model", "parallel", "train", "eval", "sft")
 # Stages whose config a study may adjust (study.stages) -- the rules of workflow/rules/*.smk.
@@ -147,7 +147,7 @@ class StudyConfig(Section):
     @classmethod
     def _experiments(cls, value: dict[str, Overrides]) -> dict[str, Overrides]:
         for name, overrides in value.items():
-            if not re.match(NAME, name):
+            if not re.fullmatch(NAME, name):
                 raise ValueError(f"experiment name {name!r} must be letters, digits, _ or - (not starting with _ or -)")
             if name == BASE:
                 raise ValueError(f"{BASE!r} is the run without overrides; pick another experiment name")
@@ -173,8 +173,8 @@ class StudyConfig(Section):
     def _figures(self) -> StudyConfig:
         known = {BASE, *self.experiments}
         for fig, spec in self.figures.items():
-            if not re.match(NAME, fig):
-                raise ValueError(f"figure id {fig!r} must be letters, digits, _ or -")
+            if not re.fullmatch(NAME, fig):
+                raise ValueError(f"figure id {fig!r} must be letters, digits, _ or - (not starting with _ or -)")
             missing = [e for e in spec.experiments if e not in known]
             if missing:
                 raise ValueError(
