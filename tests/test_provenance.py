@@ -127,3 +127,23 @@ def test_failing_writer_creates_nothing(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         atomic.write_with(tmp_path / "f.txt", fail)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_temp_files_of_killed_writers_are_removed_by_the_next_write(tmp_path: Path) -> None:
+    """A SIGKILLed writer runs no ``finally``: its temp file stays until the next write of that file,
+    which removes it because its process is gone; a live writer's temp file is left alone."""
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = atomic._owner().split("-", 1)[1]
+    stale = tmp_path / f".out.txt.{dead.stdout.strip()}-{host}.abc123.tmp"
+    live = tmp_path / f".out.txt.{os.getpid()}-{host}.def456.tmp"
+    other_host = tmp_path / f".out.txt.{dead.stdout.strip()}-00000000.ghi789.tmp"
+    for p in (stale, live, other_host):
+        p.write_text("half")
+    atomic.write_text(tmp_path / "out.txt", "whole")
+    assert (tmp_path / "out.txt").read_text() == "whole"
+    assert not stale.exists()
+    assert live.exists() and other_host.exists()

@@ -2,17 +2,43 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import socket
 import tempfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 
+def _owner() -> str:
+    """This process, as it appears in its temp files' names: ``<pid>-<host crc>`` (no dots)."""
+    return f"{os.getpid()}-{zlib.crc32(socket.gethostname().encode()):08x}"
+
+
+def _remove_stale(path: Path) -> None:
+    """Delete temp files of ``path`` whose writer was killed (SIGKILL, SIGTERM: no ``finally`` ran).
+    Only this host's, and only those whose process is gone; another live writer's are left alone."""
+    host = _owner().split("-", 1)[1]
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid, _, crc = tmp.name[len(path.name) + 2 :].split(".", 1)[0].partition("-")
+        if crc != host or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except PermissionError:  # alive, another user's
+            pass
+
+
 def write_with(path: Path, write: Callable[[Path], object]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``."""
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``.
+    Temp files that killed writers left beside ``path`` are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _remove_stale(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_owner()}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(name)
     try:

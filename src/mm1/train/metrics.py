@@ -14,6 +14,8 @@ from pathlib import Path
 import polars as pl
 import torch
 
+from mm1 import atomic
+
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from megatron.core.transformer.moe import moe_utils
@@ -57,8 +59,8 @@ class MetricsLog:
 def _truncate(folder: Path, step: int) -> None:
     """Drop the DVCLive history rows after ``step`` (logged by a run that stopped before saving them)."""
     for tsv in (folder / "plots" / "metrics").rglob("*.tsv"):
-        history = pl.read_csv(tsv, separator="\t")
-        history.filter(pl.col("step") <= step).write_csv(tsv, separator="\t")
+        kept = pl.read_csv(tsv, separator="\t").filter(pl.col("step") <= step)
+        atomic.write_with(tsv, lambda tmp, kept=kept: kept.write_csv(tmp, separator="\t"))  # a kill keeps the old one
 
 
 class MoEStats:
