@@ -11,11 +11,14 @@ already existed before it injects the fault, and :func:`assert_intact` afterward
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import os
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -82,3 +85,24 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, poll: f
             return value
         time.sleep(poll)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@contextlib.contextmanager
+def small_fs(where: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (e.g. "16m") mounted at ``where``: a disk that fills up. Root only: fails
+    without root, unless ``MM1_NO_ROOT=1``, which skips the test."""
+    import pytest
+
+    if os.geteuid() != 0:
+        if os.environ.get("MM1_NO_ROOT") == "1":
+            pytest.skip("needs root to mount a small tmpfs (MM1_NO_ROOT=1 skips it)")
+        pytest.fail("needs root to mount a small tmpfs (a disk that fills up); run as root or set MM1_NO_ROOT=1")
+    where.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(where)], check=True, timeout=30
+    )
+    try:
+        yield where
+    finally:
+        if subprocess.run(["umount", str(where)], timeout=30).returncode:
+            subprocess.run(["umount", "-l", str(where)], check=True, timeout=30)

@@ -21,6 +21,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from faultkit import assert_intact, snapshot, wait_for
+from faultkit import small_fs as faultkit_small_fs
 from trainkit import TINY, tiny
 
 from mm1 import atomic
@@ -44,16 +45,8 @@ def train_args(world, out: Path, *overrides: str) -> list[str]:
 @pytest.fixture
 def small_fs(tmp_path):
     """A 16 MiB tmpfs: a disk that fills up."""
-    if os.geteuid() != 0:
-        if os.environ.get("MM1_NO_ROOT") == "1":
-            pytest.skip("needs root to mount a small tmpfs (MM1_NO_ROOT=1 skips it)")
-        pytest.fail("needs root to mount a small tmpfs (a disk that fills up); run as root or set MM1_NO_ROOT=1")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "tmpfs", str(mnt)], check=True)
-    yield mnt
-    if subprocess.run(["umount", str(mnt)]).returncode:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
+    with faultkit_small_fs(tmp_path / "small", "16m") as mnt:
+        yield mnt
 
 
 def fill(mnt: Path, leave: int) -> Path:

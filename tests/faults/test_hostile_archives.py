@@ -11,11 +11,11 @@ import io
 import json
 import os
 import re
-import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
+from faultkit import small_fs
 from PIL import Image
 
 from mm1.config.data import SourceSpec
@@ -198,14 +198,7 @@ def test_a_write_error_while_downloading_fails_at_once_naming_the_file(tmp_path,
     monkeypatch.setattr(acquire_module, "open", fake_open, raising=False)
     monkeypatch.setattr(acquire_module.time, "sleep", waits.append)
     out = tmp_path / "out"
-    src = SourceSpec(
-        name="text",
-        url=str(source),
-        sha256=acquire_module.sha256_file(source),
-        format="jsonl",
-        role="text",
-        licence="CC0-1.0",
-    )
+    src = text_source(source)
     with pytest.raises(AcquireError) as e:
         acquire([src], out, 1.0)
     partial = out / "text" / "corpus.jsonl.partial"
@@ -216,19 +209,23 @@ def test_a_write_error_while_downloading_fails_at_once_naming_the_file(tmp_path,
     assert not (out / "text" / "corpus.jsonl").exists() and not (out / "manifest.parquet").exists()
 
 
+def text_source(path: Path) -> SourceSpec:
+    """A jsonl text source read from the local file ``path``."""
+    return SourceSpec(
+        name="text",
+        url=str(path),
+        sha256=acquire_module.sha256_file(path),
+        format="jsonl",
+        role="text",
+        licence="CC0-1.0",
+    )
+
+
 @pytest.fixture
 def tiny_fs(tmp_path):
     """A 256 KiB tmpfs at ``tmp_path/fs`` (root only), unmounted afterwards."""
-    if os.geteuid() != 0:
-        if os.environ.get("MM1_NO_ROOT") == "1":
-            pytest.skip("needs root to mount a tmpfs (MM1_NO_ROOT=1)")
-        pytest.fail("needs root to mount a tmpfs; run as root or set MM1_NO_ROOT=1 to skip")
-    mount = tmp_path / "fs"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], check=True, timeout=30)
-    yield mount
-    if subprocess.run(["umount", str(mount)], timeout=30).returncode != 0:
-        subprocess.run(["umount", "-l", str(mount)], timeout=30)
+    with small_fs(tmp_path / "fs", "256k") as mount:
+        yield mount
 
 
 @pytest.mark.faults(item=8)
@@ -238,14 +235,7 @@ def test_a_download_bigger_than_the_free_space_fails_at_once(tmp_path, tiny_fs, 
     source.write_bytes(b'{"id": "d0", "text": "a document"}\n' * 20_000)  # 700 KB > 256 KiB
     waits = []
     monkeypatch.setattr(acquire_module.time, "sleep", waits.append)
-    src = SourceSpec(
-        name="text",
-        url=str(source),
-        sha256=acquire_module.sha256_file(source),
-        format="jsonl",
-        role="text",
-        licence="CC0-1.0",
-    )
+    src = text_source(source)
     with pytest.raises(AcquireError, match=r"corpus\.jsonl\.partial \(No space left on device; \d+ bytes free"):
         acquire([src], tiny_fs / "out", 1.0)
     assert waits == []
