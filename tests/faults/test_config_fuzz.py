@@ -202,7 +202,6 @@ LAYOUT_FIELDS = [  # the widths that must split over tp first: the subtle ones
     ("model", "decoder", "num_query_groups"),
     ("model", "decoder", "ffn_hidden_size"),
     ("model", "encoder", "ffn_hidden_size"),
-    ("model", "encoder", "clip", "text_attention_heads"),
     ("parallel", "gpus_per_node"),
     ("parallel", "world_size"),
     ("parallel", "tp"),

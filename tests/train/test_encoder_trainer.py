@@ -61,3 +61,19 @@ def test_pipeline_parallel_is_refused_with_the_fix(world, tmp_path: Path) -> Non
     args = ["encoder", "--manifest", str(world["manifest"]), "--tokenizer", str(world["tokenizer"])]
     code = main([*args, "--out", str(tmp_path), "--set", "parallel.world_size=2", "--set", "parallel.pp=2"])
     assert code == 2
+
+
+def test_tp_that_does_not_divide_the_clip_text_heads_names_both_fields() -> None:
+    """Only the encoder stage builds the CLIP text tower, so only it needs tp | its heads (the 30B
+    layout's tp 8 and OpenAI's 12 text heads): a clear error here, not an assertion inside megatron."""
+    from mm1.train.encoder_trainer import check_layout
+
+    cfg = tiny(
+        "parallel.world_size=2",
+        "parallel.tp=2",
+        "model.encoder.clip.text_attention_heads=3",
+        "model.encoder.clip.text_hidden_size=48",
+    )
+    with pytest.raises(ValueError, match=r"parallel\.tp=2 must divide model\.encoder\.clip\.text_attention_heads=3"):
+        check_layout(cfg)
+    check_layout(tiny("parallel.world_size=2", "parallel.tp=2"))  # the default text tower splits

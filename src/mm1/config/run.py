@@ -50,8 +50,6 @@ class RunConfig(Section):
             ("decoder.ffn_hidden_size", dec.ffn_hidden_size),
             ("encoder.ffn_hidden_size", self.model.encoder.ffn_hidden_size),
         ]
-        if self.model.encoder.objective == "clip":  # the CLIP text tower is built with the same layout
-            shares.append(("encoder.clip.text_attention_heads", self.model.encoder.clip.text_attention_heads))
         for name, value in shares:
             if value % par.tp:
                 raise ValueError(f"parallel.tp={par.tp} must divide model.{name}={value}; use a divisor of {value}")

@@ -54,6 +54,12 @@ def check_layout(cfg: RunConfig) -> None:
             f"encoder pre-training runs without pipeline or expert parallelism (parallel.pp={cfg.parallel.pp}, "
             f"parallel.ep={cfg.parallel.ep}); set both to 1 and use tp or data parallelism"
         )
+    heads = cfg.model.encoder.clip.text_attention_heads
+    if cfg.model.encoder.objective == "clip" and heads % cfg.parallel.tp:  # only this stage builds the text tower
+        raise ValueError(
+            f"parallel.tp={cfg.parallel.tp} must divide model.encoder.clip.text_attention_heads={heads} "
+            "(the CLIP text tower is split over the same TP ranks); use a divisor of it for this stage"
+        )
     if "encoder" in cfg.train.freeze:
         raise ValueError("train.freeze lists encoder: nothing would train in encoder pre-training")
 
