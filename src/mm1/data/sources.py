@@ -11,7 +11,6 @@ still decode, into different data, so a mismatch raises ChecksumError instead.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import polars as pl
@@ -20,11 +19,11 @@ from polars.exceptions import PanicException
 from mm1.data.formats import read_caption_shards, read_documents, read_text
 from mm1.data.quarantine import Quarantine
 from mm1.data.records import CaptionSample, InterleavedDoc, TextDoc
+from mm1.provenance import hash_path
 
 ROLES = ("caption", "interleaved", "text")
 MANIFEST_COLUMNS = {"name", "format", "role", "path", "sha256"}
 READERS = {"webdataset": "caption", "obelics": "interleaved", "jsonl": "text"}
-_CHUNK = 1 << 20
 
 
 class ChecksumError(ValueError):
@@ -73,11 +72,8 @@ def verify(manifest: Path, path: Path, expected: str | None) -> None:
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+    """sha256 of one file's bytes (what the manifests record)."""
+    return hash_path(path)
 
 
 def load_pretraining_sources(
