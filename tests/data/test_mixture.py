@@ -75,8 +75,9 @@ def test_every_source_type_is_packed_with_its_layout(tok: TextTokenizer) -> None
     for q in by["caption"]:
         assert len(q.images) >= 2  # 1 + 2 * (4 + 3 + 1) <= 49: several pairs per sequence
         assert int((q.tokens == tok.eoc_id).sum()) == len(q.images)
-    for q in by["interleaved"]:
-        assert len(q.images) == 1 and q.tokens[0] == tok.bos_id and tok.eos_id in q.tokens
+    for q in by["interleaved"]:  # whole documents of one image each, each ended by <eos>
+        assert len(q.images) == int((q.tokens == tok.eos_id).sum()) >= 1 and q.tokens[0] == tok.bos_id
+    assert max(len(q.images) for q in by["interleaved"]) >= 2  # several documents share a sequence
     for q in by["text"]:
         assert q.images == [] and tok.pad_id not in q.tokens  # text fills the sequence
         assert q.loss_mask.all()
@@ -110,13 +111,43 @@ def test_max_images_per_sequence_is_respected(tok: TextTokenizer) -> None:
     assert [q.images for q in many] == [[_image(0), _image(1), _image(2)]] * 2
 
 
+def _documents(seqs: list[PackedSequence]) -> list[bytes]:
+    """The documents of interleaved sequences in reading order, named by their one image each."""
+    return [im for q in seqs for im in q.images]
+
+
 def test_each_epoch_uses_every_record_once_and_is_reshuffled(tok: TextTokenizer) -> None:
     src = _sources(n_doc=12)
-    seqs = _take(_sampler(tok, sources=src, caption=0, interleaved=1, text=0), 36)
-    epochs = [[q.images[0] for q in seqs[e * 12 : (e + 1) * 12]] for e in range(3)]
+    docs = _documents(_take(_sampler(tok, sources=src, caption=0, interleaved=1, text=0), 36))
+    assert len(docs) >= 36
+    epochs = [docs[e * 12 : (e + 1) * 12] for e in range(3)]
     for e in epochs:
         assert sorted(e) == sorted(_image(1000 + i) for i in range(12))
     assert epochs[0] != epochs[1] != epochs[2]
+
+
+def test_packing_documents_together_keeps_their_order(tok: TextTokenizer) -> None:
+    src = _sources(n_doc=12)
+    packed = _take(_sampler(tok, sources=src, caption=0, interleaved=1, text=0), 20)
+    single = _take(_sampler(tok, sources=src, caption=0, interleaved=1, text=0, max_images_per_sequence=1), 100)
+    assert all(len(q.images) == 1 for q in single)  # one document per sequence: the stream's own order
+    assert len(_documents(packed)) > 30 and _documents(packed) == _documents(single)[: len(_documents(packed))]
+
+
+def test_a_document_that_does_not_fit_starts_the_next_sequence(tok: TextTokenizer) -> None:
+    src = _sources(n_doc=12)
+    long = "sat on the mat " * 20  # longer than a whole sequence: cut, its rest dropped
+    src["interleaved"][3] = InterleavedDoc("long", ("the cat", None, long), (None, _image(1003), None))
+    seqs = _take(_sampler(tok, sources=src, caption=0, interleaved=1, text=0), 40)
+    cut = [q for q in seqs if _image(1003) in q.images]
+    assert len(cut) >= 2 and all(q.images == [_image(1003)] and tok.pad_id not in q.tokens for q in cut)
+    assert all(tok.eos_id not in q.tokens for q in cut)  # the document did not end in the sequence
+    for prev, q in itertools.pairwise(seqs):
+        if tok.eos_id not in prev.tokens or tok.eos_id not in q.tokens:
+            continue
+        used = int((prev.tokens != tok.pad_id).sum())
+        first = int(np.flatnonzero(q.tokens == tok.eos_id)[0])  # the next sequence's first document: 1..first
+        assert used + first > S + 1, "a document that fits was left for the next sequence"
 
 
 @pytest.mark.parametrize("share", [0.0, 0.3, 1.0])
@@ -175,9 +206,12 @@ def test_realised_mixture_counts(tok: TextTokenizer) -> None:
     assert cap["images"] == sum(len(q.images) for q in caps)
     assert cap["loss_tokens"] == sum(int(q.loss_mask.sum()) for q in caps)
     assert cap["tokens"] == sum(int((q.tokens[:-1] != tok.pad_id).sum()) for q in caps)
+    assert cap["padding"] == pytest.approx(1 - cap["tokens"] / (S * len(caps)))
+    assert df.row(2, named=True)["padding"] == 0.0  # text fills every sequence
     for col in ("sequence_share", "token_share", "loss_token_share", "image_share"):
         assert df[col].sum() == pytest.approx(1.0)
     assert realised_mixture([], tok.pad_id)["sequence_share"].to_list() == [0.0, 0.0, 0.0]
+    assert realised_mixture([], tok.pad_id)["padding"].to_list() == [0.0, 0.0, 0.0]
 
 
 # --- determinism, resume, data parallelism --------------------------------------------------------
@@ -213,10 +247,27 @@ def test_resume_under_another_dp_layout_continues_the_global_stream(tok: TextTok
     assert [q for group in zip(*tails, strict=True) for q in group] == one[30:]
 
 
+def test_packed_documents_resume_and_shard_like_single_ones(tok: TextTokenizer) -> None:
+    kw = {"caption": 0, "interleaved": 1, "text": 0}
+    full = _take(_sampler(tok, **kw), 30)
+    assert sum(len(q.images) for q in full[:7]) > 7  # the checkpoint falls between packed documents
+    first = _sampler(tok, **kw)
+    head = _take(first, 7)
+    resumed = _sampler(tok, **kw)
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    assert head + _take(resumed, 23) == full
+    ranks = [_take(_sampler(tok, dp_rank=r, dp_size=3, **kw), 10) for r in range(3)]
+    assert [q for group in zip(*ranks, strict=True) for q in group] == full
+    docs = _documents(full)  # 12 documents an epoch: no duplicate or gap within an epoch
+    assert sorted(docs[:12]) == sorted(docs[12:24]) == sorted(_image(1000 + i) for i in range(12))
+
+
 def test_state_of_another_configuration_is_refused(tok: TextTokenizer) -> None:
     state = _sampler(tok, seed=1).state_dict()
     with pytest.raises(ValueError, match="different \\['seed'\\]"):
         _sampler(tok, seed=2).load_state_dict(state)
+    with pytest.raises(ValueError, match="format 1 is not 2"):
+        _sampler(tok, seed=1).load_state_dict({**state, "format": 1})  # saved when a document filled a sequence
 
 
 @pytest.mark.parametrize("dp_size", [1, 2, 3])

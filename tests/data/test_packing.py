@@ -15,6 +15,8 @@ from mm1.data.packing import (
     PackedSequence,
     caption_sequence,
     captions_that_fit,
+    document_size,
+    documents_that_fit,
     encode_text,
     interleaved_sequence,
     text_sequence,
@@ -109,7 +111,7 @@ def test_an_overlong_caption_keeps_its_image_and_is_cut(tok: TextTokenizer) -> N
 def test_interleaved_layout_and_exact_loss_positions(tok: TextTokenizer) -> None:
     lay = _layout(tok, seq_length=40)
     t1, t2 = _ids(tok, "the cat"), _ids(tok, "sat on the mat")
-    seq = interleaved_sequence(lay, [t1, b"im1", t2, b"im2"])
+    seq = interleaved_sequence(lay, [[t1, b"im1", t2, b"im2"]])
     img = [tok.image_id] * N
     ids = [tok.bos_id, *t1, *img, *t2, *img, tok.eos_id]
     a = 1 + len(t1) + N  # first token of t2
@@ -123,7 +125,7 @@ def test_interleaved_layout_and_exact_loss_positions(tok: TextTokenizer) -> None
 def test_interleaved_drops_images_past_the_maximum(tok: TextTokenizer) -> None:
     lay = _layout(tok, seq_length=60, max_images=2)
     t = _ids(tok, "a red circle")
-    seq = interleaved_sequence(lay, [b"1", t, b"2", t, b"3", t, b"4"])
+    seq = interleaved_sequence(lay, [[b"1", t, b"2", t, b"3", t, b"4"]])
     assert seq.images == [b"1", b"2"]
     assert int((seq.tokens == tok.image_id).sum()) == 2 * N
     assert int((seq.tokens != tok.pad_id).sum()) == 1 + 2 * N + 3 * len(t) + 1  # all text is kept, and <eos>
@@ -132,7 +134,7 @@ def test_interleaved_drops_images_past_the_maximum(tok: TextTokenizer) -> None:
 def test_interleaved_cut_never_splits_an_image(tok: TextTokenizer) -> None:
     lay = _layout(tok, seq_length=12)  # budget 13
     t = _ids(tok, "a")  # one token
-    seq = interleaved_sequence(lay, [t, t, t, t, t, t, t, t, t, b"x", t])  # image would take tokens 10..13 of 0..12
+    seq = interleaved_sequence(lay, [[t, t, t, t, t, t, t, t, t, b"x", t]])  # image would take tokens 10..13 of 0..12
     assert seq.images == [] and tok.image_id not in seq.tokens
     assert tok.eos_id not in seq.tokens  # the document did not end here
     assert int((seq.tokens != tok.pad_id).sum()) == 10
@@ -147,7 +149,7 @@ def test_image_slots_are_whole_and_match_the_images(tok: TextTokenizer, seq_leng
             bytes([i]) if rng.random() < 0.4 else rng.integers(10, 200, rng.integers(1, 6)).astype(np.int32)
             for i in range(rng.integers(1, 10))
         ]
-        seq = interleaved_sequence(lay, segs)
+        seq = interleaved_sequence(lay, [segs])
         runs = _slot_runs(seq, tok.image_id)  # adjacent images make one run of k * N
         assert all(r % N == 0 for r in runs) and sum(runs) == N * len(seq.images)
         assert int((seq.tokens[:-1] == tok.image_id).sum()) == N * len(seq.images)  # all slots are inputs
@@ -158,13 +160,89 @@ def test_image_slots_are_whole_and_match_the_images(tok: TextTokenizer, seq_leng
 
 def test_image_slots_never_take_the_label_only_position(tok: TextTokenizer) -> None:
     lay = _layout(tok, seq_length=12)  # 13 tokens: a third image would end on token 12, a label only
-    seq = interleaved_sequence(lay, [b"1", b"2", b"3", b"4"])
+    seq = interleaved_sequence(lay, [[b"1", b"2", b"3", b"4"]])
     assert seq.images == [b"1", b"2"]
     assert int((seq.tokens[:-1] == tok.image_id).sum()) == 2 * N
     assert not seq.loss_mask.any()  # nothing to learn: images only (the document is cut, no <eos>)
     t = _ids(tok, "a")
-    seq = interleaved_sequence(lay, [t] * 7 + [b"x"])  # slots 8..11 are inputs; <eos> is token 12
+    seq = interleaved_sequence(lay, [[t] * 7 + [b"x"]])  # slots 8..11 are inputs; <eos> is token 12
     assert seq.images == [b"x"] and seq.tokens[8:12].tolist() == [tok.image_id] * N and seq.tokens[-1] == tok.eos_id
+
+
+def test_documents_go_back_to_back_with_exact_loss_positions(tok: TextTokenizer) -> None:
+    lay = _layout(tok, seq_length=40)
+    t1, t2 = _ids(tok, "the cat"), _ids(tok, "sat on the mat")
+    seq = interleaved_sequence(lay, [[t1, b"im1"], [b"im2", t2]])
+    img = [tok.image_id] * N
+    ids = [tok.bos_id, *t1, *img, tok.eos_id, *img, *t2, tok.eos_id]
+    eos1 = 1 + len(t1) + N
+    b = eos1 + 1 + N  # first token of t2
+    loss = [*range(1, 1 + len(t1)), eos1, *range(b, b + len(t2)), len(ids) - 1]  # no <bos>, slots or <pad>
+    tokens, mask = _expected(tok, lay, ids, loss)
+    np.testing.assert_array_equal(seq.tokens, tokens)
+    np.testing.assert_array_equal(seq.loss_mask, mask)
+    assert seq.images == [b"im1", b"im2"] and int((seq.tokens == tok.bos_id).sum()) == 1
+
+
+def test_documents_fill_until_the_next_does_not_fit(tok: TextTokenizer) -> None:
+    lay = _layout(tok, seq_length=24, max_images=4)  # budget 25: <bos> + documents of (tokens, images)
+    assert documents_that_fit(lay, [(8, 1), (8, 1), (8, 1), (1, 0)]) == 3  # 1 + 24 = 25: exactly full
+    assert documents_that_fit(lay, [(8, 1), (8, 1), (9, 1), (1, 0)]) == 2  # 26 > 25: the third starts the next
+    assert documents_that_fit(lay, [(5, 1)] * 4 + [(5, 1)]) == 4  # 21 tokens, but a fifth image is too many
+    assert documents_that_fit(lay, [(5, 1)] * 4 + [(2, 0)]) == 5  # ... while a text-only document still fits
+    assert documents_that_fit(lay, [(40, 1), (1, 0)]) == 1  # an overlong first document is cut and fills it
+    # a first document with 6 images keeps 4 (22 - 2 * 4 = 14 tokens): room for text, not for an image
+    assert documents_that_fit(lay, [(22, 6), (5, 1), (5, 0)]) == 1
+    assert documents_that_fit(lay, [(22, 6), (5, 0)]) == 2
+
+
+def test_documents_that_fit_reads_no_further_than_the_first_that_does_not(tok: TextTokenizer) -> None:
+    lay = _layout(tok, seq_length=24)
+    seen: list[int] = []
+
+    def sizes():
+        for k in range(100):
+            seen.append(k)
+            yield (8, 1)
+
+    assert documents_that_fit(lay, sizes()) == 3 and seen == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("seq_length", range(8, 40, 3))
+def test_the_documents_that_fit_make_one_sequence(tok: TextTokenizer, seq_length: int) -> None:
+    rng = np.random.default_rng(seq_length)
+    lay = _layout(tok, seq_length=seq_length, max_images=3)
+    for _ in range(30):
+        docs = [
+            [
+                bytes([d, i]) if rng.random() < 0.3 else rng.integers(10, 200, rng.integers(1, 5)).astype(np.int32)
+                for i in range(rng.integers(1, 5))
+            ]
+            for d in range(8)
+        ]
+        n = documents_that_fit(lay, [document_size(lay, d) for d in docs])
+        seq = interleaved_sequence(lay, docs[:n])
+        if n > 1 or tok.eos_id in seq.tokens:  # no document was cut: each one is whole and ends in <eos>
+            assert int((seq.tokens == tok.eos_id).sum()) == n
+            assert seq.images == [s for d in docs[:n] for s in d if isinstance(s, bytes)][: lay.max_images]
+        assert int((seq.tokens[:-1] == tok.image_id).sum()) == N * len(seq.images) and len(seq.images) <= 3
+        assert not seq.loss_mask[seq.tokens[1:] == tok.image_id].any()
+        if n < len(docs):
+            with pytest.raises(ValueError, match="document"):
+                interleaved_sequence(lay, docs[: n + 1])  # one more never fits
+
+
+def test_a_document_that_does_not_fit_whole_is_refused(tok: TextTokenizer) -> None:
+    lay = _layout(tok, seq_length=20, max_images=2)
+    t = _ids(tok, "a")
+    with pytest.raises(ValueError, match="document 1 needs 10 tokens and 1 images"):
+        interleaved_sequence(lay, [[t] * 10, [t] * 5 + [b"x"]])  # 12 used + 10 > 21
+    with pytest.raises(ValueError, match="document 1 needs .* 2 images but .* 1 images left"):
+        interleaved_sequence(lay, [[b"1"], [b"2", b"3"]])
+    with pytest.raises(ValueError, match="document 0 fills the sequence; 1 more"):
+        interleaved_sequence(lay, [[t] * 30, [t]])
+    with pytest.raises(ValueError, match="at least one document"):
+        interleaved_sequence(lay, [])
 
 
 # --- text -----------------------------------------------------------------------------------------
@@ -213,7 +291,7 @@ def _some(tok: TextTokenizer) -> list[PackedSequence]:
     t = _ids(tok, "a red circle")
     return [
         caption_sequence(lay, [(b"\x89PNG1", t), (b"\x00\x01", t)]),
-        interleaved_sequence(lay, [t, b"img"]),
+        interleaved_sequence(lay, [[t, b"img"]]),
         text_sequence(lay, [t]),
     ]
 

@@ -9,9 +9,10 @@ records a sequence takes depend on what the sequences before it took) but packs 
   sequence's marginal chance is the configured fraction and realised shares stay within
   1 / BLOCK of it. Sources with weight 0 are never drawn.
 - Within a source, records are taken in a seeded permutation, reshuffled every epoch. Caption
-  pairs are packed several per sequence (a pair that does not fit starts the next caption
-  sequence); an interleaved sequence is one document (the cut-off rest is dropped); text is one
-  continuous stream ``doc <eos> doc <eos> ...`` split into sequences (nothing is dropped).
+  pairs and interleaved documents are packed several per sequence, back to back in that order
+  (one that does not fit, in tokens or images, starts the next sequence of its source; a
+  document longer than a whole sequence is cut and its rest dropped); text is one continuous
+  stream ``doc <eos> doc <eos> ...`` split into sequences (nothing is dropped).
 - Whether a caption pair uses its synthetic caption is a seeded draw per (epoch, record).
 
 All draws are functions of (seed, position), so ``state_dict`` is just the global position and
@@ -35,7 +36,9 @@ from mm1.data.tokenizer import TextTokenizer
 
 BLOCK = 1000
 """Sequences per stratified block of source draws."""
-STATE_FORMAT = 1
+STATE_FORMAT = 2
+"""Version of ``state_dict``; 2: interleaved documents are packed several per sequence, so a
+format-1 cursor would not continue the same stream."""
 
 
 class MixtureSampler:
@@ -150,14 +153,16 @@ def realised_mixture(
     sequences: Sequence[PackedSequence], pad_id: int, mixture: MixtureConfig | None = None
 ) -> pl.DataFrame:
     """Per source (one row each, always): sequences, non-pad input tokens (of tokens[:-1]), loss
-    tokens and images, with their shares; plus the configured fraction when ``mixture`` is given."""
-    counts = {s: [0, 0, 0, 0] for s in SOURCES}
+    tokens and images, with their shares; ``padding``, the share of that source's input positions
+    that are ``<pad>`` (0 without sequences); plus the configured fraction when ``mixture`` is given."""
+    counts = {s: [0, 0, 0, 0, 0] for s in SOURCES}
     for seq in sequences:
         row = counts[seq.source]
         row[0] += 1
         row[1] += int(np.count_nonzero(seq.tokens[:-1] != pad_id))
         row[2] += int(np.count_nonzero(seq.loss_mask))
         row[3] += len(seq.images)
+        row[4] += seq.seq_length
     cols = list(zip(*counts.values(), strict=True))
     df = pl.DataFrame(
         {
@@ -166,10 +171,11 @@ def realised_mixture(
             "tokens": cols[1],
             "loss_tokens": cols[2],
             "images": cols[3],
+            "padding": [1 - t / p if p else 0.0 for t, p in zip(cols[1], cols[4], strict=True)],
         },
         schema_overrides={c: pl.Int64 for c in ("sequences", "tokens", "loss_tokens", "images")},
     )
-    share = {c: pl.col(c) / pl.col(c).sum() if sum(cols[k]) else pl.lit(0.0) for k, c in enumerate(df.columns[1:])}
+    share = {c: pl.col(c) / pl.col(c).sum() if sum(cols[k]) else pl.lit(0.0) for k, c in enumerate(df.columns[1:5])}
     df = df.with_columns(
         sequence_share=share["sequences"],
         token_share=share["tokens"],
@@ -189,4 +195,5 @@ def realised_mixture(
         "loss_token_share",
         "images",
         "image_share",
+        "padding",
     )

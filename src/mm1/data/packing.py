@@ -4,8 +4,14 @@ A sequence holds ``seq_length + 1`` tokens (inputs = tokens[:-1], labels = token
 takes ``image_tokens`` copies of ``<image>`` (the connector's N). The three layouts:
 
     caption      <bos> [<image>xN caption <eoc>] [<image>xN caption <eoc>] ... <pad> ...
-    interleaved  <bos> text <image>xN text ... <eos> <pad> ...          (one document)
+    interleaved  <bos> [text <image>xN text ... <eos>] [<image>xN text ... <eos>] ... <pad> ...
     text         <bos> ...doc <eos> doc <eos> do                          (a continuous stream, no pad)
+
+Several caption pairs, or several whole documents, share a sequence until the next does not fit
+(in tokens or in max_images); it then starts the next sequence. A document longer than the whole
+sequence is cut and its rest dropped (the text stream instead carries a document's rest into the
+next sequence). Documents are separated by ``<eos>``, as text documents are; attention is not
+masked between them (as in the text stream).
 
 loss_mask[t] = 1 when the label tokens[t + 1] is a text token, ``<eoc>`` or ``<eos>``; 0 when it is
 ``<bos>``, an image slot or ``<pad>``. Every image slot is an input position (never the last,
@@ -165,38 +171,90 @@ def caption_sequence(layout: Layout, pairs: Sequence[tuple[bytes, np.ndarray]]) 
 
 # --- interleaved documents ------------------------------------------------------------------------
 
+Segment = np.ndarray | bytes
+"""A piece of an interleaved document: text token ids (int32) or an encoded image."""
 
-def interleaved_sequence(layout: Layout, segments: Sequence[np.ndarray | bytes]) -> PackedSequence:
-    """One document: ``<bos>``, its text (token arrays) and images (bytes) in order, ``<eos>``.
 
-    Images past max_images are dropped with their slots. A document longer than the sequence is
-    cut at a token boundary; an image whose slots would not all lie in the inputs (tokens[:-1])
-    is dropped whole (the cut moves before it) and the rest of the document is discarded. ``<eos>`` is only written when
-    the document ends inside the sequence."""
-    budget = layout.budget
-    slots = np.full(layout.image_tokens, layout.image_id, dtype=np.int32)
-    parts, images, used = [np.array([layout.bos_id], dtype=np.int32)], [], 1
-    for seg in segments:
-        if used == budget:
+def document_size(layout: Layout, segments: Sequence[Segment]) -> tuple[int, int]:
+    """(tokens, images) a whole document takes in a sequence: its text, N slots per image, ``<eos>``."""
+    images = sum(isinstance(seg, bytes) for seg in segments)
+    text = sum(len(seg) for seg in segments if not isinstance(seg, bytes))
+    return text + layout.image_tokens * images + 1, images
+
+
+def documents_that_fit(layout: Layout, sizes: Iterable[tuple[int, int]]) -> int:
+    """How many of the next documents (their :func:`document_size`, in order) go into one sequence.
+
+    The first always goes in (its images past max_images dropped, cut when it is longer than the
+    sequence: a cut document fills the sequence). Each next document goes in only whole, while the
+    tokens and the images so far stay within the sequence's budget and max_images; the first that
+    does not fit starts the next sequence, so the documents keep their order."""
+    used, images, n = 1, 0, 0  # <bos>
+    for tokens, imgs in sizes:
+        if n == 0:
+            kept = min(imgs, layout.max_images)
+            tokens, imgs = tokens - layout.image_tokens * (imgs - kept), kept
+        elif used + tokens > layout.budget or images + imgs > layout.max_images:
             break
+        used, images, n = used + tokens, images + imgs, n + 1
+        if used > layout.budget:  # the first document is cut
+            break
+    return max(n, 1)
+
+
+def interleaved_sequence(layout: Layout, documents: Sequence[Sequence[Segment]]) -> PackedSequence:
+    """``<bos>``, then each document's text (token arrays) and images (bytes) in order, each ended by ``<eos>``.
+
+    The first document: images past max_images are dropped with their slots; when it is longer than
+    the sequence it is cut at a token boundary, an image whose slots would not all lie in the inputs
+    (tokens[:-1]) is dropped whole (the cut moves before it) and the rest of the document is
+    discarded; ``<eos>`` is only written when the document ends inside the sequence. Every later
+    document must fit whole (:func:`documents_that_fit` chooses them)."""
+    if not documents:
+        raise ValueError("an interleaved sequence takes at least one document, got none")
+    parts, images, used = [np.array([layout.bos_id], dtype=np.int32)], [], 1
+    eos = np.array([layout.eos_id], dtype=np.int32)
+    for k, segments in enumerate(documents):
+        if k:
+            tokens, imgs = document_size(layout, segments)
+            if used + tokens > layout.budget or len(images) + imgs > layout.max_images:
+                raise ValueError(
+                    f"document {k} needs {tokens} tokens and {imgs} images but the sequence has "
+                    f"{layout.budget - used} tokens and {layout.max_images - len(images)} images left"
+                )
+        used, ended = _lay_out(layout, segments, parts, images, used)
+        if ended and used < layout.budget:
+            parts.append(eos)
+            used += 1
+        elif k < len(documents) - 1:
+            raise ValueError(f"document {k} fills the sequence; {len(documents) - 1 - k} more do not fit")
+    return _finish(layout, parts, images, "interleaved")
+
+
+def _lay_out(
+    layout: Layout, segments: Sequence[Segment], parts: list[np.ndarray], images: list[bytes], used: int
+) -> tuple[int, bool]:
+    """Append one document's text and image slots to ``parts``/``images`` from position ``used``;
+    returns the new position and whether the whole document went in."""
+    slots = np.full(layout.image_tokens, layout.image_id, dtype=np.int32)
+    for seg in segments:
+        if used == layout.budget:
+            return used, False
         if isinstance(seg, bytes):
             if len(images) == layout.max_images:
                 continue
             if used + layout.image_tokens > layout.seq_length:  # every slot must be an input position
-                break
+                return used, False
             parts.append(slots)
             images.append(seg)
             used += layout.image_tokens
         else:
-            take = seg[: budget - used]
+            take = seg[: layout.budget - used]
             parts.append(take)
             used += len(take)
             if len(take) < len(seg):
-                break
-    else:
-        if used < budget:
-            parts.append(np.array([layout.eos_id], dtype=np.int32))
-    return _finish(layout, parts, images, "interleaved")
+                return used, False
+    return used, True
 
 
 # --- text-only documents --------------------------------------------------------------------------

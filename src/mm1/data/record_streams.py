@@ -10,6 +10,7 @@ their cursors alike. Text is tokenised on first use and cached per record.
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -17,8 +18,11 @@ import numpy as np
 from mm1.data.packing import (
     Layout,
     PackedSequence,
+    Segment,
     caption_sequence,
     captions_that_fit,
+    document_size,
+    documents_that_fit,
     encode_text,
     interleaved_sequence,
     text_sequence,
@@ -100,18 +104,38 @@ class CaptionStream:
 
 
 class InterleavedStream:
-    """One document per sequence; what does not fit is dropped."""
+    """Whole documents back to back, several per sequence; a document that does not fit starts the
+    next sequence, and one longer than a sequence is cut (its rest is dropped)."""
 
     def __init__(self, records: Sequence[InterleavedDoc], layout: Layout, tok: TextTokenizer, seed: int):
         self.records, self.layout, self.tok = records, layout, tok
         self.order = Order(len(records), seed, 1)
-        self.cache: dict[int, tuple[np.ndarray | None, ...]] = {}
+        self.cache: dict[int, list[Segment]] = {}
 
-    def take(self) -> int:
-        """Record index of the next document."""
-        _, idx = self.order.peek()
-        self.order.advance()
-        return idx
+    def _segments(self, idx: int) -> list[Segment]:
+        segments = self.cache.get(idx)
+        if segments is None:
+            doc = self.records[idx]
+            if not isinstance(doc, InterleavedDoc):
+                raise TypeError(f"interleaved source record {idx} is a {type(doc).__name__}, not an InterleavedDoc")
+            segments = self.cache[idx] = [
+                im if t is None else encode_text(self.tok, t, self.layout)
+                for t, im in zip(doc.texts, doc.images, strict=True)
+            ]
+        return segments
+
+    def take(self) -> list[int]:
+        """Record indices of the documents of the next interleaved sequence, in order."""
+        docs: list[int] = []
+
+        def sizes() -> Iterator[tuple[int, int]]:
+            for k in itertools.count():  # ends: every document takes at least its <eos>
+                docs.append(self.order.peek(k)[1])
+                yield document_size(self.layout, self._segments(docs[-1]))
+
+        n = documents_that_fit(self.layout, sizes())
+        self.order.advance(n)
+        return docs[:n]
 
     def cursor(self) -> dict[str, int]:
         return {"epoch": self.order.epoch, "pos": self.order.pos}
@@ -119,17 +143,8 @@ class InterleavedStream:
     def set_cursor(self, cursor: dict[str, int]) -> None:
         self.order.epoch, self.order.pos = int(cursor["epoch"]), int(cursor["pos"])
 
-    def build(self, idx: int) -> PackedSequence:
-        doc = self.records[idx]
-        if not isinstance(doc, InterleavedDoc):
-            raise TypeError(f"interleaved source record {idx} is a {type(doc).__name__}, not an InterleavedDoc")
-        texts = self.cache.get(idx)
-        if texts is None:
-            texts = self.cache[idx] = tuple(
-                None if t is None else encode_text(self.tok, t, self.layout) for t in doc.texts
-            )
-        segments = [im if t is None else t for t, im in zip(texts, doc.images, strict=True)]
-        return interleaved_sequence(self.layout, segments)
+    def build(self, docs: list[int]) -> PackedSequence:
+        return interleaved_sequence(self.layout, [self._segments(idx) for idx in docs])
 
 
 class TextStream:
