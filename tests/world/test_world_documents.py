@@ -7,6 +7,7 @@ import re
 from worldkit import colours_in, shapes_in
 
 from mm1.world import World
+from mm1.world.documents import PROSE
 from mm1.world.vocab import WORDS
 
 
@@ -60,3 +61,37 @@ def test_a_document_keeps_one_format(world: World) -> None:
             assert [t.split(":")[0] for t in texts if t.startswith("Figure") and ":" in t] == [
                 f"Figure {k + 1}" for k in range(len(doc.meta["about"]))
             ]
+
+
+def test_every_qa_answer_ends_with_a_newline(world: World) -> None:
+    qa_docs = [d for d in world.documents if d.meta["format"] == "qa"]
+    faq = [t.text for t in world.texts if t.meta["kind"] == "faq"]
+    assert qa_docs and faq
+    for doc in qa_docs:
+        assert all(doc.texts[p].endswith("\n") for _, p in doc.meta["about"])
+    for text in faq:
+        lines = text.split("\n")
+        assert lines[-1] == "" and all(re.match(r"(Question|Q): .+\? (Answer|A): \S", x) for x in lines[1:-1]), text
+
+
+def test_documents_hold_general_prose_between_images(world: World) -> None:
+    about = {(d.id, p) for d in world.documents for _, p in d.meta["about"]}
+    prose = [t for d in world.documents for p, t in enumerate(d.texts) if _prose_run(t) and (d.id, p) not in about]
+    assert len(prose) > len(world.documents) // 2
+
+
+def _prose_run(text: str | None) -> bool:
+    """Whether a text item is a run of PROSE sentences."""
+    return text is not None and all(s + "." in PROSE for s in text.removesuffix(".").split(". "))
+
+
+def test_a_newline_terminator_survives_tokenisation(tmp_path) -> None:
+    from mm1.config import TokenizerConfig
+    from mm1.data.packing import Layout, encode_text
+    from mm1.data.tokenizer import TextTokenizer, train_tokenizer
+
+    texts = ["Question: what colour is it? Answer: blue\n", "Q: how many? A: 3\n"] * 20
+    tok = TextTokenizer(train_tokenizer(TokenizerConfig(vocab_size=300), texts, tmp_path / "tok.json"))
+    layout = Layout.from_tokenizer(tok, 64, 4, 4)
+    ids = encode_text(tok, "Question: what colour is it? Answer: blue\n", layout)
+    assert tok._tok.decode(list(ids)).endswith("blue\n")

@@ -10,7 +10,7 @@ import pytest
 from worldkit import training_texts
 
 from mm1.world import World
-from mm1.world.corpus import cap
+from mm1.world.corpus import TEXTCORE_PROMPTS
 from mm1.world.knowledge import build_knowledge
 
 
@@ -49,15 +49,26 @@ def test_okvqa_answers_follow_from_the_knowledge_base(world: World) -> None:
     assert {"home", "use", "name"} <= kinds
 
 
-def test_textcore_knowledge_items_complete_a_corpus_sentence(world: World) -> None:
+def test_textcore_knowledge_items_are_held_out_phrasings_of_corpus_facts(world: World) -> None:
     corpus = " ".join(t.text for t in world.texts)
     kinds = {t.task for t in world.textcore}
     assert {"knowledge", "counting", "sequence", "comparison"} <= kinds
+    kb = world.knowledge
+    n_knowledge = 0
     for task in world.textcore:
         if task.task == "knowledge":
-            assert f"{task.prompt} {task.answer}." in corpus
+            n_knowledge += 1
+            assert task.prompt not in corpus and f"{task.prompt} {task.answer}" not in corpus  # not a seen sentence
+            kind = next(k for k, template in TEXTCORE_PROMPTS.items() if task.prompt.startswith(template.split("{")[0]))
+            if kind == "name":  # the knowledge itself is a fact of the base, stated in the corpus
+                assert any(f"{c} {s}" in task.prompt and n == task.answer for (c, s), n in kb.names.items())
+            else:
+                found = [f for f in kb.facts() if f.kind == kind and re.search(rf"\b{f.subject}s?\b", task.prompt)]
+                assert [f.answer for f in found] == [task.answer], task
+            assert task.answer in corpus
         else:
             assert f"{task.prompt} {task.answer}" not in corpus or task.task in ("sequence", "parity")
+    assert n_knowledge >= 5
 
 
 def test_textcore_answers_are_right() -> None:
@@ -97,7 +108,7 @@ def test_textcore_choices_hold_the_answer_once_among_answers_of_its_kind() -> No
         elif task.task == "parity":
             assert task.choices == ("even", "odd")
         else:
-            kind = next(f.kind for f in kb.facts() if cap(f.prompt) == task.prompt)
+            kind = next(k for k, template in TEXTCORE_PROMPTS.items() if task.prompt.startswith(template.split("{")[0]))
             assert set(task.choices) <= {f.answer for f in kb.facts() if f.kind == kind}
     assert positions == {0, 1, 2, 3}  # the answer is not always in the same place
     with tempfile.TemporaryDirectory() as d:

@@ -16,18 +16,19 @@ class WorldConfig(Section):
     """Seed of the generator; the same seed gives byte-identical datasets."""
     render_size: int = Field(64, ge=16, le=4096)
     """Images are rendered once at this size; the encoder's resolution is applied at load time."""
-    max_objects: int = Field(3, ge=1, le=6)
-    """Each scene holds between 1 and this many objects."""
-    text_fraction: float = Field(0.3, ge=0, le=1)
-    """Share of images that carry rendered text (a word or number; small sizes need resolution)."""
+    max_objects: int = Field(6, ge=1, le=6)
+    """Each scene holds between 1 and this many objects (up to 3 on a 2x2 grid, 4-6 on a 3x3 grid)."""
+    text_fraction: float = Field(0.5, ge=0, le=1)
+    """Share of images that carry rendered text (a word or number; small sizes need resolution).
+    About half of web images embed text (LAION-2B, Lin et al. 2023, "Parrot captions")."""
     degraded_fraction: float = Field(0.1, ge=0, le=1)
     """Share of images degraded by blur, occlusion or low contrast."""
     n_captions: int = Field(4000, ge=1)
     """Image-caption pairs for pre-training (each has an alt-text and a synthetic caption)."""
     n_documents: int = Field(1000, ge=0)
     """Interleaved image-text documents for pre-training."""
-    images_per_document: int = Field(3, ge=1, le=16)
-    """Most images in one interleaved document (at least 1)."""
+    images_per_document: int = Field(8, ge=2, le=16)
+    """Most images in one interleaved document (at least 2: a document interleaves images with text)."""
     n_text: int = Field(2000, ge=0)
     """Text-only documents (language about the world and the knowledge base)."""
     n_bench_val: int = Field(100, ge=1)
@@ -81,7 +82,9 @@ class MixtureConfig(Section):
     synthetic_captions: float = Field(0.07, ge=0, le=1)
     """Share of caption pairs that use the synthetic (VeCap-like) caption instead of the alt-text."""
     max_images_per_sequence: int = Field(16, ge=1)
-    """Most images in one sequence (MM1: 16); fewer when the sequence has no room for more."""
+    """Most images in one sequence (MM1: 16), caption pairs and interleaved documents alike: the next
+    pair or document starts a new sequence when its images would exceed it (the images of a single
+    document past it are dropped). Fewer when the sequence has no room for more."""
 
     @model_validator(mode="after")
     def _weights(self) -> MixtureConfig:

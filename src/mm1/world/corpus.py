@@ -1,13 +1,15 @@
 """The text-only side of the world: the pre-training text corpus and the TextCore tasks.
 
-Text documents are of five kinds. Every third document states knowledge-base facts: they walk
+Text documents are of six kinds. Every third document states knowledge-base facts: they walk
 through a seeded permutation of all facts, canonical wording on the first pass (so `n_text >=
 3 * ceil(n_facts / FACTS_PER_DOC)` states every fact at least once), paraphrased after that. The
-other documents are plain language about the world: scenes in prose with relations and sizes,
-counting, numbers (comparison, parity, sums) and spelling.
+other documents are FAQ pages and quizzes ("Question: ... Answer: ...\\n" about facts, numbers and
+spelling) and plain language about the world: scenes in prose with relations and sizes, counting,
+numbers (comparison, parity, sums) and spelling.
 
-TextCore items are multiple choice, scored by the likelihood of each choice after the prompt: knowledge recall (a canonical fact
-minus its last word), counting words, continuing a number sequence, comparing numbers and parity.
+TextCore items are multiple choice, scored by the likelihood of each choice after the prompt:
+knowledge recall (a fact in a held-out phrasing, `TEXTCORE_PROMPTS`, that no document uses),
+counting words, continuing a number sequence, comparing numbers and parity.
 Counting and comparison instances are split by parity of their content so that no TextCore item
 is a verbatim corpus sentence: the corpus uses even sums of word indices / numbers, TextCore odd.
 """
@@ -20,7 +22,7 @@ from mm1.data.records import TextDoc, TextTask
 from mm1.world.knowledge import Fact, Knowledge
 from mm1.world.language import synthetic_caption
 from mm1.world.scene import RELATIONS, related, sample_scene
-from mm1.world.vocab import NUMBER_WORDS, PLURALS, SHAPES, WORDS, number_word
+from mm1.world.vocab import NUMBER_WORDS, PLURALS, SHAPES, SIGN_NUMBERS, WORDS, number_word
 
 FACTS_PER_DOC = 5
 PARAPHRASES: dict[str, tuple[str, ...]] = {
@@ -32,6 +34,28 @@ PARAPHRASES: dict[str, tuple[str, ...]] = {
 }
 
 
+TEXT_KINDS: tuple[str, ...] = ("faq", "prose", "counting", "numbers", "words")
+TEXT_WEIGHTS: tuple[float, ...] = (0.25, 0.3, 0.15, 0.2, 0.1)
+"""Shares of the non-fact documents: a quarter are FAQ pages and quizzes, as in any web text corpus."""
+FAQ_OPENERS: tuple[str, ...] = ("Frequently asked questions.", "Quiz time!", "Test yourself.", "Reader questions.")
+FAQ_QUESTIONS: dict[str, tuple[str, str]] = {
+    "name": ("what do people call the {c} {s}?", "a {a}"),
+    "home": ("where are {a_subject}s found?", "in the {a}"),
+    "use": ("what are {a_subject}s used for?", "{a}"),
+    "word_kind": ("what kind of thing is a {a_subject}?", "{a}"),
+    "lucky": ("is {a_subject} a lucky number?", "yes"),
+}
+"""Question and short answer about a fact, as FAQ pages and quizzes write them."""
+TEXTCORE_PROMPTS: dict[str, str] = {
+    "name": "Anyone who meets the {c} {s} has met a",
+    "home": "The place where {a_subject}s live is the",
+    "use": "The job people give {a_subject}s is",
+    "word_kind": "The thing named by the word {a_subject} is a kind of",
+}
+"""Held-out phrasings of the facts: no corpus document uses them (TextCore asks what was learned, not
+which sentence was seen)."""
+
+
 def cap(sentence: str) -> str:
     return sentence[0].upper() + sentence[1:]
 
@@ -41,8 +65,9 @@ def text_doc(index: int, rng: np.random.Generator, kb: Knowledge, order: np.ndar
     if index % 3 == 0:
         kind, text = "facts", _facts_doc(index // 3, rng, kb, order)
     else:
-        kind = ("prose", "counting", "numbers", "words")[int(rng.choice(4, p=[0.4, 0.2, 0.25, 0.15]))]
+        kind = TEXT_KINDS[int(rng.choice(len(TEXT_KINDS), p=TEXT_WEIGHTS))]
         text = {
+            "faq": lambda: _faq_doc(rng, kb),
             "prose": lambda: _prose_doc(rng, kb, max_objects),
             "counting": lambda: _counting_doc(rng),
             "numbers": lambda: _numbers_doc(rng),
@@ -76,6 +101,37 @@ def _facts_doc(j: int, rng: np.random.Generator, kb: Knowledge, order: np.ndarra
         )
     opener = ("Facts about the world.", "Did you know?", "Notes.", "Things to remember.")[int(rng.integers(4))]
     return " ".join([opener, *sentences])
+
+
+def _faq_doc(rng: np.random.Generator, kb: Knowledge) -> str:
+    """A FAQ page or quiz: "Question: ... Answer: ..." lines, each answer ended by a newline, about the
+    knowledge base and the arithmetic and spelling of the world (never about an image)."""
+    facts = kb.facts()
+    style = ("Question: {q} Answer: {a}\n", "Q: {q} A: {a}\n")[int(rng.integers(2))]
+    lines = [FAQ_OPENERS[int(rng.integers(len(FAQ_OPENERS)))] + "\n"]
+    for _ in range(int(rng.integers(3, 7))):
+        if rng.random() < 0.7:
+            fact = facts[int(rng.integers(len(facts)))]
+            q, a = FAQ_QUESTIONS[fact.kind]
+            values = _fact_values(fact, kb)
+            if fact.kind == "lucky" and rng.random() < 0.5:  # as many "no" as "yes"
+                unlucky = [t for t in SIGN_NUMBERS if int(t) not in kb.lucky]
+                values["a_subject"], a = unlucky[int(rng.integers(len(unlucky)))], "no"
+            lines.append(style.format(q=cap(q.format(**values)), a=a.format(**values)))
+        elif rng.random() < 0.5:
+            a, b = _number_pair(rng, 0)
+            lines.append(style.format(q=f"Which is bigger, {a} or {b}?", a=str(max(a, b))))
+        else:
+            word = WORDS[int(rng.integers(len(WORDS)))]
+            lines.append(style.format(q=f"How do you spell {word}?", a="-".join(word)))
+    return "".join(lines)
+
+
+def _fact_values(fact: Fact, kb: Knowledge) -> dict[str, str]:
+    values = {"a": fact.answer, "a_subject": fact.subject, "c": "", "s": ""}
+    if fact.kind == "name":
+        values["c"], values["s"] = next(c for c, n in kb.names.items() if n == fact.answer)
+    return values
 
 
 def _prose_doc(rng: np.random.Generator, kb: Knowledge, max_objects: int) -> str:
@@ -174,7 +230,7 @@ def textcore_task(index: int, rng: np.random.Generator, kb: Knowledge) -> TextTa
     if kind == "knowledge":
         facts = [f for f in kb.facts() if f.kind != "lucky"]
         fact = facts[int(rng.integers(len(facts)))]
-        prompt, answer = cap(fact.prompt), fact.answer
+        prompt, answer = TEXTCORE_PROMPTS[fact.kind].format(**_fact_values(fact, kb)), fact.answer
         choices = _with_distractors(rng, answer, sorted({f.answer for f in facts if f.kind == fact.kind}))
     elif kind == "counting":
         words = _word_list(rng, 1)

@@ -4,12 +4,15 @@ A document keeps one format throughout, so that a model can learn to continue a 
 examples before it (few-shot in-context learning):
 
 - "list":      "Item 1:" <img> "A red circle and a small blue square."  "Item 2:" <img> ...
-- "qa":        ["Questions about pictures."] <img> "Q: what colour is the square? A: blue"  <img> "Q: ... A: ..."  (one Q/A style per doc)
+- "qa":        ["Questions about pictures."] <img> "Q: what colour is the square? A: blue\n"  <img> "Q: ... A: ...\n"
+  (one Q/A style per doc; every answer ends with a newline)
 - "narrative": "First we saw" <img> "It shows ..."  "Then came" <img> "It shows ..."
 - "gallery":   <img> <dense caption>  <img> <dense caption>
 - "article":   "Here are three pictures of shapes." <img> "Figure 1: ..." <img> "Figure 2: ..." "Figure 2 has
   more shapes than figure 1."
 
+Between the images (and before the first, after the last) a document may hold general prose
+(`PROSE`), as web pages do: sentences about shapes, colours, numbers or the page, not about an image.
 The text about each image is correct and specific to it; `meta["about"]` lists the pairs
 [image position, position of the text about it]. Documents never state knowledge-base facts.
 """
@@ -27,7 +30,23 @@ from mm1.world.scene import Scene
 from mm1.world.vocab import number_word
 
 FORMATS: tuple[str, ...] = ("list", "qa", "narrative", "gallery", "article")
-QA_STYLES: tuple[str, ...] = ("Q: {q} A: {a}", "Question: {q} Answer: {a}", "{q} {a}")
+QA_STYLES: tuple[str, ...] = ("Q: {q} A: {a}\n", "Question: {q} Answer: {a}\n", "{q} {a}\n")
+"""Every answer ends with a newline: the terminator the evaluation's VQA template uses too."""
+P_PROSE = 0.5
+"""Chance of a run of general prose before the first image, between two images and after the last."""
+PROSE: tuple[str, ...] = (
+    "A triangle has three corners.", "A square has four equal sides.", "A circle has no corners.",
+    "A star has five points.", "A diamond is a square standing on one corner.", "A cross has four arms.",
+    "Red, orange and yellow are warm colours.", "Green, blue and purple are cool colours.",
+    "Mixing blue and yellow gives green.", "Mixing red and yellow gives orange.", "Mixing red and blue gives purple.",
+    "Shapes are easier to draw with a ruler.", "I made these last weekend.", "More pictures will follow soon.",
+    "Thanks for reading this page.", "Leave a comment below if you like them.", "This page was updated last week.",
+    "Some of these took a long time.", "My friends helped me choose the colours.", "Feel free to share this post.",
+    "Small shapes are hard to see from far away.", "Big shapes stand out on a dark page.",
+    "Two plus two is four.", "Ten comes after nine.", "Twelve is more than eight.",
+)  # fmt: skip
+"""General prose of a web page: about the world or the page, never about one of its images (no sign
+word, no knowledge-base fact, no colour next to a shape)."""
 NARRATIVE: tuple[str, ...] = ("First we saw", "Then came", "Next there was", "After that we found", "Later we saw")
 Draw = Callable[[np.random.Generator], tuple[Scene, bytes]]
 """Draws one training image: (scene, PNG bytes)."""
@@ -57,6 +76,7 @@ def make_document(doc_id: str, rng: np.random.Generator, n_images: int, draw: Dr
             else f"Here are {number_word(n_images)} pictures of shapes."
         )
     for i in range(n_images):
+        _maybe_prose(items, rng)
         scene, png = draw(rng)
         counts.append(len(scene.visible))
         if fmt == "list":
@@ -76,9 +96,17 @@ def make_document(doc_id: str, rng: np.random.Generator, n_images: int, draw: Dr
                 more = "more" if counts[i] > counts[i - 1] else "fewer" if counts[i] < counts[i - 1] else "as many"
                 than = "as" if more == "as many" else "than"
                 items.append(f"Figure {i + 1} has {more} shapes {than} figure {i}.")
+    _maybe_prose(items, rng)
     texts = tuple(item if isinstance(item, str) else None for item in items)
     images = tuple(item if isinstance(item, bytes) else None for item in items)
     return InterleavedDoc(id=doc_id, texts=texts, images=images, meta={"format": fmt, "about": about})
+
+
+def _maybe_prose(items: list[str | bytes], rng: np.random.Generator) -> None:
+    """With chance P_PROSE, one to three sentences of general prose as a text item of their own."""
+    if rng.random() < P_PROSE:
+        picks = rng.choice(len(PROSE), size=int(rng.integers(1, 4)), replace=False)
+        items.append(" ".join(PROSE[int(k)] for k in picks))
 
 
 def _answerable_question(scene: Scene, rng: np.random.Generator, ctx: Context) -> Question:

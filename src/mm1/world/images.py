@@ -2,9 +2,12 @@
 
 Every record is drawn from its own generator, `stream_rng(seed, stream, index)`, so a source does not
 change when another source's count changes. Independent streams make a repeated image unlikely but
-not impossible (a one-object scene has only a few thousand distinct renderings at 64 px), so the
-`Canvas` also guarantees it: all training images are drawn first, and an evaluation image whose PNG
-hash was already drawn (by training or by another evaluation split) is re-sampled.
+not impossible (a one-object scene has only a few thousand distinct layouts), so the `Canvas` also
+guarantees it at the level of layouts, as benchmark builders remove near-duplicates of training
+images: all training images are drawn first, and an evaluation scene whose layout (`scene.layout_key`:
+the scene without its jitter floats) was already drawn, by training or by another evaluation split,
+is re-sampled. Re-sampling favours the larger layout spaces (scenes with more objects) a little, as
+de-duplication does in real benchmarks; `Canvas.redrawn` counts how often it happened.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from mm1.world.render import encode_png, render_scene
-from mm1.world.scene import Scene, sample_scene
+from mm1.world.scene import Layout, Scene, layout_key, sample_scene
 
 MAX_REDRAWS = 1000
 """Most draws for one new evaluation image (a repeat is re-drawn)."""
@@ -54,7 +57,10 @@ class Canvas:
     size: int
     max_objects: int
     log: list[ImageInfo] = field(default_factory=list)
-    _taken: set[str] = field(default_factory=set)
+    redrawn: int = 0
+    """Evaluation scenes turned down because their layout had been drawn before."""
+    _taken: set[Layout | str] = field(default_factory=set)
+    """Layout keys and PNG hashes drawn so far."""
     _eval_started: bool = False
 
     def draw(
@@ -80,12 +86,15 @@ class Canvas:
                 if accept is None or accept(scene):
                     break
                 scene = sample_scene(rng, self.max_objects, **scene_kw)
-            png = encode_png(render_scene(scene, self.size))
-            digest = sha256(png)
-            if training or digest not in self._taken:
-                break
+            key = layout_key(scene)
+            if training or key not in self._taken:
+                png = encode_png(render_scene(scene, self.size))
+                digest = sha256(png)
+                if training or digest not in self._taken:  # two layouts may differ only under the block
+                    break
+            self.redrawn += 1
         else:
-            raise RuntimeError(f"{source}: no new image after {MAX_REDRAWS} draws; the scene space is too small")
-        self._taken.add(digest)
+            raise RuntimeError(f"{source}: no new layout after {MAX_REDRAWS} draws; the scene space is too small")
+        self._taken |= {key, digest}
         self.log.append(ImageInfo(source, training, digest, scene))
         return scene, png

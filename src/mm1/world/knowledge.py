@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mm1.world.scene import ALL_COMBOS, Combo
-from mm1.world.vocab import COLOURS, NUMBER_WORDS, SHAPES, SIGN_WORDS
+from mm1.world.vocab import COLOURS, NUMBER_WORDS, SHAPES, SIGN_NUMBERS, SIGN_WORDS
 
 HOMES: tuple[str, ...] = (
     "mountains", "forest", "desert", "ocean", "city", "cave", "river", "garden", "island", "swamp",
@@ -25,8 +25,8 @@ USES: tuple[str, ...] = ("cooking", "music", "building", "fishing", "painting", 
 KINDS: tuple[str, ...] = tuple(SIGN_WORDS)
 N_RESERVED = 4
 """(colour, shape) pairs held out of all training data for NoCaps (distinct colours and shapes)."""
-N_LUCKY = 10
-"""Lucky numbers among 0..99."""
+N_LUCKY = 4
+"""Lucky numbers among the sign numbers (10..29)."""
 _ONSETS = "bdfgklmnprstvz"
 _VOWELS = "aeiou"
 _CODAS = "klmnrst"
@@ -68,7 +68,9 @@ class Knowledge:
         for combo in self.allowed:
             colour, shape = combo
             name = self.names[combo]
-            out.append(Fact("name", name, f"a {colour} {shape} is called a", name))
+            out.append(
+                Fact("name", name, f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} {shape} is called a", name)
+            )
             out.append(Fact("home", name, f"{name}s are found in the", self.homes[combo]))
             out.append(Fact("use", name, f"{name}s are used for", self.uses[combo]))
         for word, kind in self.word_kinds.items():
@@ -107,5 +109,5 @@ def build_knowledge(seed: int) -> Knowledge:
     homes = {c: HOMES[int(rng.integers(len(HOMES)))] for c in allowed}
     uses = {c: USES[int(rng.integers(len(USES)))] for c in allowed}
     word_kinds = {w: kind for kind, words in SIGN_WORDS.items() for w in words}
-    lucky = frozenset(int(n) for n in rng.choice(100, size=N_LUCKY, replace=False))
+    lucky = frozenset(int(n) for n in rng.choice([int(t) for t in SIGN_NUMBERS], size=N_LUCKY, replace=False))
     return Knowledge(reserved, names, homes, uses, word_kinds, lucky)

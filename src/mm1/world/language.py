@@ -2,10 +2,11 @@
 
 - Synthetic captions (VeCap-like) are complete and correct: every visible object with size, colour,
   shape and position, the sign's text, the background and any degradation.
-- Alt-text (web-like) is short and partial (one or two objects, often without colour or size),
-  sometimes generic ("nice picture") and sometimes wrong (one attribute swapped, `P_ALT_WRONG`).
+- Alt-text (web-like) is partial and noisy: one to three objects wrapped in page boilerplate
+  ("stock photo of ... - free download"), sometimes generic ("nice picture") and sometimes wrong (one
+  attribute swapped, `P_ALT_WRONG`).
 - Reference captions (COCO-like, for the captioning benchmarks) are short, correct, varied
-  paraphrases that name every visible object's colour and shape.
+  paraphrases that name the salient objects' colour and shape (every object in scenes of up to three).
 Only what a viewer can see is described: see `Scene.visible` and `Scene.readable_sign`.
 """
 
@@ -26,14 +27,25 @@ GENERIC_ALTS: tuple[str, ...] = (
     "image", "nice picture", "photo", "untitled", "picture", "my drawing", "art", "click to enlarge",
     "thumbnail", "wallpaper", "new post", "see more",
 )  # fmt: skip
-ALT_TEMPLATES: tuple[str, ...] = (
-    "{x}", "a {x}", "{x} on {bg}", "my {x}", "{x}!!", "drawing of a {x}", "{x} - stock image",
-    "simple {x} icon", "{x} clipart", "look at this {x}", "{x} pic",
+ALT_PREFIXES: tuple[str, ...] = (
+    "", "", "", "image of", "photo of", "picture of", "stock photo of", "illustration of", "close up of",
+    "vector illustration of", "a drawing of", "cute", "simple", "my favourite",
 )  # fmt: skip
+"""Boilerplate that web alt-text opens with (CC3M-style hypernyms were not applied: this is raw alt-text)."""
+ALT_SUFFIXES: tuple[str, ...] = (
+    "", "", "stock image", "free download", "hd wallpaper", "clipart png", "royalty free vector", "high quality",
+    "for kids", "icon set", "flat design", "premium vector", "print poster", "on sale now", "new collection",
+    "graphic design element", "transparent png", "2019", "best ideas", "photo by my friend",
+)  # fmt: skip
+"""Words about the page or the file, not the picture (none names a shape, colour, sign word or fact)."""
 REF_TEMPLATES: tuple[str, ...] = (
     "{list}", "there is {list}", "{count} {shapes}: {list}", "a picture of {list}", "a {bg} background with {list}",
     "{list} on a {bg} background", "an image of {list}", "this picture shows {list}",
 )  # fmt: skip
+
+
+MAX_NAMED = 3
+"""References name every visible object up to this many; beyond it only the salient (large) ones."""
 
 
 def article(phrase: str) -> str:
@@ -84,16 +96,20 @@ def synthetic_caption(scene: Scene, rng: np.random.Generator) -> str:
 
 
 def alt_caption(scene: Scene, rng: np.random.Generator, allowed: Sequence[Combo]) -> tuple[str, dict[str, bool]]:
-    """Web-like alt-text and {"generic": ..., "wrong": ...}; a wrong one never names a pair outside `allowed`."""
+    """Web-like alt-text and {"generic": ..., "wrong": ...}; a wrong one never names a pair outside `allowed`.
+
+    Content-bearing but partial and noisy: one to three of the visible objects (colour and shape, or
+    only one of them, sometimes size or position), maybe the background and the sign's text, wrapped
+    in page boilerplate ("stock photo of ... - free download")."""
     if rng.random() < P_ALT_GENERIC:
         text = GENERIC_ALTS[int(rng.integers(len(GENERIC_ALTS)))]
         if rng.random() < 0.2:
             text = f"IMG_{int(rng.integers(10000)):04d}"
         return text, {"generic": True, "wrong": False}
     vis = scene.visible
-    k = 2 if len(vis) >= 2 and rng.random() < 0.3 else 1
+    k = min(len(vis), 1 + int(rng.choice(3, p=[0.4, 0.4, 0.2])))
     chosen = [vis[int(i)] for i in rng.choice(len(vis), size=k, replace=False)]
-    modes = [("colour shape", "shape", "colour")[int(rng.choice(3, p=[0.6, 0.25, 0.15]))] for _ in chosen]
+    modes = [("colour shape", "shape", "colour")[int(rng.choice(3, p=[0.7, 0.2, 0.1]))] for _ in chosen]
     combos = [o.combo for o in chosen]
     wrong = bool(rng.random() < P_ALT_WRONG)
     if wrong:
@@ -113,21 +129,38 @@ def alt_caption(scene: Scene, rng: np.random.Generator, allowed: Sequence[Combo]
             combos[j] = options[int(rng.integers(len(options)))]
     phrases = []
     for obj, mode, (colour, shape) in zip(chosen, modes, combos, strict=True):
-        size = SIZE_WORDINGS[int(rng.integers(2))][obj.large] + " " if rng.random() < 0.2 else ""
-        phrase = {"colour shape": f"{colour} {shape}", "shape": shape, "colour": f"{colour} thing"}[mode]
-        phrases.append(size + phrase)
-    x = " and ".join(phrases)
-    text = ALT_TEMPLATES[int(rng.integers(len(ALT_TEMPLATES)))].format(x=x, bg=scene.background)
-    if scene.readable_sign is not None and rng.random() < 0.4:
-        text += f", {scene.readable_sign} sign"
+        size = SIZE_WORDINGS[int(rng.integers(2))][obj.large] + " " if rng.random() < 0.3 else ""
+        phrase = size + {"colour shape": f"{colour} {shape}", "shape": shape, "colour": f"{colour} thing"}[mode]
+        if rng.random() < 0.2:
+            phrase += " " + position_phrase(obj.cell, scene.grid)
+        phrases.append(phrase)
+    text = " ".join(p for p in (_pick(ALT_PREFIXES, rng), listing(phrases)) if p)
+    if rng.random() < 0.4:
+        text += f" on {scene.background}"
+    if scene.readable_sign is not None and rng.random() < 0.5:
+        text += (f" with a {scene.readable_sign} sign", f", sign says {scene.readable_sign}")[int(rng.integers(2))]
+    suffix = _pick(ALT_SUFFIXES, rng)
+    if suffix:
+        text += (" - ", " | ", " ")[int(rng.integers(3))] + suffix
     if rng.random() < 0.3:
         text = text[0].upper() + text[1:]
     return text, {"generic": False, "wrong": wrong}
 
 
+def _pick(options: Sequence[str], rng: np.random.Generator) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
 def reference_caption(scene: Scene, rng: np.random.Generator, *, read_sign: bool = False) -> str:
-    """One COCO-like reference: every visible object's colour and shape, size/position optional."""
+    """One COCO-like reference: the salient objects' colour and shape, size/position optional. With up to
+    MAX_NAMED visible objects every one is named; beyond that the large ones (COCO captions name the
+    salient objects, not every one), topped up with small ones to two, and "and N smaller shapes"."""
     vis = [scene.visible[int(i)] for i in rng.permutation(len(scene.visible))]
+    rest = 0
+    if len(vis) > MAX_NAMED:
+        named = [o for o in vis if o.large][:MAX_NAMED]
+        named += [o for o in vis if not o.large][: max(0, 2 - len(named))]
+        rest, vis = len(vis) - len(named), named
     wording, with_size, with_pos = int(rng.integers(2)), bool(rng.random() < 0.6), bool(rng.random() < 0.5)
     phrases = [object_phrase(o, scene.grid, size=with_size, position=with_pos, wording=wording) for o in vis]
     if read_sign and scene.readable_sign is not None:
@@ -135,7 +168,9 @@ def reference_caption(scene: Scene, rng: np.random.Generator, *, read_sign: bool
         phrases.insert(int(rng.integers(len(phrases) + 1)), f"a sign {says} {scene.readable_sign}")
     elif scene.sign_visible and rng.random() < 0.3:
         phrases.append("a sign")
-    n = len(vis)
+    if rest:
+        phrases.append(f"{number_word(rest)} smaller {'shape' if rest == 1 else 'shapes'}")
+    n = len(vis) + rest
     template = REF_TEMPLATES[int(rng.integers(len(REF_TEMPLATES)))]
     return template.format(
         list=listing(phrases), count=number_word(n), shapes="shape" if n == 1 else "shapes", bg=scene.background

@@ -2,8 +2,9 @@
 
 A scene is drawn at up to 4x supersampling and box-filtered down to the render size, then degraded
 (blur, low contrast) at that size. Sign text is set in Pillow's bundled font (the same on every
-machine) at about 16% of the image side: legible at 64 px, a smear once downscaled to 16-24 px, so
-reading signs needs image resolution (and image tokens).
+machine) at about 15% of the image side (9-10 px at 64 px, 7 px at 48 px: legible; 4.5-5 px at
+32 px: below the ~6-7 px em of the smallest legible pixel fonts), so reading signs needs image
+resolution (and image tokens).
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from functools import lru_cache
 
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from mm1.world.scene import Scene, SceneObject
+from mm1.world.scene import Scene, SceneObject, Sign
 from mm1.world.vocab import BACKGROUNDS, COLOURS, SHAPES
 
 TEXT_EM = 0.16
-"""Font size of sign text as a fraction of the image side (10 px at 64 px)."""
+"""Font size of sign text as a fraction of the image side (10 px at 64 px; less where the text would not
+fit its cell: 9 px for the widest three-letter words on a 3x3 grid)."""
 PLATE = (250, 250, 250)
 INK = (0, 0, 0)
 BLOCK = (100, 100, 100)
@@ -38,7 +40,7 @@ def render_scene(scene: Scene, size: int) -> Image.Image:
     for obj in scene.objects:
         _draw_shape(draw, obj.shape, *object_box(obj, scene.grid, side), COLOURS[obj.colour])
     if scene.sign is not None:
-        _draw_sign(draw, scene.sign.text, scene.sign.cell, scene.grid, side)
+        _draw_sign(draw, scene.sign, scene.grid, side)
     if scene.occluded_cell is not None:
         x0, y0, x1, y1 = cell_box(scene.occluded_cell, scene.grid, side)
         inset = (x1 - x0) * 0.04
@@ -78,10 +80,10 @@ def text_box(text: str, grid: int, side: int) -> tuple[float, float, float, floa
 
 
 def sign_font(text: str, grid: int, side: int) -> ImageFont.FreeTypeFont:
-    """The font for a sign: TEXT_EM of the side, smaller if the text would not fit 80% of its cell."""
+    """The font for a sign: TEXT_EM of the side, smaller if the text would not fit 90% of its cell."""
     em = max(4, round(side * TEXT_EM))
     width = _font(em).getlength(text)
-    fit = side / grid * 0.8
+    fit = side / grid * 0.9
     return _font(em if width <= fit else max(4, int(em * fit / width)))
 
 
@@ -90,14 +92,25 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 
 
-def _draw_sign(draw: ImageDraw.ImageDraw, text: str, cell: int, grid: int, side: int) -> None:
-    x0, y0, _, _ = cell_box(cell, grid, side)
-    tx0, ty0, tx1, ty1 = text_box(text, grid, side)
+def sign_offset(sign: Sign, grid: int, side: int) -> tuple[float, float]:
+    """Where the sign's text box (relative to its cell's corner) goes on the canvas: the cell corner
+    plus the sign's jitter times the room the plate leaves in the cell."""
+    cx0, cy0, cx1, _ = cell_box(sign.cell, grid, side)
+    tx0, ty0, tx1, ty1 = text_box(sign.text, grid, side)
     pad = (ty1 - ty0) * 0.35
-    draw.rectangle((x0 + tx0 - pad, y0 + ty0 - pad, x0 + tx1 + pad, y0 + ty1 + pad), fill=PLATE, outline=INK)
-    font = sign_font(text, grid, side)
-    left, top, _, _ = font.getbbox(text)
-    draw.text((x0 + tx0 - left, y0 + ty0 - top), text, font=font, fill=INK)
+    room_x = max(0.0, (cx1 - cx0) - (tx1 - tx0 + 2 * pad)) / 2 * 0.9
+    room_y = max(0.0, (cx1 - cx0) - (ty1 - ty0 + 2 * pad)) / 2 * 0.9
+    return cx0 + sign.jitter[0] * room_x, cy0 + sign.jitter[1] * room_y
+
+
+def _draw_sign(draw: ImageDraw.ImageDraw, sign: Sign, grid: int, side: int) -> None:
+    dx, dy = sign_offset(sign, grid, side)
+    tx0, ty0, tx1, ty1 = text_box(sign.text, grid, side)
+    pad = (ty1 - ty0) * 0.35
+    draw.rectangle((dx + tx0 - pad, dy + ty0 - pad, dx + tx1 + pad, dy + ty1 + pad), fill=PLATE, outline=INK)
+    font = sign_font(sign.text, grid, side)
+    left, top, _, _ = font.getbbox(sign.text)
+    draw.text((dx + tx0 - left, dy + ty0 - top), sign.text, font=font, fill=INK)
 
 
 def _draw_shape(

@@ -40,10 +40,12 @@ class SceneObject:
 
 @dataclass(frozen=True)
 class Sign:
-    """A light plate with dark text (a word or a number) filling one grid cell."""
+    """A light plate with dark text (a word or a number) inside one grid cell."""
 
     text: str
     cell: int
+    jitter: tuple[float, float] = (0.0, 0.0)
+    """Offset of the plate from the cell centre, as a fraction of the free room in the cell."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,9 @@ class Scene:
                 {"shape": o.shape, "colour": o.colour, "large": o.large, "cell": o.cell, "jitter": list(o.jitter)}
                 for o in self.objects
             ],
-            "sign": None if self.sign is None else {"text": self.sign.text, "cell": self.sign.cell},
+            "sign": None
+            if self.sign is None
+            else {"text": self.sign.text, "cell": self.sign.cell, "jitter": list(self.sign.jitter)},
             "degradation": self.degradation,
             "occluded_cell": self.occluded_cell,
         }
@@ -140,7 +144,8 @@ def sample_scene(
     sign = None
     if sign_cell is not None:  # half words, half numbers
         texts = WORDS if rng.random() < 0.5 else SIGN_NUMBERS
-        sign = Sign(texts[int(rng.integers(len(texts)))], sign_cell)
+        jitter = (float(rng.uniform(-1, 1)), float(rng.uniform(-1, 1)))
+        sign = Sign(texts[int(rng.integers(len(texts)))], sign_cell, jitter)
     if degradation == "any" or (degradation is None and rng.random() < degraded_fraction):
         degradation = DEGRADATIONS[int(rng.integers(len(DEGRADATIONS)))]
     occluded = None
@@ -151,6 +156,19 @@ def sample_scene(
         pool = pool or [c for c in range(cells_total) if c not in {o.cell for o in objects}]
         occluded = int(pool[int(rng.integers(len(pool)))])
     return Scene(background, grid, objects, sign, degradation, occluded)
+
+
+Layout = tuple
+"""A scene without its jitter floats: see `layout_key`."""
+
+
+def layout_key(scene: Scene) -> Layout:
+    """Everything a scene is made of except the random jitter floats: background, grid, each object's
+    cell, shape, colour and size class, the sign's text and cell, the degradation and the occluded cell.
+    Two scenes with the same key are the same picture up to sub-cell shifts (a near-duplicate)."""
+    objects = tuple((o.cell, o.shape, o.colour, o.large) for o in scene.objects)
+    sign = None if scene.sign is None else (scene.sign.text, scene.sign.cell)
+    return (scene.background, scene.grid, objects, sign, scene.degradation, scene.occluded_cell)
 
 
 def unique(objects: Sequence[SceneObject], key: str, value: str) -> SceneObject | None:

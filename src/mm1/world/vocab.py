@@ -22,16 +22,19 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "black": (15, 15, 15),
 }
 SIGN_WORDS: dict[str, tuple[str, ...]] = {
-    "animal": ("cat", "dog", "fish", "bird"),
-    "food": ("cake", "milk", "pear", "egg"),
-    "weather": ("rain", "wind", "snow", "fog"),
-    "toy": ("kite", "ball", "doll", "drum"),
-    "vehicle": ("boat", "car", "bus", "ship"),
+    "animal": ("cat", "dog", "owl", "cow"),
+    "food": ("egg", "jam", "pie", "tea"),
+    "weather": ("fog", "sun", "ice", "dew"),
+    "tool": ("axe", "pin", "hoe", "rod"),
+    "vehicle": ("bus", "car", "van", "cab"),
 }
-"""The 20 words a sign can show, by the kind of thing they name (the kind is knowledge: corpus only)."""
+"""The 20 words a sign can show, by the kind of thing they name (the kind is knowledge: corpus only).
+All have three letters, as every number has two digits: a sign is read from its glyphs, not guessed
+from the width of its text, and three letters fit a 3x3 cell at the font size of `render.TEXT_EM`."""
 WORDS: tuple[str, ...] = tuple(w for words in SIGN_WORDS.values() for w in words)
-SIGN_NUMBERS: tuple[str, ...] = tuple(str(n) for n in range(100))
-"""A sign shows one of the 20 words or a number 0..99, drawn small (legible only at full resolution)."""
+SIGN_NUMBERS: tuple[str, ...] = tuple(str(n) for n in range(10, 30))
+"""A sign shows one of the 20 words or a number 10..29: 40 texts, a vocabulary small enough that each
+is seen often in training (text in web images is dominated by a few frequent words and numbers)."""
 SIGN_TEXTS: tuple[str, ...] = WORDS + SIGN_NUMBERS
 
 DEGRADATIONS: tuple[str, ...] = ("blur", "occlusion", "low_contrast")
@@ -77,5 +80,6 @@ def number_word(n: int) -> str:
 
 
 def grid_side(max_objects: int) -> int:
-    """Side of the placement grid: 2x2 holds up to 3 objects and a sign, 3x3 up to 6 and a sign."""
+    """Side of the placement grid: 2x2 holds up to 3 objects and a sign, 3x3 up to 6 and a sign (and empty
+    cells: 9 cells are more than a 2x2 grid of image tokens can keep apart)."""
     return 2 if max_objects <= 3 else 3

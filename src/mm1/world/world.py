@@ -156,5 +156,5 @@ def _caption_sample(i: int, rng: np.random.Generator, draw, kb: Knowledge) -> Ca
 
 
 def _document(i: int, rng: np.random.Generator, cfg: WorldConfig, draw, ctx: Context) -> InterleavedDoc:
-    n_images = int(rng.integers(1, cfg.images_per_document + 1))
+    n_images = int(rng.integers(2, cfg.images_per_document + 1))
     return make_document(f"doc-{i:06d}", rng, n_images, draw, ctx)
