@@ -420,7 +420,9 @@ def parser() -> argparse.ArgumentParser:
     cm.add_argument("--out", type=Path, required=True, help="output folder")
     cm.set_defaults(func=_cmd_compare)
 
-    ls = sub.add_parser("lessons", help="the paper's lessons: each check's effect over seeds, its 95%% CI, a verdict")
+    ls = sub.add_parser(
+        "lessons", help="the paper's lessons: each check's effect over seeds, 95%% CI, MDE, Holm p and verdict"
+    )
     ls.add_argument("--lessons", required=True, help="JSON {lesson id: {statement, checks}} (study.lessons)")
     ls.add_argument(
         "--seeds", action="append", default=[], metavar="FIG=SEEDS", help="a figure's <fig>.seeds.csv (mm1 compare)"
