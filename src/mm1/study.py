@@ -9,10 +9,14 @@ Every workflow stage (a rule in ``workflow/rules/``) has
 * ``after``: the stages whose outputs it reads.
 
 A stage's config for an experiment is: the base config, then the experiment's honoured overrides,
-then the stage's own overrides (``study.stages``). Two experiments share a stage's run when they
-apply the same overrides there and share every upstream run; the run is stored under the first
-such experiment's name (``base`` first, then ``study.experiments`` in order):
-``results/<stage>/<that name>/``.
+then the stage's own overrides (``study.stages``), then, at the SFT stages (``SFT_STAGES``), the
+experiment's honoured ``sft_only`` overrides. Those change what fine-tuning sees and nothing upstream:
+``{sft_only: {model.encoder.image_size: 48}}`` fine-tunes the same pre-trained model at 48 px (its
+position embeddings interpolated on load), as MM1's Fig 7 raises only the SFT resolution.
+
+Two experiments share a stage's run when they apply the same overrides there and share every
+upstream run; the run is stored under the first such experiment's name (``base`` first, then
+``study.experiments`` in order): ``results/<stage>/<that name>/``.
 
 Every declared experiment starts from ``study.common`` (the ablation scale; ``base`` does not), and
 every figure cell runs ``study.seeds`` times: seed k > 0 is the experiment ``<cell>-s<k>`` with
@@ -30,7 +34,7 @@ from typing import Any
 from mm1.config import ConfigError, RunConfig
 from mm1.config.load import from_dict
 from mm1.config.presets import deep_merge, preset_data
-from mm1.config.study import BASE
+from mm1.config.study import BASE, SFT_ONLY
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ STAGES: dict[str, Stage] = {
     ),
     "sft_eval": Stage(reads=("eval", "sft"), honors=("eval", "sft"), after=("world", "tokenizer", "sft")),
 }
+SFT_STAGES = ("sft_pack", "sft", "sft_eval")  # the stages that apply an experiment's sft_only overrides
 
 
 def _honored(key: str, prefixes: tuple[str, ...]) -> bool:
@@ -143,37 +148,62 @@ class Study:
         self.source = source
         study = self.base.study
         self.overrides: dict[str, dict[str, Any]] = {BASE: {}}
+        self.sft_only: dict[str, dict[str, Any]] = {BASE: {}}  # overrides only the SFT stages apply
         for name, overrides in study.experiments.items():
+            rest = {k: v for k, v in overrides.items() if k != SFT_ONLY}
             try:
-                self.overrides[name] = expand(study.common) | expand(overrides)
+                self.overrides[name] = expand(study.common) | expand(rest)
             except ConfigError as exc:
                 raise ConfigError(f"{source}, experiment {name!r}: {exc}") from None
+            self.sft_only[name] = _flat(overrides.get(SFT_ONLY, {}))
+            self._check_sft_only(name)
         self._seeds: dict[str, list[str]] = {}
         for exp in dict.fromkeys(e for spec in study.figures.values() for e in spec.experiments):
             self._seeds[exp] = [exp]
             seed = self.overrides[exp].get("train.seed", self.base.train.seed)
             for k in range(1, study.seeds):
                 self.overrides[f"{exp}-s{k}"] = self.overrides[exp] | {"train.seed": seed + k}
+                self.sft_only[f"{exp}-s{k}"] = self.sft_only[exp]
                 self._seeds[exp].append(f"{exp}-s{k}")
         self.names = list(self.overrides)
         self._signatures: dict[tuple[str, str], str] = {}
-        for name in self.names:  # every experiment is a valid run as a whole
+        for name in self.names:  # every experiment is a valid run as a whole, and so is its SFT
             self.config(name)
+            for stage in SFT_STAGES if self.sft_only[name] else ():
+                try:
+                    self._stage_data(stage, name)
+                except ConfigError as exc:
+                    raise ConfigError(f"{exc}\n  (with the {SFT_ONLY} overrides of experiment {name!r})") from None
         for stage in study.stages:  # and every stage's own overrides apply
             self._stage_data(stage, BASE)
 
     # -- configs -------------------------------------------------------------------------------
     def config(self, exp: str) -> RunConfig:
-        """The experiment's whole run: base + all its overrides."""
+        """The experiment's whole run: base + all its overrides (its ``sft_only`` ones reach only the SFT
+        stages: :meth:`stage_config`)."""
         self._known(exp)
         data = deep_merge(self.base_data, _nested(self.overrides[exp]))
         return from_dict({**data, "name": exp}, f"{self.source}, experiment {exp!r}")
+
+    def _check_sft_only(self, exp: str) -> None:
+        """Every sft_only key reaches some SFT stage (else it would be silently ignored)."""
+        for key in self.sft_only[exp]:
+            if not any(_honored(key, STAGES[stage].honors) for stage in SFT_STAGES):
+                honoured = sorted({p for stage in SFT_STAGES for p in STAGES[stage].honors})
+                raise ConfigError(
+                    f"{self.source}, experiment {exp!r}: {SFT_ONLY} override {key!r} reaches no SFT stage; "
+                    f"they apply keys under {', '.join(honoured)} (put keys that change pre-training "
+                    f"outside {SFT_ONLY})"
+                )
 
     def _stage_data(self, stage: str, exp: str) -> dict[str, Any]:
         spec = STAGES[stage]
         own = {k: v for k, v in self.overrides[exp].items() if _honored(k, spec.honors)}
         extra = self.base.study.stages.get(stage, {})
         data = deep_merge(deep_merge(self.base_data, _nested(own)), _nested(extra))
+        if stage in SFT_STAGES:
+            sft_only = {k: v for k, v in self.sft_only[exp].items() if _honored(k, spec.honors)}
+            data = deep_merge(data, _nested(sft_only))
         data["name"] = exp
         from_dict(data, f"{self.source}, stage {stage} of experiment {exp!r}")
         return data

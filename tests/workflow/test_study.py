@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -211,5 +212,95 @@ def test_common_overrides_apply_to_every_experiment_but_not_base():
 def test_bad_seeds_common_paper_and_lessons_name_the_problem(study_data, words):
     with pytest.raises(ConfigError) as err:
         Study({"study": study_data})
+    for word in words:
+        assert word in str(err.value), (word, str(err.value))
+
+
+# --- SFT-only overrides (Fig 7: one pre-trained model, fine-tuned at a higher resolution) ----------
+
+PRETRAINING = ("world", "tokenizer", "llm_pack", "llm", "encoder", "pack", "train", "eval")
+
+
+def test_an_sft_only_override_changes_the_sft_stages_and_nothing_upstream():
+    s = study(hi={"sft_only": {"model.encoder.image_size": 48, "train.lr": 1e-4}}, r48={"model.encoder.image_size": 48})
+    for stage in PRETRAINING:
+        assert s.run_of(stage, "hi") == "base", stage
+        assert s.stage_json(stage, "hi").replace('"hi"', '"base"') == s.stage_json(stage, "base"), stage
+    for stage in ("sft", "sft_eval"):
+        assert s.run_of(stage, "hi") == "hi", stage
+    assert s.run_of("sft_pack", "hi") == s.run_of("sft_pack", "r48") == "hi"  # the same 48 px SFT data
+    sft = s.stage_config("sft", "hi")
+    assert (sft.model.encoder.image_size, sft.train.lr) == (48, 1e-4)
+    assert s.stage_config("train", "hi").model.encoder.image_size == 32
+    assert s.config("hi").model.encoder.image_size == 32  # the whole run is the pre-training's
+    assert s.run_of("encoder", "r48") == "r48" and s.run_of("train", "r48") == "r48"  # a plain key retrains
+
+
+def test_sft_only_overrides_win_over_the_sft_stage_settings_and_follow_the_seeds():
+    s = Study(
+        {
+            "study": {
+                "seeds": 2,
+                "stages": {"sft": {"train.steps": 30, "train.warmup_steps": 3}},
+                "experiments": {
+                    "long": {"sft_only": {"train.steps": 60}},
+                    "short": {"train.steps": 20, "train.warmup_steps": 2},
+                },
+                "figures": {"fig": {"title": "t", "experiments": ["base", "long", "short"]}},
+            }
+        }
+    )
+    assert s.stage_config("sft", "long").train.steps == 60 and s.stage_config("train", "long").train.steps == 500
+    assert s.stage_config("sft", "short").train.steps == 30  # a plain override does not reach SFT's length
+    assert s.stage_config("sft", "long-s1").train.steps == 60
+    assert s.runs("train", s.seed_runs("long")) == ["base", "base-s1"]  # seed runs share base's pre-training
+    assert s.runs("sft", s.seed_runs("long")) == ["long", "long-s1"]
+
+
+def paper_study() -> Study:
+    import yaml
+
+    from mm1.config.presets import deep_merge
+
+    config = Path(__file__).parents[2] / "config"
+    base = yaml.safe_load((config / "default.yaml").read_text())
+    return Study(deep_merge(base, yaml.safe_load((config / "study.yaml").read_text())), "config/study.yaml")
+
+
+def test_fig7_fine_tunes_one_pretrained_model_per_seed_at_each_resolution():
+    s = paper_study()
+    cells = s.figure_cells("fig7")
+    resolution = [c for c in cells if not c.startswith("ckpt-")]
+    assert len(resolution) >= 4 and "abl" in resolution
+    seeds = s.base.study.seeds
+    for k in range(seeds):
+        runs = [s.seed_runs(c)[k] for c in resolution]
+        assert len(s.runs("train", runs)) == 1, runs  # one pre-training per seed ...
+        assert len(s.runs("sft", runs)) == len(runs)  # ... fine-tuned once per cell
+    assert len(s.runs("encoder", resolution)) == 1
+    effective = sorted(
+        s.stage_config("sft", c).model.encoder.image_size * s.stage_config("sft", c).sft.image_grid for c in resolution
+    )
+    assert effective[0] == 32 and effective[-1] > 32 and len(set(effective)) >= 3
+    assert {s.stage_config("train", c).model.encoder.image_size for c in resolution} == {32}
+    assert any(s.stage_config("sft", c).sft.image_grid > 1 for c in resolution)  # image splitting
+    ckpt = [c for c in cells if c.startswith("ckpt-")]
+    assert len(s.runs("train", ["abl", *ckpt])) == 1 + len(ckpt)  # the pre-training-step panel
+
+
+@pytest.mark.parametrize(
+    ("sft_only", "words"),
+    [
+        ({"model.encoder.image_size": 50}, ["stage sft_pack", "image_size=50", "use 48 or 52", "sft_only", "'hi'"]),
+        ({"model.encoder.imagesize": 48}, ["model.encoder.imagesize", "image_size", "sft_only"]),
+        ({"data.mixture.caption": 1}, ["'hi'", "'data.mixture.caption'", "reaches no SFT stage"]),
+        ({"modle.x": 1}, ["'hi', sft_only", "'modle.x'", "config section"]),
+        ({"preset": "vit-l14-336"}, ["sft_only", "'preset'"]),
+        (48, ["sft_only takes dotted overrides"]),
+    ],
+)
+def test_a_bad_sft_only_override_names_the_field(sft_only, words):
+    with pytest.raises(ConfigError) as err:
+        Study({"study": {"experiments": {"hi": {"sft_only": sft_only}}}})
     for word in words:
         assert word in str(err.value), (word, str(err.value))

@@ -142,21 +142,22 @@ def _attr(data, key):
 
 def figure_meta(fig):
     """What ``mm1 compare`` needs to place each cell: its values of the figure's x/hue keys, its
-    decoder's (active) parameter count and its effective SFT resolution (px x image grid)."""
+    decoder's (active) parameter count and its effective SFT resolution (px x image grid, as its SFT
+    stage runs: an experiment's sft_only overrides reach only that stage)."""
     from mm1.models.size import decoder_params
 
     spec = RUN.study.figures[fig]
     keys = [k for k in (*spec.x, spec.hue) if k and k != "effective_resolution"]
     meta = []
     for exp in spec.experiments:
-        c = STUDY.config(exp)
+        c, sft = STUDY.config(exp), STUDY.stage_config("sft", exp)
         data = c.model_dump(mode="json")
         meta.append(
             {"cell": exp}
             | {k: _attr(data, k) for k in keys}
             | {
                 "decoder_params": decoder_params(c.model.decoder, c.model.moe, c.tokenizer.vocab_size).active,
-                "effective_resolution": c.model.encoder.image_size * c.sft.image_grid,
+                "effective_resolution": sft.model.encoder.image_size * sft.sft.image_grid,
             }
         )
     return json.dumps(meta, sort_keys=True)

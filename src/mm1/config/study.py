@@ -1,10 +1,11 @@
 """Config of the study: the experiments (named override sets) and the figures built from them.
 
 An *experiment* is a set of dotted config overrides over the base run (an ablation cell, e.g.
-``{model.connector.kind: c_abstractor, model.connector.num_tokens: 16}``). The workflow runs every
-stage once per distinct setting that stage reads (:mod:`mm1.study`): experiments that differ only
-in the connector share one world, tokenizer, LLM and encoder. A *figure* names the experiments
-whose results it compares. The paper's set lives in ``config/study.yaml``.
+``{model.connector.kind: c_abstractor, model.connector.num_tokens: 16}``); its ``sft_only`` overrides
+reach the SFT stages only (Fig 7: one pre-trained model fine-tuned at a higher resolution). The
+workflow runs every stage once per distinct setting that stage reads (:mod:`mm1.study`):
+experiments that differ only in the connector share one world, tokenizer, LLM and encoder. A
+*figure* names the experiments whose results it compares. The paper's set lives in ``config/study.yaml``.
 """
 
 from __future__ import annotations
@@ -35,13 +36,16 @@ STAGE_NAMES = (
     "sft_eval",
 )
 
+# An experiment's key whose dotted overrides only the SFT stages apply (mm1.study): Fig 7 raises the SFT
+# input resolution of one pre-trained model, as MM1 does, without re-training its encoder or pre-training.
+SFT_ONLY = "sft_only"
 Overrides = dict[str, Any]
 
 
-def _check_overrides(where: str, overrides: Overrides) -> None:
+def _check_overrides(where: str, overrides: Overrides, presets: bool = True) -> None:
     for key in overrides:
         head = key.split(".", 1)[0]
-        if key == "preset":  # a preset's keys as overrides (mm1.study.expand)
+        if key == "preset" and presets:  # a preset's keys as overrides (mm1.study.expand)
             continue
         if head not in SECTIONS:
             raise ValueError(f"{where}: override {key!r} does not start with a config section ({', '.join(SECTIONS)})")
@@ -81,14 +85,18 @@ class FigureSpec(Section):
     """Where ``paper`` comes from (e.g. "arXiv 2403.09611v4, Table 3") and which paper row each cell stands for."""
 
 
+DIRECTIONAL = ("a>b", "a<b")  # the checks Holm's adjustment covers (mm1.figures.lessons)
+
+
 class LessonCheck(Section):
     """One comparison that tests a lesson: the effect mean(a) - mean(b) (minus mean(c) - mean(d) when
-    given) of ``metric`` in ``figure``, per seed, with its 95% CI."""
+    given) of ``metric`` in ``figure``, per seed, with its 95% CI (statistics: mm1.figures.lessons)."""
 
     figure: str
     """Figure id whose per-seed results (results/figures/<id>.seeds.csv) it reads."""
     metric: str
-    """A metric of that figure's CSV, e.g. "0-shot", "8-shot", "textcore"."""
+    """The metric the check reads, declared before the final run: a metric of that figure's seeds
+    table, e.g. "0-shot", "8-shot ll", "captioning 4-shot ll", "textcore"."""
     a: list[str] = Field(min_length=1)
     """Cells averaged on the "a" side (per seed)."""
     b: list[str] = Field(min_length=1)
@@ -96,20 +104,40 @@ class LessonCheck(Section):
     c: list[str] = []
     """With ``d``: the effect is (a - b) - (c - d), e.g. "resolution matters more than encoder size"."""
     d: list[str] = []
-    expect: Literal["a>b", "a<b", "a~b"]
-    """The paper's claim: the effect is positive, negative, or within +-``tolerance`` of zero."""
-    tolerance: float = Field(default=0.0, ge=0)
-    """For a~b: the largest effect (in the metric's units) that still counts as "barely matters"."""
+    """The cells subtracted from ``c`` (see ``c``)."""
+    test: Literal["welch", "paired", "factorial"] = "welch"
+    """The design of the comparison. welch: the sides are independent runs (always valid);
+    paired: seed s of every cell shares data order and initialisation, so the effect is the mean of
+    the per-seed differences; factorial: the main effect of one factor in the lesson's ``factors``
+    design of this figure (OLS with seed blocks over all its cells), a and b being all the cells at
+    two levels of that factor."""
+    expect: Literal["a>b", "a<b", "a~b", "a>=b"]
+    """The paper's claim: the effect is positive (a>b), negative (a<b), within +-``margin`` of zero
+    (a~b: equivalent), or above -``margin`` (a>=b: not worse by more than the margin)."""
+    margin: float = Field(default=0.0, ge=0)
+    """For a~b and a>=b: the equivalence margin (tolerance) in the metric's units, i.e. the largest
+    effect that still counts as "no effect"; stated before the final run."""
     description: str = ""
-    """What the comparison means, in words."""
+    """What the comparison means, in the paper's words."""
+    note: str = ""
+    """A caveat printed beside the check, e.g. what its CI is conditional on."""
 
     @model_validator(mode="after")
     def _pairs(self) -> LessonCheck:
         if bool(self.c) != bool(self.d):
             raise ValueError("a lesson check gives both c and d (a difference of differences) or neither")
-        if self.expect == "a~b" and self.tolerance <= 0:
-            raise ValueError('expect "a~b" needs a tolerance > 0 (the effect size that counts as no effect)')
+        if self.expect not in DIRECTIONAL and self.margin <= 0:
+            raise ValueError(
+                f'expect "{self.expect}" needs margin > 0: the equivalence tolerance, in the metric\'s units'
+            )
+        if self.expect in DIRECTIONAL and self.margin:
+            raise ValueError(f'expect "{self.expect}" takes no margin (only a~b and a>=b do); remove margin')
+        if self.test == "factorial" and self.c:
+            raise ValueError("test factorial estimates one main effect: give a and b, not c and d")
         return self
+
+
+Levels = dict[str, str | int]  # factor -> level of one cell, e.g. {kind: avg_pool, tokens: 16}
 
 
 class LessonSpec(Section):
@@ -118,6 +146,47 @@ class LessonSpec(Section):
     statement: str
     """The lesson as the paper states it."""
     checks: list[LessonCheck] = Field(min_length=1)
+    """The comparisons that test it; the lesson agrees when every check agrees."""
+    factors: dict[str, dict[str, Levels]] = {}
+    """For its ``test: factorial`` checks: figure id -> cell -> factor -> level, every cell of the
+    factorial design (fig4: connector kind x image tokens x resolution). The main-effects model is
+    fitted to all these cells."""
+
+    @model_validator(mode="after")
+    def _factorial(self) -> LessonSpec:
+        for fig, cells in self.factors.items():
+            names = {tuple(sorted(levels)) for levels in cells.values()}
+            if len(names) != 1 or not next(iter(names)):
+                raise ValueError(f"factors.{fig}: every cell needs a level of the same factors, got {sorted(names)}")
+        for i, check in enumerate(self.checks, start=1):
+            if check.test == "factorial":
+                factorial_contrast(self.factors, check, f"check {i}")
+        return self
+
+
+def factorial_contrast(factors: dict[str, dict[str, Levels]], check: LessonCheck, where: str) -> tuple[str, str, str]:
+    """(factor, level of a, level of b) of a factorial check: the one factor whose level is the same
+    across the a cells and across the b cells and differs between them; a and b must be every cell of
+    the design at those two levels. Errors name the check and the fix."""
+    design = factors.get(check.figure)
+    if not design:
+        raise ValueError(f"{where}: test factorial needs factors.{check.figure} (cell -> factor -> level)")
+    strangers = [c for c in (*check.a, *check.b) if c not in design]
+    if strangers:
+        raise ValueError(f"{where}: cells {strangers} have no levels in factors.{check.figure}")
+    found = []
+    for name in next(iter(design.values())):
+        side_a, side_b = ({str(design[c][name]) for c in side} for side in (check.a, check.b))
+        if len(side_a) == len(side_b) == 1 and side_a != side_b:
+            found.append((name, side_a.pop(), side_b.pop()))
+    if len(found) != 1:
+        raise ValueError(f"{where}: a and b must differ in exactly one factor of factors.{check.figure}, got {found}")
+    name, level_a, level_b = found[0]
+    for side, level in ((check.a, level_a), (check.b, level_b)):
+        every = sorted(c for c, levels in design.items() if str(levels[name]) == level)
+        if sorted(side) != every:
+            raise ValueError(f"{where}: the {name}={level} side must list every such cell of the design: {every}")
+    return found[0]
 
 
 class StudyConfig(Section):
@@ -125,7 +194,10 @@ class StudyConfig(Section):
 
     experiments: dict[str, Overrides] = {}
     """Experiment name -> dotted overrides over the base config (names: letters, digits, _ -);
-    ``preset: NAME`` (or a list) stands for that preset's keys, e.g. an encoder or decoder swap."""
+    ``preset: NAME`` (or a list) stands for that preset's keys, e.g. an encoder or decoder swap;
+    ``sft_only: {KEY: VALUE}`` are overrides that only the SFT stages (sft_pack, sft, sft_eval) apply,
+    over study.stages, each where that stage honours it (e.g. ``model.encoder.image_size``: SFT at a
+    higher resolution from the same pre-trained model, its position embeddings interpolated)."""
     figures: dict[str, FigureSpec] = {}
     """Figure id (e.g. fig4) -> its cells; each id is a Snakemake target and a DVC stage."""
     stages: dict[str, Overrides] = {}
@@ -151,7 +223,15 @@ class StudyConfig(Section):
                 raise ValueError(f"experiment name {name!r} must be letters, digits, _ or - (not starting with _ or -)")
             if name == BASE:
                 raise ValueError(f"{BASE!r} is the run without overrides; pick another experiment name")
-            _check_overrides(f"experiment {name!r}", overrides)
+            rest = {k: v for k, v in overrides.items() if k != SFT_ONLY}
+            _check_overrides(f"experiment {name!r}", rest)
+            sft_only = overrides.get(SFT_ONLY, {})
+            if not isinstance(sft_only, dict) or not all(isinstance(k, str) for k in sft_only):
+                raise ValueError(
+                    f"experiment {name!r}: {SFT_ONLY} takes dotted overrides ({{model.encoder.image_size: 48}}), "
+                    f"got {sft_only!r}"
+                )
+            _check_overrides(f"experiment {name!r}, {SFT_ONLY}", sft_only, presets=False)
         return value
 
     @field_validator("stages")
@@ -198,4 +278,11 @@ class StudyConfig(Section):
                 missing = [c for c in (*check.a, *check.b, *check.c, *check.d) if c not in cells]
                 if missing:
                     raise ValueError(f"{where}: cells {missing} are not in figure {check.figure!r} ({cells})")
+            for fig, design in spec.factors.items():
+                where = f"lesson {lesson!r}, factors.{fig}"
+                if fig not in self.figures:
+                    raise ValueError(f"{where}: unknown figure {fig!r}; figures: {', '.join(self.figures)}")
+                missing = [c for c in design if c not in self.figures[fig].experiments]
+                if missing:
+                    raise ValueError(f"{where}: cells {missing} are not in figure {fig!r}")
         return self

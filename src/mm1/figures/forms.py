@@ -5,7 +5,7 @@ builds: one row per (cell, metric) with mean, 95% CI and the paper's value.
 * lr_sweep: final loss against peak LR per decoder size, then each size's best LR against N with
   our fitted law and MM1's;
 * benchmarks: a table of every benchmark per cell, "mean ± CI" (and the paper's value);
-* sweep: the first metric against each ``x`` key.
+* sweep: the first metric against each ``x`` key (a line per ``hue`` value, e.g. Fig 7's image grid).
 
 Matplotlib (Agg) only; never imports torch.
 """
@@ -132,7 +132,9 @@ def draw_lr_sweep(spec: FigureSpec, table: pl.DataFrame, metrics: list[str], met
     if fit[0] is not None:
         slope, intercept = fit[0]["mean"], fit[1]["mean"]
         right.plot(grid, np.exp(slope * np.log(grid) + intercept), label=f"ours: {_law(slope, intercept)}")
-    right.plot(grid, [peak_lr(n) for n in grid], "k--", label=f"MM1: {_law(LR_SLOPE, LR_INTERCEPT)}")
+    # MM1 fitted its law on its own decoders (far larger); the miniature's have 0.2-1.3M parameters.
+    mm1 = f"MM1's law, extrapolated far below MM1's model sizes:\n{_law(LR_SLOPE, LR_INTERCEPT)}"
+    right.plot(grid, [peak_lr(n) for n in grid], "k--", label=mm1)
     right.set(xscale="log", yscale="log", xlabel="decoder parameters N", ylabel="best peak LR", title="best LR vs N")
     for ax in (left, right):
         ax.grid(alpha=0.3, which="both")
@@ -177,6 +179,9 @@ def _number(meta: Meta, cell: str, key: str) -> float:
     return float(value)
 
 
+AXIS_LABELS = {"effective_resolution": "effective SFT resolution (px × image grid)"}
+
+
 def draw_sweep(spec: FigureSpec, table: pl.DataFrame, metrics: list[str], meta: Meta) -> Figure:
     if not spec.x:
         raise ValueError("form sweep needs spec.x: the config keys to plot the metric against")
@@ -186,14 +191,19 @@ def draw_sweep(spec: FigureSpec, table: pl.DataFrame, metrics: list[str], meta: 
         others = [k for k in spec.x if k != key]
         cells = [c for c in rows if all(meta[c][k] == meta[first][k] for k in others)]
         cells.sort(key=lambda c: _number(meta, c, key))
-        xs, ys = [_number(meta, c, key) for c in cells], [rows[c]["mean"] for c in cells]
-        ax.errorbar(xs, ys, yerr=[_err(rows[c]) for c in cells], marker="o", capsize=3, label="ours")
-        for cell, x, y in zip(cells, xs, ys, strict=True):
-            ax.annotate(cell, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-            if rows[cell]["paper"] is not None:
-                ax.plot(x, rows[cell]["paper"], "kD", markersize=5, label="paper")
+        hues = _hues(spec, cells, meta) or [None]  # a line per hue value (Fig 7: interpolation vs splitting)
+        for i, hue in enumerate(hues):
+            line = [c for c in cells if hue is None or meta[c][spec.hue] == hue]
+            label = "ours" if hue is None else f"ours, {spec.hue.rsplit('.', 1)[-1]} = {hue}"
+            xs, ys = [_number(meta, c, key) for c in line], [rows[c]["mean"] for c in line]
+            yerr = [_err(rows[c]) for c in line]
+            ax.errorbar(xs, ys, yerr=yerr, marker="o", capsize=3, color=f"C{i}", label=label)
+            for cell, x, y in zip(line, xs, ys, strict=True):
+                ax.annotate(cell, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+                if rows[cell]["paper"] is not None:
+                    ax.plot(x, rows[cell]["paper"], "kD", markersize=5, label="paper")
         fixed = ", ".join(f"{k} = {meta[first][k]}" for k in others)
-        ax.set(xlabel=key, ylabel=metrics[0], title=fixed)
+        ax.set(xlabel=AXIS_LABELS.get(key, key), ylabel=metrics[0], title=fixed)
         ax.margins(x=0.15)
         ax.grid(alpha=0.3)
         _legend(ax)
