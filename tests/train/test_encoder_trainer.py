@@ -3,6 +3,8 @@ multimodal model."""
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import polars as pl
@@ -38,6 +40,18 @@ def test_each_objective_lowers_its_loss_and_saves_the_vit_as_encoder(world, tmp_
     assert pl.read_csv(tmp_path / "enc" / "metrics.csv")["step"].to_list() == list(range(1, 13))
     meta = checkpoint.read_meta(tmp_path / "enc" / "checkpoint")
     assert meta["objective"] == objective
+
+    # The held-out check: coco's 8 val images (WORLD), never trained on, beside chance.
+    summary = json.loads((tmp_path / "enc" / "metrics.json").read_text())
+    assert summary["objective"] == objective and summary["heldout_set"] == "coco-val"
+    assert summary["heldout_images"] == 8
+    if objective == "clip":
+        assert summary["chance_loss"] == pytest.approx(math.log(4))  # micro-batch 4 (TINY)
+        assert summary["heldout_top1_chance"] == pytest.approx(100 / summary["heldout_captions"])
+        assert 0 <= summary["heldout_top1"] <= summary["heldout_top5"] <= 100
+    else:
+        assert 0 < summary["heldout_loss"] and 0 < summary["heldout_mean_predictor_loss"] <= 1.0  # normalised pixels
+    assert (tmp_path / "enc" / "encoder.png").read_bytes().startswith(b"\x89PNG")
 
     # The multimodal model at another image size starts from the pre-trained ViT.
     mm = tiny(*WORLD, "model.encoder.image_size=48")

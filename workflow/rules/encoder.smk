@@ -6,6 +6,8 @@ rule encoder:
     output:
         checkpoint=directory("results/encoder/{exp}/checkpoint"),
         metrics="results/encoder/{exp}/metrics.csv",
+        summary="results/encoder/{exp}/metrics.json",
+        figure="results/encoder/{exp}/encoder.png",
         provenance="results/encoder/{exp}/provenance.json",
     params:
         cfg=cfg("encoder"),

@@ -37,6 +37,27 @@ def load_caption_samples(manifest: Path, quarantine: Quarantine) -> list[Caption
     return load_pretraining_sources(manifest, quarantine)["caption"]  # type: ignore[return-value]
 
 
+def caption_token_ids(tok: TextTokenizer, text: str) -> np.ndarray:
+    """A caption's ids without special tokens (a caption that spells one is not cut short by it). (L,) int64"""
+    raw = np.asarray(tok.encode(text), dtype=np.int64)
+    specials = [tok.pad_id, tok.bos_id, tok.eos_id, tok.image_id, tok.eoc_id]
+    return raw[~np.isin(raw, specials)]
+
+
+def cut_caption(tok: TextTokenizer, ids: np.ndarray, seq_length: int) -> np.ndarray:
+    """``ids`` cut to ``seq_length - 1`` tokens plus <eoc>, the token the text tower reads. (L,) int64"""
+    return np.append(ids[: seq_length - 1], tok.eoc_id)
+
+
+def caption_tensors(tok: TextTokenizer, captions: Sequence[np.ndarray], seq_length: int) -> dict[str, torch.Tensor]:
+    """Cut captions (:func:`cut_caption`) as the text tower reads them:
+    {"text": (B, T) right-padded with <pad>, "text_lengths": (B,)}."""
+    text = torch.full((len(captions), seq_length), tok.pad_id, dtype=torch.long)
+    for row, ids in enumerate(captions):
+        text[row, : len(ids)] = torch.from_numpy(ids)
+    return {"text": text, "text_lengths": torch.tensor([len(ids) for ids in captions], dtype=torch.long)}
+
+
 @functools.lru_cache(maxsize=8)
 def _permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, 4, epoch]).permutation(n)
@@ -107,22 +128,15 @@ class EncoderBatches:
                 raise ValueError(f"caption sample {rec.key!r} has no caption")
         ids = self._cache.get((idx, style))
         if ids is None:
-            tok = self.tok
-            raw = np.asarray(tok.encode(rec.captions[style]), dtype=np.int64)
-            specials = [tok.pad_id, tok.bos_id, tok.eos_id, tok.image_id, tok.eoc_id]
-            ids = self._cache[(idx, style)] = raw[~np.isin(raw, specials)]
-        return np.append(ids[: self.text_seq_length - 1], self.tok.eoc_id)
+            ids = self._cache[(idx, style)] = caption_token_ids(self.tok, rec.captions[style])
+        return cut_caption(self.tok, ids, self.text_seq_length)
 
     def batch(self, epochs: np.ndarray, records: np.ndarray) -> dict[str, torch.Tensor]:
         """The pairs (epoch, record) as tensors: images, plus text and text_lengths for CLIP."""
         out = {"images": stack_images([self.samples[int(i)].image for i in records], self.image_size)}
         if self.tok is not None:
             captions = [self.caption_ids(int(e), int(i)) for e, i in zip(epochs, records, strict=True)]
-            text = torch.full((len(captions), self.text_seq_length), self.tok.pad_id, dtype=torch.long)
-            for row, ids in enumerate(captions):
-                text[row, : len(ids)] = torch.from_numpy(ids)
-            out["text"] = text  # (B, T)
-            out["text_lengths"] = torch.tensor([len(ids) for ids in captions], dtype=torch.long)  # (B,)
+            out |= caption_tensors(self.tok, captions, self.text_seq_length)  # text (B, T), text_lengths (B,)
         return out
 
     def global_batch(self, step: int, global_batch: int) -> dict[str, torch.Tensor]:

@@ -9,10 +9,15 @@ Data parallelism splits each global batch over the ranks; CLIP's negatives are t
 the same micro-batch (no cross-rank gather), so its loss depends on the micro-batch size, not on
 the layout. The encoder runs without pipeline or expert parallelism (it is one pipeline stage in
 the multimodal model too).
+
+After training, :mod:`mm1.train.encoder_eval` checks the encoder on held-out images (CLIP:
+image->caption retrieval against chance; AIM: next-patch loss against the mean predictor):
+``metrics.json`` and ``encoder.png`` beside ``metrics.csv``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import warnings
@@ -32,7 +37,7 @@ from mm1.models.megatron_config import Layout
 from mm1.models.size import encoder_params, peak_lr
 from mm1.parallel.setup import Rank, distributed
 from mm1.progress import progress
-from mm1.train import checkpoint
+from mm1.train import checkpoint, encoder_eval
 from mm1.train.optim import build_optimizer, wrap_ddp
 
 with warnings.catch_warnings():
@@ -98,6 +103,7 @@ def train_encoder(cfg: RunConfig, manifest: Path, tokenizer_path: Path, out_dir:
     quarantine = Quarantine()
     samples = load_caption_samples(manifest, quarantine)
     quarantine.check(cfg.data.max_bad_fraction)
+    heldout = encoder_eval.heldout_captions(manifest)
     tc = cfg.train
     with distributed(cfg.parallel, tc.seed) as rank:
         model = wrap_ddp(build_encoder_model(cfg, tok.vocab_size).to(rank.device), cfg.parallel)
@@ -137,6 +143,15 @@ def train_encoder(cfg: RunConfig, manifest: Path, tokenizer_path: Path, out_dir:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}")
         bar.close()
+        train_s, t0 = time.perf_counter() - start, time.perf_counter()
+        scores = None
+        if heldout is not None:  # every rank runs it: a tensor-parallel forward needs them all
+            scores = encoder_eval.evaluate_encoder(
+                model.module, heldout, cfg.model.encoder.image_size, tok, rank.device
+            )
+        curve = [r["loss"] for r in rows]
+        summary = encoder_eval.summarize(cfg.model.encoder.objective, curve, tc.micro_batch_size, scores)
+        summary |= {"train_s": train_s, "eval_s": time.perf_counter() - t0}
         meta = {
             "model": cfg.model.model_dump(mode="json"),
             "vocab_size": tok.vocab_size,
@@ -148,12 +163,15 @@ def train_encoder(cfg: RunConfig, manifest: Path, tokenizer_path: Path, out_dir:
         metrics = pl.DataFrame(rows)
         if rank.is_main:
             atomic.write_text(out_dir / "metrics.csv", metrics.write_csv())
+            atomic.write_text(out_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
+            atomic.write_bytes(out_dir / "encoder.png", encoder_eval.plot_encoder(metrics["step"], curve, summary))
             provenance.record(
                 out_dir,
                 stage="encoder",
                 config={k: getattr(cfg, k).model_dump(mode="json") for k in SECTIONS},
                 seed=tc.seed,
                 inputs={"manifest": Path(manifest), "tokenizer": Path(tokenizer_path)},
-                extra={"peak_lr": lr, "weight_decay": wd, "final_loss": rows[-1]["loss"], "samples": len(samples)},
+                extra={"peak_lr": lr, "weight_decay": wd, "final_loss": rows[-1]["loss"], "samples": len(samples)}
+                | {k: v for k, v in summary.items() if k.startswith("heldout_")},
             )
     return metrics
