@@ -11,6 +11,7 @@ import pytest
 
 from mm1.cli import main
 from mm1.config.study import FigureSpec
+from mm1.figures.compare import drawn_metrics
 
 T975 = {2: 12.706, 3: 4.303}  # Student's t, 97.5% quantile, n - 1 degrees of freedom for n seeds
 
@@ -22,12 +23,19 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
 
 
 def eval_run(folder: Path, base: float, textcore: float = 40.0) -> Path:
-    """A pre-trained eval folder: coco (captioning) and vqav2 (vqa) at 0/4/8 shots, TextCore."""
+    """A pre-trained eval folder: coco (captioning) and vqav2 (vqa) at 0/4/8 shots, TextCore.
+    Decoded scores base + offset + k; likelihood scores base / 2 + offset + k (ref_nll: 2.5)."""
     folder.mkdir(parents=True)
     scores = [
-        {"run": folder.name, "benchmark": b, "task": task, "shots": k, "metric": "m", "value": base + off + k}
-        for b, task, off in (("coco", "captioning", 0.0), ("vqav2", "vqa", 10.0))
+        {"run": folder.name, "benchmark": b, "task": task, "shots": k, "metric": metric, "value": value}
+        for b, task, off, metrics in (
+            ("coco", "captioning", 0.0, ("CIDEr", "ref_nll", "ref_prob")),
+            ("vqav2", "vqa", 10.0, ("accuracy", "ll_accuracy")),
+        )
         for k in (0, 4, 8)
+        for metric, value in zip(
+            metrics, (base + off + k, *([2.5] if task == "captioning" else []), base / 2 + off + k), strict=True
+        )
     ]
     scores.append({"run": folder.name, "benchmark": "textcore", "task": "multiple_choice", "shots": 0} | {
         "metric": "accuracy", "value": textcore
@@ -39,6 +47,9 @@ def eval_run(folder: Path, base: float, textcore: float = 40.0) -> Path:
             "captioning_avg": [base + k for k in (0, 4, 8)],
             "vqa_avg": [base + 10 + k for k in (0, 4, 8)],
             "average": [base + 5 + k for k in (0, 4, 8)],
+            "captioning_ll": [base / 2 + k for k in (0, 4, 8)],
+            "vqa_ll": [base / 2 + 10 + k for k in (0, 4, 8)],
+            "average_ll": [base / 2 + 5 + k for k in (0, 4, 8)],
             "n_benchmarks": [2, 2, 2],
             "demos_dropped": [0, 0, 0],
             "textcore": [textcore] * 3,
@@ -58,6 +69,7 @@ def sft_run(folder: Path, base: float) -> Path:
     pl.DataFrame(scores).write_csv(folder / "scores.csv")
     pl.DataFrame(
         {"shots": [0], "captioning_avg": [None], "vqa_avg": [base + 1], "average": [base + 1], "n_benchmarks": [2]}
+        | {"captioning_ll": [None], "vqa_ll": [None], "average_ll": [None]}
         | {"demos_dropped": [0], "textcore": [None], "multiple_choice": [base + 30]}
     ).write_csv(folder / "summary.csv")
     return folder
@@ -128,12 +140,21 @@ def test_the_seeds_table_holds_every_metric_of_every_run(bars):
     out, _ = bars
     seeds = pl.read_csv(out / "table1.seeds.csv")
     assert seeds.columns == ["figure", "cell", "seed", "run", "metric", "value"]
-    metrics = [f"{k}-shot" for k in (0, 4, 8)] + [f"{t} {k}-shot" for k in (0, 4, 8) for t in ("captioning", "vqa")]
-    metrics += ["textcore"] + [f"{b} {k}-shot" for k in (0, 4, 8) for b in ("coco", "vqav2")]
+    metrics = [f"{t}{k}-shot{ll}" for k in (0, 4, 8) for t in ("", "captioning ", "vqa ") for ll in ("", " ll")]
+    metrics += ["textcore"] + [f"{b} {k}-shot{ll}" for k in (0, 4, 8) for b in ("coco", "vqav2") for ll in ("", " ll")]
     assert set(seeds["metric"]) == set(metrics) and seeds.height == 2 * 3 * len(metrics)
     abl = seeds.filter((pl.col("cell") == "abl") & (pl.col("metric") == "vqav2 8-shot")).sort("seed")
     assert abl["seed"].to_list() == [0, 1, 2] and abl["run"].to_list() == ["abl-s0", "abl-s1", "abl-s2"]
     assert abl["value"].to_list() == [28.0, 30.0, 35.0]  # base + 10 + 8
+
+
+def test_likelihood_metrics_come_from_the_ll_columns_and_rows(bars):
+    seeds = pl.read_csv(bars[0] / "table1.seeds.csv").filter((pl.col("cell") == "abl") & (pl.col("seed") == 1))
+    value = dict(zip(seeds["metric"], seeds["value"], strict=True))  # base 12
+    assert (value["4-shot ll"], value["captioning 4-shot ll"], value["vqa 4-shot ll"]) == (15.0, 10.0, 20.0)
+    assert (value["coco 8-shot ll"], value["vqav2 0-shot ll"]) == (14.0, 16.0)  # ref_prob, ll_accuracy rows
+    assert (value["coco 8-shot"], value["4-shot"]) == (20.0, 21.0)  # CIDEr row; the decoded average
+    assert not any("nll" in m for m in value)  # ref_nll (lower is better) is no metric
 
 
 def test_the_paper_column_is_filled_only_where_the_spec_gives_a_value(bars):
@@ -224,6 +245,8 @@ def test_benchmarks_of_the_eval_stage_form_a_table_per_shot(tmp_path: Path):
     assert row(table, "final", "coco 0-shot")["mean"] == mean
     assert row(table, "final", "coco 0-shot")["ci95"] == pytest.approx(ci)
     assert is_png(tmp_path / "out/table3.png")
+    drawn = drawn_metrics(FigureSpec.model_validate_json(spec), table["metric"].unique().to_list())
+    assert sorted(drawn) == sorted(f"{b} {k}-shot" for b in ("coco", "vqav2") for k in (0, 4, 8))  # decoded, as Table 3
 
 
 def test_sft_benchmarks_hold_each_benchmark_and_multiple_choice(tmp_path: Path):

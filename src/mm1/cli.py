@@ -19,6 +19,7 @@
     mm1 upcycle   --checkpoint DIR --out DIR --set model.moe.num_experts=N   (dense -> MoE)
     mm1 figure    --metrics FILE --scores FILE --out DIR
     mm1 compare   --id FIG --spec JSON --cell NAME=RUN_DIR ... [--meta JSON] --out DIR   (a paper figure, mean +- CI over seeds)
+    mm1 power     --seeds PILOT.seeds.csv --metric M ... --effects 1,2 --study-seeds N --out DIR   (the pilot)
     mm1 lessons   --lessons JSON --seeds FIG=SEEDS.csv ... --out DIR   (the paper's lessons: effects, verdicts)
 
 Every stage takes the config as ``--preset NAME`` (applied first), ``--config FILE``, then
@@ -312,6 +313,15 @@ def _cmd_lessons(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_power(args: argparse.Namespace) -> int:
+    from mm1.figures.power import pilot
+
+    effects = [float(x) for x in args.effects.split(",") if x]
+    md = pilot(args.seeds, args.metric, effects, args.study_seeds, args.out)
+    print(f"power: {md}")
+    return 0
+
+
 # Stage commands: name -> (help, function, takes the config, (path option, help) ...); every stage has --out.
 STAGES = {
     "world": ("write the synthetic MM1 world as datasets + manifest", _cmd_world, True, ()),
@@ -429,6 +439,14 @@ def parser() -> argparse.ArgumentParser:
     )
     ls.add_argument("--out", type=Path, required=True, help="output folder (lessons.csv, lessons.md)")
     ls.set_defaults(func=_cmd_lessons)
+
+    pw = sub.add_parser("power", help="the pilot: per-run sd of the metrics and the seeds per arm they imply")
+    pw.add_argument("--seeds", type=Path, required=True, help="the pilot figure's <fig>.seeds.csv (mm1 compare)")
+    pw.add_argument("--metric", action="append", required=True, help="a metric to analyse (repeat)")
+    pw.add_argument("--effects", required=True, help="target effects, comma-separated (e.g. 1,2,3)")
+    pw.add_argument("--study-seeds", type=int, required=True, help="the study's seeds per cell (study.seeds)")
+    pw.add_argument("--out", type=Path, required=True, help="output folder (power.csv, power.md)")
+    pw.set_defaults(func=_cmd_power)
 
     eval_cli.add_parser(sub, _config_args, resolve)
     for name, (help_, func, configured, paths) in STAGES.items():

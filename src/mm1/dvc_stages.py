@@ -254,7 +254,7 @@ class ParamsResolver:
 
     def _overrides(self, job: Job) -> dict[str, tuple[dict[str, Any], list[str]]]:
         """Declaration key -> (its dotted overrides with presets expanded, the preset files named)."""
-        from mm1.study import expand
+        from mm1.study import SFT_ONLY, SFT_STAGES, _flat, expand
 
         out = {f"study.stages.{job.rule}": (self.stage_overrides.get(job.rule, {}), [])}
         for _, value in job.wildcards:
@@ -269,8 +269,11 @@ class ParamsResolver:
                 files = [
                     f for n in ([names] if isinstance(names, str) else names) for f in preset_files(n, self.presets)
                 ]
+                over = expand({k: v for k, v in declared.items() if k != SFT_ONLY})
+                if job.rule in SFT_STAGES:  # an experiment's overrides of the SFT stages only
+                    over |= _flat(declared.get(SFT_ONLY) or {})
                 out[f"study.experiments.{value}"] = (
-                    expand(declared),
+                    over,
                     [os.path.relpath(f, self.root.resolve()) for f in files],
                 )
         return out

@@ -158,10 +158,14 @@ class Study:
             self.sft_only[name] = _flat(overrides.get(SFT_ONLY, {}))
             self._check_sft_only(name)
         self._seeds: dict[str, list[str]] = {}
-        for exp in dict.fromkeys(e for spec in study.figures.values() for e in spec.experiments):
+        most: dict[str, int] = {}  # per cell: the most seeds any figure asks of it
+        for spec in study.figures.values():
+            for e in spec.experiments:
+                most[e] = max(most.get(e, 1), spec.seeds or study.seeds)
+        for exp, n_seeds in most.items():
             self._seeds[exp] = [exp]
             seed = self.overrides[exp].get("train.seed", self.base.train.seed)
-            for k in range(1, study.seeds):
+            for k in range(1, n_seeds):
                 self.overrides[f"{exp}-s{k}"] = self.overrides[exp] | {"train.seed": seed + k}
                 self.sft_only[f"{exp}-s{k}"] = self.sft_only[exp]
                 self._seeds[exp].append(f"{exp}-s{k}")
@@ -261,10 +265,12 @@ class Study:
                 out.append(run)
         return out
 
-    def seed_runs(self, exp: str) -> list[str]:
-        """The experiment and its seed runs (``<exp>-s<k>``, train.seed + k): a figure cell's runs."""
+    def seed_runs(self, exp: str, n: int | None = None) -> list[str]:
+        """The experiment and its seed runs (``<exp>-s<k>``, train.seed + k): a figure cell's runs;
+        the first ``n`` of them when given (a figure's own seed count)."""
         self._known(exp)
-        return list(self._seeds.get(exp, [exp]))
+        runs = list(self._seeds.get(exp, [exp]))
+        return runs if n is None else runs[:n]
 
     def _known(self, exp: str) -> None:
         if exp not in self.overrides:

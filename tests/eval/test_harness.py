@@ -46,11 +46,49 @@ def test_predictions_are_official_files_that_rescore_to_the_table(tiny_run, pret
             else:
                 assert set(entries[0]) == {"question_id", "answer"}
                 again = score_vqa(pred, val, Path(str(val).replace("_questions", "_annotations")))["accuracy"]
-            row = scores.filter((pl.col("benchmark") == spec.name) & (pl.col("shots") == k))
+            at = scores.filter((pl.col("benchmark") == spec.name) & (pl.col("shots") == k))
+            row = at.filter(pl.col("metric") == ("CIDEr" if spec.task == "captioning" else "accuracy"))
             assert row["value"].item() == pytest.approx(again, abs=1e-9)
             assert row["n_examples"].item() == len(entries)
             assert row["template"].item() == getattr(cfg.eval, spec.task).template
             assert row["mean_shots"].item() + row["demos_dropped"].item() / len(entries) == pytest.approx(k)
+
+
+def test_likelihood_scores_cover_every_val_item_and_their_files_rescore_to_the_table(tiny_run, pretrained) -> None:
+    scores = pl.read_csv(pretrained / "scores.csv")
+    for spec in config().eval.benchmarks:
+        val = tiny_run["data"] / spec.val
+        for k in (0, 2):
+            at = {r["metric"]: r for r in scores.filter((pl.col("benchmark") == spec.name) & (pl.col("shots") == k))
+                  .iter_rows(named=True)}  # fmt: skip
+            if spec.task == "captioning":
+                assert set(at) == {"CIDEr", "ref_nll", "ref_prob"}
+                nll = json.loads((pretrained / "predictions" / f"{spec.name}_{k}shot_nll.json").read_text())
+                assert len(nll) == at["ref_nll"]["n_examples"] == 6  # every val image
+                assert np.mean([e["nll"] for e in nll]) == pytest.approx(at["ref_nll"]["value"])
+                assert at["ref_prob"]["value"] == pytest.approx(100 * math.exp(-at["ref_nll"]["value"]))
+            else:
+                assert set(at) == {"accuracy", "ll_accuracy"}
+                ranked = pretrained / "predictions" / f"{spec.name}_{k}shot_ll.json"
+                again = score_vqa(ranked, val, Path(str(val).replace("_questions", "_annotations")))
+                assert (
+                    at["ll_accuracy"]["n_examples"]
+                    == again["n_questions"]
+                    == len(json.loads(val.read_text())["questions"])
+                )
+                assert at["ll_accuracy"]["value"] == pytest.approx(again["accuracy"], abs=1e-9)
+
+
+def test_num_examples_limits_generation_only(tiny_run, tmp_path: Path) -> None:
+    cfg = config("eval.shots=[0]", "eval.num_examples=4", "eval.textcore=null")
+    cfg = cfg.eval.model_copy(update={"benchmarks": cfg.eval.benchmarks[3:4]})  # vqav2: 18 questions
+    s = harness.evaluate(cfg, "tiny", tiny_run["data"], tiny_run["tokenizer"], tiny_run["ckpt"], tmp_path).scores
+    assert dict(zip(s["metric"], s["n_examples"], strict=True)) == {"accuracy": 4, "ll_accuracy": 18}
+    assert len(json.loads((tmp_path / "predictions" / "vqav2_0shot.json").read_text())) == 4
+    off = cfg.model_copy(update={"likelihood": False})
+    r = harness.evaluate(off, "tiny", tiny_run["data"], tiny_run["tokenizer"], tiny_run["ckpt"], tmp_path / "off")
+    assert r.scores["metric"].to_list() == ["accuracy"] and r.summary["vqa_ll"].is_null().all()
+    assert not (tmp_path / "off" / "predictions" / "vqav2_0shot_ll.json").exists()
 
 
 def test_summary_holds_the_paper_averages(pretrained: Path) -> None:
@@ -60,13 +98,22 @@ def test_summary_holds_the_paper_averages(pretrained: Path) -> None:
     assert summary["shots"].to_list() == [0, 2]
     for row in summary.iter_rows(named=True):
         at = scores.filter(pl.col("shots") == row["shots"])
-        cap = at.filter(pl.col("task") == "captioning")["value"].to_list()
-        vqa = at.filter(pl.col("task") == "vqa")["value"].to_list()
+        cap = at.filter(pl.col("metric") == "CIDEr")["value"].to_list()
+        vqa = at.filter((pl.col("task") == "vqa") & (pl.col("metric") == "accuracy"))["value"].to_list()
         assert (len(cap), len(vqa), row["n_benchmarks"]) == (3, 5, 8)
         assert row["captioning_avg"] == pytest.approx(np.mean(cap))
         assert row["vqa_avg"] == pytest.approx(np.mean(vqa))
         assert row["average"] == pytest.approx(np.mean(cap + vqa))
-        assert metrics[f"{row['shots']}shot"]["average"] == pytest.approx(row["average"])
+        cap_ll = at.filter(pl.col("metric") == "ref_prob")["value"].to_list()
+        vqa_ll = at.filter(pl.col("metric") == "ll_accuracy")["value"].to_list()
+        assert (len(cap_ll), len(vqa_ll)) == (3, 5)
+        assert row["captioning_ll"] == pytest.approx(np.mean(cap_ll))
+        assert row["vqa_ll"] == pytest.approx(np.mean(vqa_ll))
+        assert row["average_ll"] == pytest.approx(np.mean(cap_ll + vqa_ll))
+        shot = metrics[f"{row['shots']}shot"]
+        assert shot["average"] == pytest.approx(row["average"])
+        assert shot["average_ll"] == pytest.approx(row["average_ll"])
+        assert shot["vqav2 ll"] == pytest.approx(vqa_ll[0]) and shot["coco ll"] == pytest.approx(cap_ll[0])
     textcore = scores.filter(pl.col("benchmark") == "textcore")
     assert textcore["n_examples"].item() == 12
     assert summary["textcore"][0] == pytest.approx(textcore["value"].item())
@@ -136,6 +183,8 @@ def test_sft_mode_is_zero_shot_with_multiple_choice(tiny_run, tmp_path: Path) ->
     assert "User: <image>" in s.filter(pl.col("benchmark") == "vqav2")["template"].item()
     assert (tmp_path / "predictions" / "okvqa_0shot.json").is_file()
     assert not math.isnan(result.summary["average"][0])
+    assert set(s["metric"]) == {"CIDEr", "accuracy"}  # no likelihood scores of SFT checkpoints
+    assert result.summary["average_ll"].is_null().all()
 
 
 def test_a_benchmark_file_with_a_wrong_schema_is_named(tiny_run, tmp_path: Path) -> None:

@@ -75,6 +75,20 @@ def test_a_query_alone_that_does_not_fit_is_an_error_naming_the_example(tok: Tex
                      max_images=16, overflow="drop_earliest", where="okvqa question 3, 0-shot")  # fmt: skip
 
 
+def test_the_default_vqa_demonstration_ends_its_answer_with_a_newline(tok: TextTokenizer) -> None:
+    t = Template(EvalConfig().vqa.template, "vqa", tok, N)
+    demo = t.demo(_demo(1))
+    assert demo == [tok.image_id] * N + tok.encode("Question: What colour is shape 1? Answer: red\n")
+    query = t.query(Example(b"q", {"question": "What colour is shape 1?"}))
+    assert query == [tok.image_id] * N + tok.encode("Question: What colour is shape 1? Answer:")  # no "\n"
+    rest = t.continuation(Example(b"q", {"question": "What colour is shape 1?"}), " red ")
+    assert query + rest == demo and rest == tok.encode(" red\n")  # the answer, then its terminator
+    assert tok.decode(rest[-1:]) == "" and "\n" in tok._tok.decode(rest[-1:])  # the last token is the newline
+    assert "\n" in EvalConfig().vqa.stop  # a generated answer is cut there too
+    caption = Template("<image>{caption}<eoc>", "captioning", tok, N)
+    assert caption.continuation(Example(b"x", {}), "A red circle.") == tok.encode("A red circle.") + [tok.eoc_id]
+
+
 def test_cut_at_stops() -> None:
     assert cut_at_stops(" blue Question: what", ("\n", "Question")) == "blue"
     assert cut_at_stops("two\nthree", ("\n",)) == "two"

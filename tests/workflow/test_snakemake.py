@@ -71,11 +71,12 @@ def test_all_figures_plans_one_run_per_distinct_stage_setting(project: Path):
     figures = study.base.study.figures
     cells = {stage: [] for stage in ("eval", "sft_eval", "train")}
     for spec in figures.values():
-        cells[spec.evaluation] += [r for exp in spec.experiments for r in study.seed_runs(exp)]
+        n = spec.seeds or study.base.study.seeds
+        cells[spec.evaluation] += [r for exp in spec.experiments for r in study.seed_runs(exp, n)]
     assert study.base.study.seeds == 3
     for stage in ("eval", "sft_eval"):
         assert counts[stage] == len(study.runs(stage, cells[stage])), stage
-    assert counts["compare"] == len(figures) >= 11 and counts["lessons"] == 1
+    assert counts["compare"] == len(figures) >= 11 and counts["lessons"] == counts["power"] == 1
     assert counts["world"] == counts["tokenizer"] == counts["llm_pack"] == 1  # shared by every experiment
     assert counts["encoder"] == 5  # base + Table 1's objective, width and two resolutions
     assert counts["llm"] == 4  # the ablation decoder, two more widths (fig6) and the MoE decoder
@@ -188,7 +189,7 @@ def test_default_target_and_a_paper_figure_at_full_scale(project: Path):
     assert set(fig["n_seeds"]) == {3} and fig.filter(pl.col("metric") == "8-shot")["ci95"].is_not_null().all()
     seeds = pl.read_csv(results / "figures/fig5d.seeds.csv")
     for cell in ("syn-0", "abl"):
-        runs = study.seed_runs(cell)
+        runs = study.seed_runs(cell, study.base.study.seeds)
         trained = [json.loads((results / "train" / r / "provenance.json").read_text()) for r in runs]
         assert [t["config"]["train"]["seed"] for t in trained] == [1234, 1235, 1236]
         ablation_steps = yaml.safe_load((project / "config/study.yaml").read_text())["study"]["common"]["train.steps"]

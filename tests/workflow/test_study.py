@@ -153,6 +153,46 @@ def test_one_seed_adds_no_runs_and_undeclared_experiments_get_no_seeds():
     assert s.seed_runs("lonely") == ["lonely"] and "lonely-s1" not in s.names
 
 
+def test_a_figure_with_more_seeds_adds_runs_only_for_its_cells():
+    s = Study(
+        {
+            "study": {
+                "seeds": 3,
+                "experiments": {"abl": {}, "other": {"train.lr": 1e-3}},
+                "figures": {
+                    "fig": {"title": "t", "experiments": ["abl", "other"]},
+                    "pilot": {"title": "p", "experiments": ["abl", "base"], "seeds": 5},
+                },
+                "pilot": {"figure": "pilot", "metrics": ["8-shot ll"], "effects": [1.0]},
+            }
+        }
+    )
+    assert s.seed_runs("abl") == ["abl", "abl-s1", "abl-s2", "abl-s3", "abl-s4"]
+    assert s.seed_runs("abl", 3) == ["abl", "abl-s1", "abl-s2"]  # what fig reads of it
+    assert s.seed_runs("other") == ["other", "other-s1", "other-s2"] and "other-s3" not in s.names
+    assert [s.stage_config("train", r).train.seed for r in s.seed_runs("abl")] == [1234, 1235, 1236, 1237, 1238]
+
+
+@pytest.mark.parametrize(
+    ("pilot", "figures", "words"),
+    [
+        ({"figure": "nope", "metrics": ["m"], "effects": [1]}, {}, ["study.pilot.figure", "nope"]),
+        (
+            {"figure": "p", "metrics": ["m"], "effects": [1]},
+            {"p": {"title": "t", "experiments": ["base"]}},
+            ["2 cells"],
+        ),
+        ({"figure": "p", "metrics": ["m"], "effects": [0]}, {}, ["effects", "> 0"]),
+        ({"figure": "p", "metrics": [], "effects": [1]}, {}, ["metrics"]),
+    ],
+)
+def test_a_bad_pilot_names_the_field(pilot, figures, words):
+    with pytest.raises(ConfigError) as err:
+        Study({"study": {"figures": figures, "pilot": pilot}})
+    for word in words:
+        assert word in str(err.value)
+
+
 def test_common_overrides_apply_to_every_experiment_but_not_base():
     s = seeded(common={"train.steps": 50, "train.warmup_steps": 5}, abl={}, fast={"train.steps": 20})
     assert s.config("base").train.steps == 500

@@ -122,7 +122,7 @@ def figure_runs(fig):
     return [
         (exp, f"results/{spec.evaluation}/{run_of(spec.evaluation, run)}")
         for exp in spec.experiments
-        for run in STUDY.seed_runs(exp)
+        for run in STUDY.seed_runs(exp, spec.seeds or RUN.study.seeds)
     ]
 
 

@@ -81,3 +81,29 @@ rule lessons:
         "../../envs/mm1.yaml"
     shell:
         "mm1 lessons --lessons {params.lessons:q} {params.seeds:q} --out \"$(dirname {output.md:q})\" > {log:q} 2>&1"
+
+
+rule power:
+    """The pilot (study.pilot): the per-run sd of the lessons' metrics and the seeds per arm it implies."""
+    input:
+        f"results/figures/{RUN.study.pilot.figure}.seeds.csv" if RUN.study.pilot else [],
+    output:
+        md=report("results/figures/power.md", caption="../report/power.rst", category="Lessons"),
+        table="results/figures/power.csv",
+        provenance="results/figures/power.provenance.json",
+    params:
+        metrics=[arg for m in (RUN.study.pilot.metrics if RUN.study.pilot else []) for arg in ("--metric", m)],
+        effects=",".join(f"{e:g}" for e in (RUN.study.pilot.effects if RUN.study.pilot else [])),
+        seeds=RUN.study.seeds,
+    threads: 1
+    resources:
+        **light(),
+    log:
+        "logs/figures/power.log",
+    benchmark:
+        "benchmarks/figures/power.tsv"
+    conda:
+        "../../envs/mm1.yaml"
+    shell:
+        "mm1 power --seeds {input:q} {params.metrics:q} --effects {params.effects:q} --study-seeds {params.seeds} "
+        "--out \"$(dirname {output.md:q})\" > {log:q} 2>&1"

@@ -15,6 +15,10 @@ MARKERS: tuple[str, ...] = ("<image>", "<eoc>", "<eos>")
 ANSWER_FIELD: dict[str, str] = {"captioning": "caption", "vqa": "answer"}
 """The field of each task's template the model writes; the query prompt ends before it."""
 TEMPLATE_FIELDS: dict[str, tuple[str, ...]] = {"captioning": ("caption",), "vqa": ("question", "answer")}
+GENERATION_METRIC: dict[str, str] = {"captioning": "CIDEr", "vqa": "accuracy"}
+"""Each task's scores.csv metric of decoded answers (CIDEr-D x 100, VQA accuracy %)."""
+LIKELIHOOD_METRIC: dict[str, str] = {"captioning": "ref_prob", "vqa": "ll_accuracy"}
+"""Each task's 0-100 likelihood score in scores.csv (captioning also writes "ref_nll", its source)."""
 
 
 class BenchmarkSpec(Section):
@@ -129,9 +133,13 @@ class EvalConfig(Section):
     seed: int = Field(0, ge=0)
     """Seed of the random demonstrations."""
     num_examples: int = Field(0, ge=0)
-    """Evaluate the first N examples of each benchmark (images or questions); 0 means all."""
+    """Decode answers (CIDEr, VQA accuracy) for the first N examples of each benchmark (images or
+    questions); 0 means all. The likelihood scores always use every val example."""
+    likelihood: bool = True
+    """Pre-trained checkpoints: also score every val example by likelihood, no decoding (VQA: the
+    answer candidates ranked by log-probability; captioning: the references' token NLL)."""
     micro_batch_size: int = Field(16, ge=1)
-    """Prompts decoded together."""
+    """Prompts decoded together (and TextCore / multiple-choice candidates scored together)."""
     max_images: int = Field(16, ge=1)
     """Most images in one prompt (MM1 pre-trains with up to 16): demonstrations beyond are dropped."""
     overflow: Literal["drop_earliest", "error"] = "drop_earliest"
@@ -143,9 +151,10 @@ class EvalConfig(Section):
     captioning: PromptConfig = PromptConfig(template="<image>{caption}<eoc>", max_new_tokens=30)
     """Captioning prompts; the default is how caption pairs are packed in pre-training."""
     vqa: PromptConfig = PromptConfig(
-        template="<image>Question: {question} Answer: {answer}", max_new_tokens=6, stop=("\n", "Question", "?")
+        template="<image>Question: {question} Answer: {answer}\n", max_new_tokens=6, stop=("\n", "Question", "?")
     )
-    """VQA prompts; the default is one of the Q/A styles of the interleaved documents."""
+    """VQA prompts; the default is one of the Q/A styles of the interleaved documents, each answer
+    ended by a newline (the terminator the world's QA texts use), so an answer has a learnt end."""
     textcore: str | None = "benchmarks/textcore/textcore.jsonl"
     """Text-only tasks (jsonl: id, task, prompt, answer, choices), scored by choice likelihood; none: skip."""
     sft: SFTEvalConfig = SFTEvalConfig()

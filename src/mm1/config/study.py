@@ -81,6 +81,9 @@ class FigureSpec(Section):
     paper: dict[str, dict[str, float]] = {}
     """The paper's published values: cell -> metric -> value (the CSV's ``paper`` column). Only numbers
     the paper prints; a cell without one stays empty."""
+    seeds: int | None = Field(default=None, ge=2)
+    """Runs per cell of this figure; none: ``study.seeds``. The pilot figure runs a few cells with more
+    seeds than the study to measure the per-run noise (``study.pilot``)."""
     paper_source: str = ""
     """Where ``paper`` comes from (e.g. "arXiv 2403.09611v4, Table 3") and which paper row each cell stands for."""
 
@@ -189,6 +192,26 @@ def factorial_contrast(factors: dict[str, dict[str, Levels]], check: LessonCheck
     return found[0]
 
 
+class PilotSpec(Section):
+    """The pilot (:mod:`mm1.figures.power`): the per-run sd of the declared metrics, measured on a few
+    cells with more seeds, and the seeds per arm it implies (results/figures/pilot.{md,csv})."""
+
+    figure: str
+    """The pilot figure (its cells and ``seeds`` in study.figures); the first two cells are also compared
+    paired by seed."""
+    metrics: list[str] = Field(min_length=1)
+    """The metrics whose noise is measured (the lessons' declared metrics)."""
+    effects: list[float] = Field(min_length=1)
+    """Target effects (in the metrics' units) for which the report gives the seeds per arm needed."""
+
+    @field_validator("effects")
+    @classmethod
+    def _positive(cls, value: list[float]) -> list[float]:
+        if any(not v > 0 for v in value):
+            raise ValueError(f"pilot effects must be > 0, got {value}")
+        return value
+
+
 class StudyConfig(Section):
     """The experiments of the study and the figures that compare them."""
 
@@ -212,6 +235,8 @@ class StudyConfig(Section):
     common: Overrides = {}
     """Overrides under every declared experiment (not under ``base``): the ablation scale, as MM1 ran
     its ablations on a smaller model than its final one."""
+    pilot: PilotSpec | None = None
+    """The pilot that sizes ``seeds`` (none: no pilot target)."""
     lessons: dict[str, LessonSpec] = {}
     """Lesson id -> the lesson and the comparisons that test it (results/figures/lessons.{md,csv})."""
 
@@ -266,9 +291,17 @@ class StudyConfig(Section):
             if strangers:
                 raise ValueError(f"figure {fig!r}: paper values for cells it does not draw: {strangers}")
         seeded = re.compile(r"-s[0-9]+$")
-        clash = [e for e in self.experiments if seeded.search(e)] if self.seeds > 1 else []
+        most = max([self.seeds, *(f.seeds or 1 for f in self.figures.values())])
+        clash = [e for e in self.experiments if seeded.search(e)] if most > 1 else []
         if clash:
             raise ValueError(f"experiment names ending in -s<number> are the seed runs' names: rename {clash}")
+        if self.pilot is not None:
+            if self.pilot.figure not in self.figures:
+                raise ValueError(
+                    f"study.pilot.figure: unknown figure {self.pilot.figure!r}; figures: {', '.join(self.figures)}"
+                )
+            if len(self.figures[self.pilot.figure].experiments) < 2:
+                raise ValueError(f"study.pilot.figure {self.pilot.figure!r} needs at least 2 cells (the paired sd)")
         for lesson, spec in self.lessons.items():
             for i, check in enumerate(spec.checks):
                 where = f"lesson {lesson!r}, check {i + 1}"

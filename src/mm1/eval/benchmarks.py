@@ -29,6 +29,8 @@ class Item:
     targets: tuple[str, ...]
     """Reference captions, or the human answers."""
     answer_type: str = "other"
+    question_type: str = ""
+    """VQA: the question's kind (VQAv2's question_type; the world writes the kind of question)."""
 
     def example(self) -> Example:
         return Example(self.image, {} if self.question is None else {"question": self.question})
@@ -90,7 +92,7 @@ def _read(spec: BenchmarkSpec, root: Path, split: str) -> tuple[list[Item], dict
     vqa = read_vqa(questions, annotations, images)
     items = [
         Item(key=q.question_id, image_id=q.image_id, image=vqa.images[q.image_id], question=q.question,
-             targets=tuple(q.answers), answer_type=q.answer_type)
+             targets=tuple(q.answers), answer_type=q.answer_type, question_type=q.question_type)
         for q in sorted(vqa.items, key=lambda q: q.question_id)
     ]  # fmt: skip
     return items, {split: questions, f"{split}_annotations": annotations}

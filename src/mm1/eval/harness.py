@@ -2,17 +2,31 @@
 
 Pre-trained checkpoints (MM1 Table 3, Figs 3-5): every benchmark of ``eval.benchmarks`` at every
 count of ``eval.shots``, demonstrations from the benchmark's train split written with the task's
-template, greedy decoding with a KV cache; TextCore by choice likelihood.
+template, two kinds of score per (benchmark, shots):
+  * generation: greedy decoding with a KV cache, scored with CIDEr-D / VQA accuracy, on the first
+    ``eval.num_examples`` val items (0: all);
+  * likelihood (``eval.likelihood``): every val item, no decoding (:mod:`mm1.eval.ll_scores`): VQA
+    by ranking the answer candidates of the question's kind, captioning by the references' NLL.
+TextCore by choice likelihood.
 SFT checkpoints (Table 4, Figs 7-8; ``sft=True``): every benchmark 0-shot, the question asked in
-the chat template of the ``sft`` section, and the multiple-choice items by choice likelihood.
+the chat template of the ``sft`` section, and the multiple-choice items by choice likelihood
+(no likelihood scores of the benchmarks).
 
 Outputs in ``out_dir``:
-    predictions/<benchmark>_<k>shot.json   official result formats: [{"image_id", "caption"}] /
-                                           [{"question_id", "answer"}] (score them with
-                                           ``mm1 eval score-captions`` / ``score-vqa``)
-    scores.csv     one row per (benchmark, shots, metric), with the template, demos dropped, n
-    summary.csv    per shots: the captioning, VQA and overall averages the paper plots, TextCore
-    metrics.json   the summary for DVC
+    predictions/<benchmark>_<k>shot.json     official result formats: [{"image_id", "caption"}] /
+                                             [{"question_id", "answer"}] (score them with
+                                             ``mm1 eval score-captions`` / ``score-vqa``)
+    predictions/<vqa>_<k>shot_ll.json        the top-ranked candidates, [{"question_id", "answer"}]
+    predictions/<captioning>_<k>shot_nll.json  [{"image_id", "nll"}]: each image's mean reference NLL
+    scores.csv     one row per (benchmark, shots, metric), with the template, demos dropped, n;
+                   metric: "CIDEr" (x 100) / "accuracy" (%) from generation; "ll_accuracy" (%, VQA),
+                   "ref_nll" (nats per token) and "ref_prob" (100 exp(-ref_nll), captioning) from
+                   likelihood; "accuracy" of TextCore / multiple choice (and per kind "<name>/<kind>")
+    summary.csv    per shots: captioning_avg, vqa_avg, average (generation: the averages the paper
+                   plots), captioning_ll, vqa_ll, average_ll (the same means of the 0-100 likelihood
+                   scores: ref_prob, ll_accuracy; empty without them), n_benchmarks, demos_dropped
+                   (generation), textcore, multiple_choice
+    metrics.json   the summary and every benchmark's scores, for DVC
     provenance.json, config.yaml
 """
 
@@ -21,7 +35,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +44,7 @@ import torch
 
 from mm1 import atomic, provenance
 from mm1.config import EvalConfig, ModelConfig, ParallelConfig, SFTConfig
+from mm1.config.eval import GENERATION_METRIC
 from mm1.data.formats import read_multiple_choice, read_text_tasks
 from mm1.data.image_split import images_per_picture, split_image_bytes
 from mm1.data.images import stack_images
@@ -40,8 +55,10 @@ from mm1.eval.benchmarks import Benchmark, demo_example, load_benchmark
 from mm1.eval.cider import cider_d
 from mm1.eval.generate import greedy
 from mm1.eval.likelihood import Candidate, continuation_logprobs
+from mm1.eval.ll_scores import caption_likelihood, vqa_likelihood
 from mm1.eval.prompts import Prompt, Template, build_prompt, cut_at_stops
 from mm1.eval.scoring import write_caption_predictions, write_vqa_predictions
+from mm1.eval.tables import metrics_json, summarise
 from mm1.eval.vqa_metric import vqa_scores
 from mm1.models.encoder import patch_features
 from mm1.models.mm1_model import MM1Model
@@ -51,7 +68,6 @@ from mm1.train import checkpoint
 
 SECTIONS = ("eval", "sft")
 """Config sections the stage reads (sft: the chat template of SFT checkpoints)."""
-METRIC = {"captioning": "CIDEr", "vqa": "accuracy"}
 
 
 @dataclass(frozen=True)
@@ -101,10 +117,9 @@ def evaluate(
             f"tokenizer {tokenizer_path} has {tok.vocab_size}; evaluate with the run's own tokenizer"
         )
     shots = (0,) if sft is not None else cfg.shots
-    benches = [
-        load_benchmark(spec, data_root, with_pool=max(shots) > 0, num_examples=cfg.num_examples)
-        for spec in cfg.benchmarks
-    ]
+    likelihood = cfg.likelihood and sft is None
+    benches = [load_benchmark(spec, data_root, with_pool=max(shots) > 0 or likelihood) for spec in cfg.benchmarks]
+    n_gen = cfg.num_examples or None
     rows: list[dict] = []
     inputs: dict[str, Path] = {"tokenizer": Path(tokenizer_path), "checkpoint": Path(ckpt)}
     with distributed(ParallelConfig(), seed=0) as rank:
@@ -114,12 +129,15 @@ def evaluate(
         ctx = _Context(cfg, sft, model, mc, tok, rank.device)
         for bench in benches:
             inputs |= {f"{bench.name}/{k}": p for k, p in bench.files.items()}
-            order = _demo_order(ctx, bench, max(shots))
+            order = _demo_order(ctx, bench, max(shots))  # every val item; generation reads the first n_gen
+            generated = replace(bench, items=bench.items[:n_gen])
             for k in shots:
-                predictions, dropped, kept = _run_task(ctx, bench, order, k)
+                predictions, dropped, kept = _run_task(ctx, generated, order[:n_gen], k)
                 if rank.is_main:
-                    _write_predictions(out_dir, bench, k, predictions)
-                rows += _score_task(bench, k, predictions, dropped, kept, _template_text(ctx, bench.task))
+                    _write_predictions(out_dir, generated, k, predictions)
+                rows += _score_task(generated, k, predictions, dropped, kept, _template_text(ctx, bench.task))
+                if likelihood:
+                    rows += _likelihood_task(ctx, bench, order, k, out_dir if rank.is_main else None)
         if sft is None and cfg.textcore is not None:
             path = _resolve(data_root, cfg.textcore)
             inputs["textcore"] = path
@@ -138,7 +156,7 @@ def evaluate(
     if rank.is_main:
         atomic.write_text(out_dir / "scores.csv", scores.write_csv())
         atomic.write_text(out_dir / "summary.csv", summary.write_csv())
-        atomic.write_text(out_dir / "metrics.json", json.dumps(_metrics(scores, summary), indent=2) + "\n")
+        atomic.write_text(out_dir / "metrics.json", json.dumps(metrics_json(scores, summary), indent=2) + "\n")
         config = {"eval": cfg.model_dump(mode="json")} | ({"sft": sft.model_dump(mode="json")} if sft else {})
         provenance.record(out_dir, stage="eval", config=config, seed=cfg.seed, inputs=inputs,
                           extra={"mode": "sft" if sft else "pretrained", "shots": list(shots)})  # fmt: skip
@@ -259,6 +277,22 @@ def _run_task(ctx: _Context, bench: Benchmark, order: list[list[int]], k: int) -
     return predictions, dropped, float(np.mean([p.shots for p in prompts]))
 
 
+def _likelihood_task(
+    ctx: _Context, bench: Benchmark, order: list[list[int]], k: int, out_dir: Path | None
+) -> list[dict]:
+    """The likelihood rows of one benchmark at k shots; with ``out_dir`` its per-item file too."""
+    score = caption_likelihood if bench.task == "captioning" else vqa_likelihood
+    rows, per_item = score(ctx, bench, order, k)
+    if out_dir is not None:
+        path = out_dir / "predictions"
+        if bench.task == "captioning":
+            entries = [{"image_id": key, "nll": nll} for key, nll in per_item.items()]
+            atomic.write_text(path / f"{bench.name}_{k}shot_nll.json", json.dumps(entries) + "\n")
+        else:
+            write_vqa_predictions(path / f"{bench.name}_{k}shot_ll.json", per_item)
+    return rows
+
+
 def _write_predictions(out_dir: Path, bench: Benchmark, k: int, predictions: dict[int, str]) -> None:
     path = out_dir / "predictions" / f"{bench.name}_{k}shot.json"
     write = write_caption_predictions if bench.task == "captioning" else write_vqa_predictions
@@ -276,8 +310,9 @@ def _score_task(
     else:
         value = vqa_scores(predictions, {it.key: (it.targets, it.answer_type) for it in bench.items})["accuracy"]
     return [
-        {"benchmark": bench.name, "task": bench.task, "shots": k, "metric": METRIC[bench.task], "value": value,
-         "n_examples": len(predictions), "demos_dropped": dropped, "mean_shots": kept, "template": template}
+        {"benchmark": bench.name, "task": bench.task, "shots": k, "metric": GENERATION_METRIC[bench.task],
+         "value": value, "n_examples": len(predictions), "demos_dropped": dropped, "mean_shots": kept,
+         "template": template}
     ]  # fmt: skip
 
 
@@ -347,39 +382,3 @@ def _multiple_choice(ctx: _Context, path: Path) -> list[dict]:
     picks = _choose(ctx, groups, "multiple choice")
     correct = [p == it.answer for it, p in zip(items, picks, strict=True)]
     return _accuracy_rows("multiple_choice", ["all"] * len(items), correct, ctx.sft.user_template)[:1]
-
-
-# --- tables ----------------------------------------------------------------------------------
-
-
-def summarise(scores: pl.DataFrame) -> pl.DataFrame:
-    """Per shots: mean of the captioning benchmarks (CIDEr), of the VQA benchmarks (accuracy), of
-    all of them (MM1's "k-shot average", both on 0-100 scales), and TextCore / multiple choice."""
-    tasks = scores.filter(pl.col("task").is_in(["captioning", "vqa"]))
-    out = (
-        tasks.group_by("shots")
-        .agg(
-            pl.col("value").filter(pl.col("task") == "captioning").mean().alias("captioning_avg"),
-            pl.col("value").filter(pl.col("task") == "vqa").mean().alias("vqa_avg"),
-            pl.col("value").mean().alias("average"),
-            pl.len().alias("n_benchmarks"),
-            pl.col("demos_dropped").sum().alias("demos_dropped"),
-        )
-        .sort("shots")
-    )
-    for name in ("textcore", "multiple_choice"):
-        hit = scores.filter(pl.col("benchmark") == name)["value"]
-        out = out.with_columns(pl.lit(float(hit[0]) if len(hit) else None, dtype=pl.Float64).alias(name))
-    return out
-
-
-def _metrics(scores: pl.DataFrame, summary: pl.DataFrame) -> dict:
-    """DVC metrics: the averages per shots, every benchmark's score, TextCore / multiple choice."""
-    out: dict = {}
-    for row in summary.iter_rows(named=True):
-        out[f"{row['shots']}shot"] = {k: row[k] for k in ("average", "captioning_avg", "vqa_avg")}
-    for row in scores.filter(pl.col("task").is_in(["captioning", "vqa"])).iter_rows(named=True):
-        out[f"{row['shots']}shot"][row["benchmark"]] = row["value"]
-    for row in scores.filter(pl.col("task") == "multiple_choice").iter_rows(named=True):
-        out[row["benchmark"]] = row["value"]
-    return out

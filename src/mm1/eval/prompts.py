@@ -1,12 +1,16 @@
 """Few-shot prompts: demonstrations and a query written with a template, as token ids + images.
 
-A template such as ``"<image>Question: {question} Answer: {answer}"`` is split at its markers:
+A template such as ``"<image>Question: {question} Answer: {answer}\\n"`` is split at its markers:
 ``<image>`` becomes the image's N slots, ``<eoc>``/``<eos>`` those special ids, and each text run
 between markers is encoded on its own (as the packer encodes the text segments of interleaved
 documents). A demonstration fills every field; the query is the template cut before the answer
 field, trailing whitespace removed, so the model writes the answer with its leading space:
 
     <bos> [demo 1] [demo 2] ... [query]  -> generated answer
+
+What a demonstration puts after its query part (the answer and its terminator: "\\n" in the
+default VQA template, <eoc> in the captioning one) is ``Template.continuation``: the tokens whose
+likelihood the likelihood scores measure.
 
 If the prompt plus the answer budget exceeds the model's context, or it holds more images than
 allowed, the earliest demonstrations are dropped until it fits (``overflow="drop_earliest"``; the
@@ -49,8 +53,8 @@ class Template:
 
     def __init__(self, template: str, task: str, tok: TextTokenizer, image_tokens: int) -> None:
         self.template, self.task, self.tok, self.image_tokens = template, task, tok, image_tokens
-        answer = "{" + ANSWER_FIELD[task] + "}"
-        head, _, _ = template.partition(answer)
+        self.answer_field = ANSWER_FIELD[task]
+        head, _, _ = template.partition("{" + self.answer_field + "}")
         self.query_template = head.rstrip()
         self._special = {"<image>": [tok.image_id] * image_tokens, "<eoc>": [tok.eoc_id], "<eos>": [tok.eos_id]}
 
@@ -69,6 +73,16 @@ class Template:
 
     def query(self, ex: Example) -> list[int]:
         return self._encode(self.query_template, {k: v.strip() for k, v in ex.fields.items()})
+
+    def continuation(self, ex: Example, answer: str) -> list[int]:
+        """The tokens a demonstration of ``ex`` with ``answer`` holds after ``query(ex)``: the answer
+        and the rest of the template (its terminator). Should the tokenizer merge across the cut,
+        the rest of the template is encoded on its own."""
+        fields = {k: v.strip() for k, v in ex.fields.items()} | {self.answer_field: answer.strip()}
+        query, full = self._encode(self.query_template, fields), self._encode(self.template, fields)
+        if full[: len(query)] == query:
+            return full[len(query) :]
+        return self._encode(self.template[len(self.query_template) :], fields)
 
 
 def build_prompt(

@@ -9,7 +9,11 @@ Metrics of one run (every one goes to the seeds table; ``spec.metrics`` picks th
 
 * eval (``summary.csv``, ``scores.csv``): per shot count k "{k}-shot" (the mean over the captioning
   and VQA benchmarks: MM1's "k-shot average"), "captioning {k}-shot", "vqa {k}-shot" and, per
-  benchmark, "{benchmark} {k}-shot"; "textcore". Drawn by default: textcore, 0-, 4-, 8-shot.
+  benchmark, "{benchmark} {k}-shot" (CIDEr, VQA accuracy of decoded answers); the same from the
+  likelihood scores of every val item (captioning: ref_prob, VQA: ll_accuracy, both 0-100):
+  "{k}-shot ll", "captioning {k}-shot ll", "vqa {k}-shot ll", "{benchmark} {k}-shot ll";
+  "textcore". Drawn by default: textcore, 0-, 4-, 8-shot (the benchmarks form: the decoded
+  per-benchmark scores, as MM1's Table 3).
 * sft_eval (the same files, 0-shot): "sft average", "captioning", "vqa", "multiple choice" and, per
   benchmark, "{benchmark}". Drawn by default: sft average, multiple choice.
 * train (``metrics.csv``): "final loss" (the mean loss over the last 10% of rows, at least one) and
@@ -57,6 +61,7 @@ import polars as pl
 from pydantic import ValidationError
 
 from mm1 import atomic, provenance
+from mm1.config.eval import GENERATION_METRIC, LIKELIHOOD_METRIC
 from mm1.config.study import FigureSpec
 from mm1.figures.forms import Meta, render
 from mm1.figures.stats import mean_ci
@@ -64,8 +69,9 @@ from mm1.models.size import LR_INTERCEPT, LR_SLOPE, peak_lr
 
 FILES = {"eval": ("summary.csv", "scores.csv"), "sft_eval": ("summary.csv", "scores.csv"), "train": ("metrics.csv",)}
 COLUMNS = {
-    "summary.csv": ("shots", "captioning_avg", "vqa_avg", "average", "textcore", "multiple_choice"),
-    "scores.csv": ("benchmark", "task", "shots", "value"),
+    "summary.csv": ("shots", "captioning_avg", "vqa_avg", "average", "captioning_ll", "vqa_ll", "average_ll")
+    + ("textcore", "multiple_choice"),
+    "scores.csv": ("benchmark", "task", "shots", "metric", "value"),
     "metrics.csv": ("step", "loss", "lr"),
 }
 DEFAULT_METRICS = {
@@ -77,7 +83,10 @@ SEEDS_COLUMNS = ("figure", "cell", "seed", "run", "metric", "value")
 TABLE_COLUMNS = ("figure", "cell", "metric", "n_seeds", "mean", "ci95", "low", "high", "paper")
 TASKS = ("captioning", "vqa")  # the benchmarks scored one by one (TextCore, multiple choice: one number)
 FINAL_FRACTION = 0.1  # "final loss": the mean over this last fraction of the logged steps
-EVAL_AVERAGES = re.compile(r"^((captioning|vqa) )?\d+-shot$|^textcore$")  # eval's non-benchmark metrics
+EVAL_AVERAGES = re.compile(r"^((captioning|vqa) )?\d+-shot$|^textcore$|^(.+ )?\d+-shot ll$")
+"""eval's metrics the benchmarks form leaves out: the averages, TextCore, every likelihood score."""
+SUFFIX = {m: "" for m in GENERATION_METRIC.values()} | {m: " ll" for m in LIKELIHOOD_METRIC.values()}
+"""scores.csv metric -> the suffix of its per-benchmark metric name ("ref_nll" is not one)."""
 SFT_AVERAGES = ("sft average", "captioning", "vqa", "multiple choice")
 
 
@@ -167,9 +176,14 @@ def _eval_metrics(run: Run) -> dict[str, Any]:
         k = row["shots"]
         out |= {f"{k}-shot": row["average"], f"captioning {k}-shot": row["captioning_avg"]}
         out[f"vqa {k}-shot"] = row["vqa_avg"]
+        out |= {f"{k}-shot ll": row["average_ll"], f"captioning {k}-shot ll": row["captioning_ll"]}
+        out[f"vqa {k}-shot ll"] = row["vqa_ll"]
     out["textcore"] = next(iter(summary["textcore"].drop_nulls()), None)
-    tasks = scores.filter(pl.col("task").is_in(TASKS)).sort("shots", maintain_order=True)
-    return out | {f"{r['benchmark']} {r['shots']}-shot": r["value"] for r in tasks.iter_rows(named=True)}
+    tasks = scores.filter(pl.col("task").is_in(TASKS) & pl.col("metric").is_in(list(SUFFIX)))
+    tasks = tasks.sort("shots", maintain_order=True)
+    return out | {
+        f"{r['benchmark']} {r['shots']}-shot{SUFFIX[r['metric']]}": r["value"] for r in tasks.iter_rows(named=True)
+    }
 
 
 def _sft_metrics(run: Run) -> dict[str, Any]:
@@ -180,7 +194,8 @@ def _sft_metrics(run: Run) -> dict[str, Any]:
     row = zero.row(0, named=True)
     out = {"sft average": row["average"], "captioning": row["captioning_avg"], "vqa": row["vqa_avg"]}
     out["multiple choice"] = row["multiple_choice"]
-    tasks = scores.filter(pl.col("task").is_in(TASKS) & (pl.col("shots") == 0))
+    decoded = pl.col("metric").is_in(list(GENERATION_METRIC.values()))
+    tasks = scores.filter(pl.col("task").is_in(TASKS) & (pl.col("shots") == 0) & decoded)
     return out | {r["benchmark"]: r["value"] for r in tasks.iter_rows(named=True)}
 
 

@@ -37,7 +37,8 @@ def _read(path: Path, columns: set[str]) -> pl.DataFrame:
 
 def _shot_bars(ax, scores: pl.DataFrame) -> None:
     """Grouped bars: per benchmark (and TextCore), one bar per shot count, as MM1's Table 3 reads."""
-    tasks = scores.filter(pl.col("task").is_in(["captioning", "vqa"]) | (pl.col("benchmark") == "textcore"))
+    decoded = pl.col("task").is_in(["captioning", "vqa"]) & pl.col("metric").is_in(["CIDEr", "accuracy"])
+    tasks = scores.filter(decoded | (pl.col("benchmark") == "textcore"))
     names = list(dict.fromkeys(tasks["benchmark"].to_list()))
     shots = sorted(set(tasks["shots"].to_list()))
     width = 0.8 / max(1, len(shots))

@@ -1,0 +1,116 @@
+"""Likelihood scores of the few-shot benchmarks: every val item, no decoding.
+
+Each item's k-shot prompt is the one generation uses (same demonstrations, same template, the
+query cut before the answer field); what is scored is ``Template.continuation``: the answer or
+caption followed by the template's terminator ("\\n" after a VQA answer, <eoc> after a caption), so
+a candidate that merely starts like the right answer is not rewarded, and length is handled by the
+model itself (a longer answer must also predict its end).
+
+* VQA (metric ``ll_accuracy``): the candidates of a question are the answers of its kind, read
+  from the benchmark's own annotations: the most frequent human answer (VQAv2's
+  ``multiple_choice_answer``) of every train and val question with the same ``question_type``
+  (the question's ``answer_type`` when it has none). Each candidate's score is the sum of its
+  tokens' log-probabilities; the best one is the item's answer, scored with the official VQA
+  accuracy (min(#humans / 3, 1), :mod:`mm1.eval.vqa_metric`), in %. A closed answer set built from
+  the benchmark's answers is how VQA classifiers define their outputs; the paper decodes freely
+  and is silent on likelihood scoring.
+* Captioning (metrics ``ref_nll`` and ``ref_prob``): the mean token negative log-likelihood (nats)
+  of each reference caption (its tokens and <eoc>), averaged over the references of an image, then
+  over images; ``ref_prob`` = 100 * exp(-ref_nll), the per-token geometric-mean probability in %,
+  a 0-100 higher-is-better score.
+
+The prompt is fitted to the context with room for its longest continuation (at least the task's
+``max_new_tokens``, so it is the generation prompt whenever the continuations fit that budget).
+One pass of the prompt serves all its continuations (:func:`mm1.eval.likelihood.prefix_logprobs`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from mm1.config.eval import LIKELIHOOD_METRIC
+from mm1.data.images import stack_images
+from mm1.eval.benchmarks import Benchmark, Item, demo_example
+from mm1.eval.likelihood import prefix_logprobs
+from mm1.eval.prompts import Prompt, Template, build_prompt
+from mm1.eval.vqa_metric import vqa_scores
+from mm1.progress import progress
+
+if TYPE_CHECKING:
+    from mm1.eval.harness import _Context
+
+
+def canonical_answer(item: Item) -> str:
+    """The most frequent human answer (the first given among ties), VQAv2's multiple_choice_answer."""
+    return Counter(item.targets).most_common(1)[0][0]
+
+
+def answer_kind(item: Item) -> str:
+    return item.question_type or item.answer_type
+
+
+def answer_candidates(bench: Benchmark) -> dict[str, tuple[str, ...]]:
+    """Question kind -> the distinct canonical answers of the kind's train and val questions, sorted."""
+    out: dict[str, set[str]] = {}
+    for item in [*bench.pool, *bench.items]:
+        out.setdefault(answer_kind(item), set()).add(canonical_answer(item))
+    return {kind: tuple(sorted(answers)) for kind, answers in out.items()}
+
+
+def _score(ctx: _Context, bench: Benchmark, order: list[list[int]], k: int, answers: list[list[str]]):
+    """Per item: its prompt and each answer's token log-probabilities after it."""
+    pc = getattr(ctx.cfg, bench.task)
+    template = Template(pc.template, bench.task, ctx.tok, ctx.mc.connector.num_tokens)
+    prompts: list[Prompt] = []
+    logprobs: list[list[list[float]]] = []
+    for item, chosen, options in progress(
+        list(zip(bench.items, order, answers, strict=True)), desc=f"{bench.name} {k}-shot ll", unit="item"
+    ):
+        query = item.example()
+        conts = [template.continuation(query, a) for a in options]
+        demos = [demo_example(bench.pool[j], bench.task) for j in (chosen[-k:] if k else [])]
+        where = f"{bench.name} {'image' if bench.task == 'captioning' else 'question'} {item.key}, {k}-shot likelihood"
+        budget = max(pc.max_new_tokens, max(len(c) for c in conts))
+        prompt = build_prompt(template, demos, query, max_length=ctx.max_length, max_new_tokens=budget,
+                              max_images=ctx.cfg.max_images, overflow=ctx.cfg.overflow, where=where)  # fmt: skip
+        images = stack_images(prompt.images, ctx.image_size).to(ctx.device)
+        prompts.append(prompt)
+        logprobs.append(prefix_logprobs(ctx.model, ctx.tok, prompt.ids, images, conts, ctx.max_length))
+    return prompts, logprobs
+
+
+def _row(bench: Benchmark, k: int, metric: str, value: float, prompts: list[Prompt], template: str) -> dict:
+    return {"benchmark": bench.name, "task": bench.task, "shots": k, "metric": metric, "value": value,
+            "n_examples": len(prompts), "demos_dropped": sum(p.dropped for p in prompts),
+            "mean_shots": float(np.mean([p.shots for p in prompts])), "template": template}  # fmt: skip
+
+
+def vqa_likelihood(ctx: _Context, bench: Benchmark, order: list[list[int]], k: int) -> tuple[list[dict], dict]:
+    """The ll_accuracy row and the ranked answers (question id -> top candidate)."""
+    domain = answer_candidates(bench)
+    options = [list(domain[answer_kind(it)]) for it in bench.items]
+    prompts, logprobs = _score(ctx, bench, order, k, options)
+    picks = {
+        it.key: opts[int(np.argmax([sum(lp) for lp in lps]))]
+        for it, opts, lps in zip(bench.items, options, logprobs, strict=True)
+    }
+    value = vqa_scores(picks, {it.key: (it.targets, it.answer_type) for it in bench.items})["accuracy"]
+    return [_row(bench, k, LIKELIHOOD_METRIC["vqa"], value, prompts, ctx.cfg.vqa.template)], picks
+
+
+def caption_likelihood(ctx: _Context, bench: Benchmark, order: list[list[int]], k: int) -> tuple[list[dict], dict]:
+    """The ref_nll and ref_prob rows and each image's mean reference NLL (image id -> nats per token)."""
+    prompts, logprobs = _score(ctx, bench, order, k, [list(it.targets) for it in bench.items])
+    per_image = {
+        it.key: float(np.mean([-np.mean(lp) for lp in lps])) for it, lps in zip(bench.items, logprobs, strict=True)
+    }
+    nll = float(np.mean(list(per_image.values())))
+    template = ctx.cfg.captioning.template
+    rows = [_row(bench, k, "ref_nll", nll, prompts, template)]
+    return rows + [
+        _row(bench, k, LIKELIHOOD_METRIC["captioning"], 100.0 * math.exp(-nll), prompts, template)
+    ], per_image

@@ -1,0 +1,59 @@
+"""The eval stage's tables: summary.csv (per shot count, the averages the paper plots and their
+likelihood counterparts) and metrics.json (for DVC), both from scores.csv's rows."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from mm1.config.eval import GENERATION_METRIC, LIKELIHOOD_METRIC
+
+
+def _task_means(metric: dict[str, str], names: tuple[str, str, str]) -> list[pl.Expr]:
+    """Mean of the captioning rows, of the VQA rows and of both, each of its task's ``metric``."""
+    cap = (pl.col("task") == "captioning") & (pl.col("metric") == metric["captioning"])
+    vqa = (pl.col("task") == "vqa") & (pl.col("metric") == metric["vqa"])
+    return [pl.col("value").filter(cap).mean().alias(names[0]), pl.col("value").filter(vqa).mean().alias(names[1]),
+            pl.col("value").filter(cap | vqa).mean().alias(names[2])]  # fmt: skip
+
+
+def summarise(scores: pl.DataFrame) -> pl.DataFrame:
+    """Per shots: mean of the captioning benchmarks (CIDEr), of the VQA benchmarks (accuracy), of
+    all of them (MM1's "k-shot average", both on 0-100 scales), the same three means of the
+    likelihood scores (ref_prob, ll_accuracy; null without them), and TextCore / multiple choice."""
+    generated = pl.any_horizontal(
+        [(pl.col("task") == t) & (pl.col("metric") == m) for t, m in GENERATION_METRIC.items()]
+    )
+    out = (
+        scores.filter(pl.col("task").is_in(["captioning", "vqa"]))
+        .group_by("shots")
+        .agg(
+            *_task_means(GENERATION_METRIC, ("captioning_avg", "vqa_avg", "average")),
+            *_task_means(LIKELIHOOD_METRIC, ("captioning_ll", "vqa_ll", "average_ll")),
+            pl.col("benchmark").filter(generated).n_unique().alias("n_benchmarks"),
+            pl.col("demos_dropped").filter(generated).sum().alias("demos_dropped"),
+        )
+        .sort("shots")
+    )
+    for name in ("textcore", "multiple_choice"):
+        hit = scores.filter(pl.col("benchmark") == name)["value"]
+        out = out.with_columns(pl.lit(float(hit[0]) if len(hit) else None, dtype=pl.Float64).alias(name))
+    return out.select(
+        "shots", "captioning_avg", "vqa_avg", "average", "captioning_ll", "vqa_ll", "average_ll", "n_benchmarks",
+        "demos_dropped", "textcore", "multiple_choice",
+    )  # fmt: skip
+
+
+def metrics_json(scores: pl.DataFrame, summary: pl.DataFrame) -> dict:
+    """DVC metrics: per shots the averages and every benchmark's scores ("<name>": generation,
+    "<name> ll": its 0-100 likelihood score, "<name> ref_nll"); TextCore / multiple choice."""
+    out: dict = {}
+    averages = ("average", "captioning_avg", "vqa_avg", "average_ll", "captioning_ll", "vqa_ll")
+    for row in summary.iter_rows(named=True):
+        out[f"{row['shots']}shot"] = {k: row[k] for k in averages if row[k] is not None}
+    suffix = {GENERATION_METRIC[t]: "" for t in GENERATION_METRIC} | {"ref_nll": " ref_nll"}
+    suffix |= {LIKELIHOOD_METRIC[t]: " ll" for t in LIKELIHOOD_METRIC}
+    for row in scores.filter(pl.col("task").is_in(["captioning", "vqa"])).iter_rows(named=True):
+        out[f"{row['shots']}shot"][row["benchmark"] + suffix[row["metric"]]] = row["value"]
+    for row in scores.filter(pl.col("task") == "multiple_choice").iter_rows(named=True):
+        out[row["benchmark"]] = row["value"]
+    return out
