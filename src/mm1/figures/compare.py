@@ -12,8 +12,8 @@ Metrics of one run (every one goes to the seeds table; ``spec.metrics`` picks th
   benchmark, "{benchmark} {k}-shot" (CIDEr, VQA accuracy of decoded answers); the same from the
   likelihood scores of every val item (captioning: ref_prob, VQA: ll_accuracy, both 0-100):
   "{k}-shot ll", "captioning {k}-shot ll", "vqa {k}-shot ll", "{benchmark} {k}-shot ll";
-  "textcore". Drawn by default: textcore, 0-, 4-, 8-shot (the benchmarks form: the decoded
-  per-benchmark scores, as MM1's Table 3).
+  "textcore". Drawn by default: textcore, 0-, 4-, 8-shot ll, the metric the lessons declare
+  (the benchmarks form: the decoded per-benchmark scores, as MM1's Table 3).
 * sft_eval (the same files, 0-shot): "sft average", "captioning", "vqa", "multiple choice" and, per
   benchmark, "{benchmark}". Drawn by default: sft average, multiple choice.
 * train (``metrics.csv``): "final loss" (the mean loss over the last 10% of rows, at least one) and
@@ -75,7 +75,8 @@ COLUMNS = {
     "metrics.csv": ("step", "loss", "lr"),
 }
 DEFAULT_METRICS = {
-    "eval": ("textcore", "0-shot", "4-shot", "8-shot"),
+    # the lessons' declared metric (config/study.yaml): the likelihood scores of every val item
+    "eval": ("textcore", "0-shot ll", "4-shot ll", "8-shot ll"),
     "sft_eval": ("sft average", "multiple choice"),
     "train": ("final loss",),
 }
