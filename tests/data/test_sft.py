@@ -43,7 +43,14 @@ CONVS = [_conv(i, exchanges=1 + i % 3, image=i % 4 != 3) for i in range(12)]
 
 TINY_WORLD = WorldConfig(  # at most 3 objects: a "describe" answer of a 6-object scene outgrows 256 tokens
     max_objects=3,
-    n_captions=4, n_documents=1, n_text=2, n_bench_val=1, n_bench_train=0, n_textcore=1, n_sft=12, n_multiple_choice=1
+    n_captions=4,
+    n_documents=1,
+    n_text=2,
+    n_bench_val=1,
+    n_bench_train=0,
+    n_textcore=1,
+    n_sft=12,
+    n_multiple_choice=1,
 )
 
 

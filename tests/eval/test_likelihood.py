@@ -4,17 +4,18 @@ captioning NLL on cases worked by hand (a fake scorer with known log-probabiliti
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
-from evalkit import config
+from evalkit import config, make_checkpoint
 
 from mm1.config import ParallelConfig
 from mm1.config.eval import BenchmarkSpec
 from mm1.data.tokenizer import TextTokenizer
 from mm1.eval import harness, ll_scores
 from mm1.eval.benchmarks import Benchmark, Item
-from mm1.eval.likelihood import Candidate, continuation_logprobs, prefix_logprobs
+from mm1.eval.likelihood import Candidate, Prefixed, continuation_logprobs, prefix_logprobs
 from mm1.eval.prompts import Template
 from mm1.models.mm1_model import MM1Model
 from mm1.parallel.setup import distributed
@@ -22,7 +23,14 @@ from mm1.train import checkpoint
 
 
 @pytest.fixture(scope="module")
-def ctx(tiny_run) -> harness._Context:
+def learned_ckpt(tiny_run, tmp_path_factory) -> Path:
+    """The tiny checkpoint with learned absolute positions in place of rotary ones."""
+    override = "model.decoder.position_embedding=learned_absolute"
+    return make_checkpoint(tiny_run, tmp_path_factory.mktemp("learned") / "ckpt", override)
+
+
+@pytest.fixture(scope="module")
+def ctx(tiny_run, learned_ckpt) -> harness._Context:  # learned_ckpt first: saving opens its own process group
     tok = TextTokenizer(tiny_run["tokenizer"])
     mc = checkpoint.read_meta(tiny_run["ckpt"])["model"]
     with distributed(ParallelConfig(), seed=0):
@@ -31,20 +39,58 @@ def ctx(tiny_run) -> harness._Context:
         yield harness._Context(config().eval, None, model.eval(), mc, tok, torch.device("cpu"))
 
 
-def test_prefix_scoring_both_ways_equals_scoring_each_continuation_on_its_own(ctx) -> None:
+def _prompt(tok: TextTokenizer, n: int, images: int, question: str) -> list[int]:
+    """<bos>, ``images`` demonstrations (their slots and a caption) and a question, cut before its answer."""
+    ids = [tok.bos_id]
+    for i in range(images):
+        ids += [tok.image_id] * n + tok.encode(f"Question: {i}? Answer: {i}\n")
+    return ids + tok.encode(f"Question: {question} Answer:")
+
+
+@pytest.mark.parametrize("position", ["rope", "learned_absolute"])
+def test_packed_prefix_scoring_equals_scoring_each_continuation_on_its_own(ctx, learned_ckpt, position) -> None:
+    """Prompts of different lengths and image counts (0, 1, 3: one image twice), 1 to 5 continuations
+    of 1 to 7 tokens, scored in one micro-batch and in several, against one padded row per pair;
+    rotary and learned positions (each continuation token must get its own true position)."""
+    tok, n, model = ctx.tok, ctx.mc.connector.num_tokens, ctx.model
+    if position != ctx.mc.decoder.position_embedding:
+        mc = checkpoint.read_meta(learned_ckpt)["model"]
+        assert mc.decoder.position_embedding == position
+        model = MM1Model(mc, vocab_size=tok.vocab_size, image_token_id=tok.image_id)
+        checkpoint.load_into(model, learned_ckpt)
+        model.eval()
+    table = torch.rand(3, 3, ctx.image_size, ctx.image_size, generator=torch.Generator().manual_seed(0))
+    shapes = [tok.encode(" circle\n"), [tok.eoc_id], tok.encode(" a blue square\n")]
+    counts = [tok.encode(f" {w}\n") for w in ("2", "three", "no", "7 or 8", "many")]
+    prompts = [
+        Prefixed(_prompt(tok, n, 1, "what shape?"), shapes, [2]),
+        Prefixed(_prompt(tok, n, 0, "what colour is the big square on the left?"), [tok.encode(" red\n")], []),
+        Prefixed(_prompt(tok, n, 3, "how many?"), counts, [0, 2, 0]),  # image 0 twice
+    ]
+    alone = [
+        [
+            continuation_logprobs(model, tok, [Candidate(p.context, c, [])], table[p.images], ctx.max_length)[0]
+            for c in p.continuations
+        ]
+        for p in prompts
+    ]
+    image_tokens = model.encode_images(table)
+    widest = max(len(p.context) + sum(map(len, p.continuations)) for p in prompts)
+    for batch_tokens in (1, 3 * widest):  # one prompt per pass; all three in one pass
+        got = prefix_logprobs(model, tok, prompts, image_tokens, ctx.max_length, batch_tokens=batch_tokens)
+        assert [[len(lp) for lp in g] for g in got] == [[len(c) for c in p.continuations] for p in prompts]
+        for g, ref in zip(got, alone, strict=True):
+            assert [sum(lp) for lp in g] == pytest.approx(ref, rel=1e-4, abs=1e-4)
+        assert all(lp < 0 for g in got for lps in g for lp in lps)
+
+
+def test_prefix_scoring_refuses_empty_and_too_long_continuations(ctx) -> None:
     tok = ctx.tok
-    n = ctx.mc.connector.num_tokens
-    context = [tok.bos_id] + [tok.image_id] * n + tok.encode("Question: what colour? Answer: red\n")
-    context += [tok.image_id] * n + tok.encode("Question: what shape? Answer:")
-    conts = [tok.encode(" circle\n"), [tok.eoc_id], tok.encode(" a very big blue square\n"), tok.encode(" no\n")]
-    images = torch.rand(2, 3, ctx.image_size, ctx.image_size, generator=torch.Generator().manual_seed(0))
-    alone = continuation_logprobs(ctx.model, tok, [Candidate(context, c, []) for c in conts],
-                                  torch.cat([images] * len(conts)), ctx.max_length)  # fmt: skip
-    for method in ("cache", "rows"):
-        got = prefix_logprobs(ctx.model, tok, context, images, conts, ctx.max_length, method=method)
-        assert [len(g) for g in got] == [len(c) for c in conts]
-        assert [sum(g) for g in got] == pytest.approx(alone, rel=1e-4)
-        assert all(lp < 0 for g in got for lp in g)
+    none = torch.zeros(0, ctx.mc.connector.num_tokens, ctx.mc.decoder.hidden_size)
+    with pytest.raises(ValueError, match="at least one token"):
+        prefix_logprobs(ctx.model, tok, [Prefixed([tok.bos_id], [[5], []], [])], none, ctx.max_length)
+    with pytest.raises(ValueError, match="exceeds"):
+        prefix_logprobs(ctx.model, tok, [Prefixed([tok.bos_id] * 10, [[5] * ctx.max_length], [])], none, ctx.max_length)
 
 
 def _image(tiny_run) -> bytes:
@@ -57,14 +103,14 @@ def _vqa(item_id: int, kind: str, answers: list[str], image: bytes) -> Item:
 
 class FakeScorer:
     """Each continuation's tokens share the total log-probability given for its token ids (a
-    continuation not listed fails the test); records what it was asked."""
+    continuation not listed fails the test); records each prompt it was asked about, in order."""
 
     def __init__(self, totals: dict[tuple[int, ...], float]) -> None:
         self.totals, self.calls = totals, []
 
-    def __call__(self, model, tok, context, images, continuations, max_length):
-        self.calls.append((list(context), [list(c) for c in continuations]))
-        return [[self.totals[tuple(c)] / len(c)] * len(c) for c in continuations]
+    def __call__(self, model, tok, prompts, image_tokens, max_length, **kwargs):
+        self.calls += [(list(p.context), [list(c) for c in p.continuations]) for p in prompts]
+        return [[[self.totals[tuple(c)] / len(c)] * len(c) for c in p.continuations] for p in prompts]
 
 
 def _answers(tok: TextTokenizer, totals: dict[str, float]) -> dict[tuple[int, ...], float]:
@@ -86,8 +132,8 @@ def test_vqa_ranks_the_kinds_candidates_and_scores_the_best_with_the_vqa_formula
     # log-probabilities of " <answer>\n" after any prompt: red > blue > green, 3 > 2
     fake = FakeScorer(_answers(ctx.tok, {"red": -1.0, "blue": -2.0, "green": -3.0, "3": -0.5, "2": -0.7}))
     monkeypatch.setattr(ll_scores, "prefix_logprobs", fake)
-    rows, picks = ll_scores.vqa_likelihood(ctx, bench, [[0, 1]] * 3, 0)
-    assert picks == {1: "red", 2: "red", 3: "3"}
+    rows, picks = ll_scores.vqa_likelihood(ctx, bench, [[0, 1]] * 3, [0])
+    assert picks[0] == {1: "red", 2: "red", 3: "3"}
     # by hand: "red" given by 2 of 10 humans -> 0.6 (module vqa_metric); unanimous "red" -> 1; "3" vs ten "2" -> 0
     assert rows[0]["metric"] == "ll_accuracy" and rows[0]["value"] == pytest.approx(100 * (0.6 + 1 + 0) / 3)
     assert (rows[0]["n_examples"], rows[0]["shots"], rows[0]["demos_dropped"]) == (3, 0, 0)
@@ -104,7 +150,7 @@ def test_vqa_demonstrations_end_their_answers_with_the_terminator(ctx, tiny_run,
     bench = Benchmark(BenchmarkSpec(name="fake", task="vqa", val="v.json", train="t.json"), items, pool, {})
     fake = FakeScorer(_answers(ctx.tok, {"red": -1.0, "blue": -2.0, "green": -3.0}))
     monkeypatch.setattr(ll_scores, "prefix_logprobs", fake)
-    rows, _ = ll_scores.vqa_likelihood(ctx, bench, [[1, 0]], 2)
+    rows, _ = ll_scores.vqa_likelihood(ctx, bench, [[1, 0]], [2])
     context = ctx.tok._tok.decode(fake.calls[0][0], skip_special_tokens=True)
     assert "Question: question 12? Answer: blue\n" in context and "Question: question 11? Answer: green\n" in context
     assert context.rstrip().endswith("Question: question 1? Answer:")  # the query, cut before its answer
@@ -124,14 +170,14 @@ def test_captioning_nll_is_the_mean_over_references_then_images(ctx, tiny_run, m
     per_token = {t: v / len(ids[t]) for t, v in totals.items()}  # the mean log-prob of each reference's tokens
     fake = FakeScorer({ids[t]: v for t, v in totals.items()})
     monkeypatch.setattr(ll_scores, "prefix_logprobs", fake)
-    rows, per_image = ll_scores.caption_likelihood(ctx, bench, [[], []], 0)
+    rows, per_image = ll_scores.caption_likelihood(ctx, bench, [[], []], [0])
     image_1 = (-per_token["a red circle"] - per_token["two blue squares"]) / 2
     image_2 = -per_token["a green star"]
-    assert per_image == pytest.approx({1: image_1, 2: image_2})
+    assert per_image[0] == pytest.approx({1: image_1, 2: image_2})
     nll = {r["metric"]: r["value"] for r in rows}
     assert nll["ref_nll"] == pytest.approx((image_1 + image_2) / 2)
     assert nll["ref_prob"] == pytest.approx(100 * math.exp(-(image_1 + image_2) / 2))
-    assert len(fake.calls) == 2 and all(len(conts) == 2 for _, conts in fake.calls)  # one pass per image
+    assert len(fake.calls) == 2 and all(len(conts) == 2 for _, conts in fake.calls)  # one prompt per image
 
 
 def test_candidates_are_grouped_by_answer_type_without_a_question_type(tiny_run) -> None:
@@ -150,3 +196,22 @@ def test_the_vqa_json_gives_each_item_its_question_kind(tiny_run) -> None:
     kinds = ll_scores.answer_candidates(bench)
     assert set(kinds) == {it.question_type for it in [*bench.items, *bench.pool]}
     assert all(ll_scores.canonical_answer(it) in kinds[it.question_type] for it in bench.items)
+
+
+def test_scoring_every_shot_count_at_once_equals_one_call_per_shot_count(ctx, tiny_run) -> None:
+    from mm1.eval.benchmarks import load_benchmark
+
+    for spec, score in ((config().eval.benchmarks[0], ll_scores.caption_likelihood),
+                        (config().eval.benchmarks[3], ll_scores.vqa_likelihood)):  # fmt: skip
+        bench = load_benchmark(spec, tiny_run["data"], with_pool=True)
+        order = harness._demo_order(ctx, bench, 2)
+        rows, per_item = score(ctx, bench, order, [0, 2])
+        for k in (0, 2):
+            alone, alone_items = score(ctx, bench, order, [k])
+            assert [r for r in rows if r["shots"] == k] == [
+                r | {"value": pytest.approx(r["value"], rel=1e-5)} for r in alone
+            ]
+            assert per_item[k] == (
+                pytest.approx(alone_items[k], rel=1e-5) if spec.task == "captioning" else alone_items[k]
+            )
+        assert rows[0]["shots"] == 0 and {r["shots"] for r in rows} == {0, 2}

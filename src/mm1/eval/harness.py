@@ -136,8 +136,8 @@ def evaluate(
                 if rank.is_main:
                     _write_predictions(out_dir, generated, k, predictions)
                 rows += _score_task(generated, k, predictions, dropped, kept, _template_text(ctx, bench.task))
-                if likelihood:
-                    rows += _likelihood_task(ctx, bench, order, k, out_dir if rank.is_main else None)
+            if likelihood:  # every shot count at once: the images and continuations are shared
+                rows += _likelihood_task(ctx, bench, order, shots, out_dir if rank.is_main else None)
         if sft is None and cfg.textcore is not None:
             path = _resolve(data_root, cfg.textcore)
             inputs["textcore"] = path
@@ -278,18 +278,19 @@ def _run_task(ctx: _Context, bench: Benchmark, order: list[list[int]], k: int) -
 
 
 def _likelihood_task(
-    ctx: _Context, bench: Benchmark, order: list[list[int]], k: int, out_dir: Path | None
+    ctx: _Context, bench: Benchmark, order: list[list[int]], shots: Sequence[int], out_dir: Path | None
 ) -> list[dict]:
-    """The likelihood rows of one benchmark at k shots; with ``out_dir`` its per-item file too."""
+    """The likelihood rows of one benchmark at every shot count; with ``out_dir`` its per-item files too."""
     score = caption_likelihood if bench.task == "captioning" else vqa_likelihood
-    rows, per_item = score(ctx, bench, order, k)
+    rows, per_item = score(ctx, bench, order, shots)
     if out_dir is not None:
         path = out_dir / "predictions"
-        if bench.task == "captioning":
-            entries = [{"image_id": key, "nll": nll} for key, nll in per_item.items()]
-            atomic.write_text(path / f"{bench.name}_{k}shot_nll.json", json.dumps(entries) + "\n")
-        else:
-            write_vqa_predictions(path / f"{bench.name}_{k}shot_ll.json", per_item)
+        for k, items in per_item.items():
+            if bench.task == "captioning":
+                entries = [{"image_id": key, "nll": nll} for key, nll in items.items()]
+                atomic.write_text(path / f"{bench.name}_{k}shot_nll.json", json.dumps(entries) + "\n")
+            else:
+                write_vqa_predictions(path / f"{bench.name}_{k}shot_ll.json", items)
     return rows
 
 

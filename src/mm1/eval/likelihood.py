@@ -5,30 +5,29 @@ For a context c and a choice x_1..x_m the score is sum_i log p(x_i | c, x_<i) (l
 " 69"), so each choice's tokens are the same whatever the context ends with.
 
 ``continuation_logprobs`` runs each (context, continuation) pair as its own padded row (TextCore,
-multiple choice: short contexts, few choices). ``prefix_logprobs`` scores many continuations of ONE
-context, as a few-shot prompt with its answer candidates or reference captions; the context's
-images and embeddings are computed once, then either
-  * cache: the context goes through the decoder once and fills megatron's static KV cache, which
-    is copied to every continuation's row; all continuations then advance one position per pass
-    (sorted longest first, so the rows still running are always the first ones of the cache); or
-  * rows: one pass of n rows, each the context's embeddings followed by one continuation.
-Many short continuations (VQA candidates) favour the cache, a few long ones (reference captions)
-the rows; ``method="auto"`` picks by ROWS_TOKENS_PER_STEP. Both give the same numbers.
+multiple choice: short contexts, few choices; the reference the packed scorer is tested against).
+``prefix_logprobs`` scores many continuations of each of many contexts (few-shot prompts with their
+answer candidates or reference captions) with the context computed once: every context and all its
+continuations are packed into ONE row, ``context | cont_1 | cont_2 | ...``, and an attention mask
+lets each continuation see the context and its own earlier tokens only (a prefix tree flattened into
+a row). Each token keeps its true position (the i-th token of a continuation sits at position
+len(context) + i, for the rotary and learned position embeddings alike), so every continuation gets
+the logits it would get right after its context, up to float rounding. Rows are sorted by length and
+packed into micro-batches of at most ``batch_tokens`` padded tokens; the output layer runs only on
+the positions that predict a continuation token. Images come pre-encoded: ``image_tokens`` holds each
+distinct image once, and a prompt names its images by row (demonstration images recur across items).
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from mm1.data.tokenizer import TextTokenizer
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from megatron.core.inference.contexts import StaticInferenceContext
+from mm1.models.mm1_model import splice_images
+from mm1.progress import progress
 
 
 @dataclass(frozen=True)
@@ -65,81 +64,102 @@ def continuation_logprobs(
     return out
 
 
+@dataclass(frozen=True)
+class Prefixed:
+    """One context, the continuations scored after it, and its images as rows of ``image_tokens``."""
+
+    context: list[int]
+    continuations: list[list[int]]
+    images: list[int]
+
+
+BATCH_TOKENS = 2048
+"""prefix_logprobs: padded tokens per micro-batch (rows x widest packed row). Measured on one CPU
+thread with the ablation model (2 x 128 decoder, 16 image tokens, packed rows of 20-370 tokens),
+coco + vqav2 + textvqa at 0/4/8 shots: 1024: 6.1 s, 1536: 5.7, 2048: 5.7, 3072: 5.9, 4096: 6.2;
+8192 and 16384 were 12% and 25% slower than 4096 (the batch's working set outgrows the caches)."""
+
+
 @torch.no_grad()
 def prefix_logprobs(
     model: torch.nn.Module,
     tok: TextTokenizer,
-    context: Sequence[int],
-    images: torch.Tensor,  # (M, 3, H, W): the context's images in order
-    continuations: Sequence[Sequence[int]],
+    prompts: Sequence[Prefixed],
+    image_tokens: torch.Tensor,  # (U, N, H): the distinct images of all prompts, encoded
     max_length: int,
     *,
-    method: str = "auto",
-) -> list[list[float]]:
-    """Per continuation, the log-probability of each of its tokens after ``context`` (module docstring).
-    method: "cache" (the context's KV cache shared, one position per pass), "rows" (one pass of
-    n rows context + continuation, the context's embeddings and images computed once), or "auto":
-    rows while they hold at most ROWS_TOKENS_PER_STEP tokens per cached pass saved, else cache."""
-    if not context or not continuations or any(not c for c in continuations):
-        raise ValueError("prefix_logprobs needs a non-empty context and continuations of at least one token")
-    n, width, longest = len(continuations), len(context), max(len(c) for c in continuations)
-    if width + longest > max_length:
-        raise ValueError(f"a context + continuation of {width + longest} tokens exceeds the model's {max_length}")
-    if method == "auto":
-        method = "rows" if n * (width + longest) <= ROWS_TOKENS_PER_STEP * longest else "cache"
-    order = sorted(range(n), key=lambda i: -len(continuations[i]))  # longest first
-    conts = torch.full((n, longest), tok.pad_id, dtype=torch.long, device=images.device)  # (n, m)
-    for row, i in enumerate(order):
-        conts[row, : len(continuations[i])] = torch.as_tensor(list(continuations[i]), dtype=torch.long)
-    tokens = torch.as_tensor([list(context)], dtype=torch.long, device=images.device)  # (1, L)
-    run = {"cache": _cached, "rows": _rows}[method]
-    out = run(model, tok, tokens, images, conts, [sum(len(c) > j for c in continuations) for j in range(longest)])
-    by_row = {i: row for row, i in enumerate(order)}
-    return [out[by_row[i], : len(continuations[i])].tolist() for i in range(n)]
+    batch_tokens: int = BATCH_TOKENS,
+    desc: str | None = None,
+) -> list[list[list[float]]]:
+    """Per prompt, per continuation, the log-probability of each of its tokens after the context."""
+    for p in prompts:
+        if not p.context or not p.continuations or any(not c for c in p.continuations):
+            raise ValueError("prefix_logprobs needs a non-empty context and continuations of at least one token")
+        longest = len(p.context) + max(len(c) for c in p.continuations)
+        if longest > max_length:
+            raise ValueError(f"a context + continuation of {longest} tokens exceeds the model's {max_length}")
+    width = [len(p.context) + sum(len(c) for c in p.continuations) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: width[i])
+    batches, start = [], 0
+    while start < len(order):  # rows sorted by width: a batch ends where it would pass batch_tokens
+        stop = start + 1
+        while stop < len(order) and (stop + 1 - start) * width[order[stop]] <= batch_tokens:
+            stop += 1
+        batches.append(order[start:stop])
+        start = stop
+    out: list[list[list[float]]] = [[] for _ in prompts]
+    for batch in progress(batches, desc=desc, unit="batch") if desc else batches:
+        for i, scores in zip(batch, _packed(model, tok, [prompts[i] for i in batch], image_tokens), strict=True):
+            out[i] = scores
+    return out
 
 
-ROWS_TOKENS_PER_STEP = 100
-"""method="auto": rows when n x (context + longest) <= this x longest. Measured on one CPU thread with
-the ablation model (2 x 128 decoder, 16 image tokens): a cached pass costs ~2.2 ms, a row token
-~0.022 ms, so one pass saved is worth ~100 row tokens (5 captions of 18 tokens after 200: rows
-27 ms, cache 50 ms; 40 answers of 4 tokens after 200: rows 163 ms, cache 43 ms). Both are exact."""
-
-
-def _rows(model, tok, tokens, images, conts, running) -> torch.Tensor:
-    n, (width, longest) = conts.shape[0], (tokens.shape[1], conts.shape[1])
+def _packed(model, tok: TextTokenizer, prompts: list[Prefixed], image_tokens: torch.Tensor) -> list[list[list[float]]]:
+    """One forward pass of the prompts' packed rows (module docstring)."""
+    device, b = image_tokens.device, len(prompts)
+    width = max(len(p.context) + sum(len(c) for c in p.continuations) for p in prompts)
+    ids = torch.full((b, width), tok.pad_id, dtype=torch.long)
+    position = torch.zeros(b, width, dtype=torch.long)
+    segment = torch.full((b, width), -1, dtype=torch.long)  # 0: the context, j: continuation j, -1: padding
+    rows, sources, targets = [], [], []  # per scored token: its row, the index that predicts it, its index
+    for r, p in enumerate(prompts):
+        n = len(p.context)
+        row_ids, row_position, row_segment = list(p.context), list(range(n)), [0] * n
+        for j, cont in enumerate(p.continuations, start=1):
+            at, m = len(row_ids), len(cont)
+            rows += [r] * m
+            sources += [n - 1, *range(at, at + m - 1)]
+            targets += range(at, at + m)
+            row_ids += cont
+            row_position += range(n, n + m)
+            row_segment += [j] * m
+        ids[r, : len(row_ids)] = torch.tensor(row_ids)
+        position[r, : len(row_ids)] = torch.tensor(row_position)
+        segment[r, : len(row_ids)] = torch.tensor(row_segment)
+    # a query sees the keys before it that are context or its own continuation (padding: the context and padding)
+    index = torch.arange(width)
+    seen = (index[None, :] <= index[:, None]) & (
+        (segment[:, None, :] == 0) | (segment[:, None, :] == segment[:, :, None])
+    )
+    ids, position, seen = ids.to(device), position.to(device), seen.to(device)
     lm = model.language_model
-    position = torch.arange(width + longest, device=tokens.device).unsqueeze(0).expand(n, -1)  # (n, S)
-    prefix = model.embed(tokens, images).expand(-1, n, -1)  # (L, n, H)
-    rest = lm.embedding(input_ids=conts, position_ids=position[:, width:])  # (m, n, H)
-    logits = lm(input_ids=conts[:, :1], position_ids=position, attention_mask=None,
-                decoder_input=torch.cat([prefix, rest]), runtime_gather_output=True)  # fmt: skip
-    logp = torch.log_softmax(logits[:, width - 1 : -1, : tok.vocab_size].float(), dim=-1)  # (n, m, V)
-    return logp.gather(2, conts.unsqueeze(-1))[..., 0].double()
-
-
-def _cached(model, tok, tokens, images, conts, running) -> torch.Tensor:
-    n, (width, longest) = conts.shape[0], (tokens.shape[1], conts.shape[1])
-    lm = model.language_model
-    cache = StaticInferenceContext(max_batch_size=n, max_sequence_length=width + longest)
-    position = torch.arange(width + longest, device=tokens.device).unsqueeze(0)  # (1, S)
-
-    def step(decoder_input: torch.Tensor, start: int) -> torch.Tensor:  # (T, B, H) -> (B, V) log-probs
-        b, stop = decoder_input.shape[1], start + decoder_input.shape[0]
-        logits = lm(input_ids=tokens[:, :1].expand(b, 1), position_ids=position[:, start:stop].expand(b, -1),
-                    attention_mask=None, decoder_input=decoder_input, inference_context=cache,
-                    runtime_gather_output=True)  # fmt: skip
-        cache.sequence_len_offset = stop
-        return torch.log_softmax(logits[:, -1, : tok.vocab_size].float(), dim=-1)
-
-    logp = step(model.embed(tokens, images), 0).expand(n, -1)  # the context once, batch row 0
-    for key, value in cache.key_value_memory_dict.values():  # (S, n, groups, dim): row 0 -> every row
-        key[:width, 1:] = key[:width, :1]
-        value[:width, 1:] = value[:width, :1]
-    out = torch.zeros(n, longest, dtype=torch.float64)
-    out[:, 0] = logp.gather(1, conts[:, :1])[:, 0].double()
-    for j in range(1, longest):
-        b = running[j]  # the rows still running: the first b (longest first)
-        pos = position[:, width + j - 1 : width + j].expand(b, 1)
-        fed = lm.embedding(input_ids=conts[:b, j - 1 : j], position_ids=pos)  # (1, b, H)
-        out[:b, j] = step(fed, width + j - 1).gather(1, conts[:b, j : j + 1])[:, 0].double()
+    text = lm.embedding(input_ids=ids, position_ids=position)  # (S, B, H); learned positions: the true ones
+    slots = [i for p in prompts for i in p.images]
+    hidden = splice_images(text, image_tokens[slots], ids == model.image_token_id)
+    rotary = None
+    if lm.position_embedding_type == "rope":
+        rotary = lm.rotary_pos_emb(int(position.max()) + 1)[:, 0][position.T]  # (S, B, 1, D): each token's own
+    hidden = lm.decoder(hidden_states=hidden, attention_mask=~seen.unsqueeze(1), rotary_pos_emb=rotary)  # (S, B, H)
+    rows_t = torch.as_tensor(rows, device=device)
+    picked = hidden[torch.as_tensor(sources, device=device), rows_t]  # (T, H): only the predicting positions
+    logits, _ = lm.output_layer(picked.unsqueeze(1), runtime_gather_output=True)  # (T, 1, V)
+    logp = torch.log_softmax(logits[:, 0, : tok.vocab_size].float(), dim=-1)
+    scored = logp.gather(1, ids[rows_t, torch.as_tensor(targets, device=device)].unsqueeze(1))[:, 0].tolist()
+    out, at = [], 0
+    for p in prompts:
+        per = []
+        for cont in p.continuations:
+            per.append(scored[at : at + len(cont)])
+            at += len(cont)
+        out.append(per)
     return out

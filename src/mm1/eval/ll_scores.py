@@ -21,24 +21,28 @@ model itself (a longer answer must also predict its end).
 
 The prompt is fitted to the context with room for its longest continuation (at least the task's
 ``max_new_tokens``, so it is the generation prompt whenever the continuations fit that budget).
-One pass of the prompt serves all its continuations (:func:`mm1.eval.likelihood.prefix_logprobs`).
+All shot counts of a benchmark are scored in one call: each item's continuations are tokenized
+once, each distinct image (queries and demonstrations recur across shot counts) is encoded once,
+and each prompt is computed once for all its continuations, many prompts per forward pass
+(:func:`mm1.eval.likelihood.prefix_logprobs`).
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from mm1.config.eval import LIKELIHOOD_METRIC
 from mm1.data.images import stack_images
 from mm1.eval.benchmarks import Benchmark, Item, demo_example
-from mm1.eval.likelihood import prefix_logprobs
+from mm1.eval.likelihood import Prefixed, prefix_logprobs
 from mm1.eval.prompts import Prompt, Template, build_prompt
 from mm1.eval.vqa_metric import vqa_scores
-from mm1.progress import progress
 
 if TYPE_CHECKING:
     from mm1.eval.harness import _Context
@@ -61,26 +65,43 @@ def answer_candidates(bench: Benchmark) -> dict[str, tuple[str, ...]]:
     return {kind: tuple(sorted(answers)) for kind, answers in out.items()}
 
 
-def _score(ctx: _Context, bench: Benchmark, order: list[list[int]], k: int, answers: list[list[str]]):
-    """Per item: its prompt and each answer's token log-probabilities after it."""
+def _score(ctx: _Context, bench: Benchmark, order: list[list[int]], shots: Sequence[int], answers: list[list[str]]):
+    """Per shot count k: each item's k-shot prompt and each answer's token log-probabilities after it."""
     pc = getattr(ctx.cfg, bench.task)
     template = Template(pc.template, bench.task, ctx.tok, ctx.mc.connector.num_tokens)
-    prompts: list[Prompt] = []
-    logprobs: list[list[list[float]]] = []
-    for item, chosen, options in progress(
-        list(zip(bench.items, order, answers, strict=True)), desc=f"{bench.name} {k}-shot ll", unit="item"
-    ):
-        query = item.example()
-        conts = [template.continuation(query, a) for a in options]
-        demos = [demo_example(bench.pool[j], bench.task) for j in (chosen[-k:] if k else [])]
-        where = f"{bench.name} {'image' if bench.task == 'captioning' else 'question'} {item.key}, {k}-shot likelihood"
-        budget = max(pc.max_new_tokens, max(len(c) for c in conts))
-        prompt = build_prompt(template, demos, query, max_length=ctx.max_length, max_new_tokens=budget,
-                              max_images=ctx.cfg.max_images, overflow=ctx.cfg.overflow, where=where)  # fmt: skip
-        images = stack_images(prompt.images, ctx.image_size).to(ctx.device)
-        prompts.append(prompt)
-        logprobs.append(prefix_logprobs(ctx.model, ctx.tok, prompt.ids, images, conts, ctx.max_length))
-    return prompts, logprobs
+    conts = [
+        [template.continuation(it.example(), a) for a in opts] for it, opts in zip(bench.items, answers, strict=True)
+    ]
+    prompts: dict[int, list[Prompt]] = {k: [] for k in shots}
+    for k in shots:
+        for item, chosen, cs in zip(bench.items, order, conts, strict=True):
+            demos = [demo_example(bench.pool[j], bench.task) for j in (chosen[-k:] if k else [])]
+            where = (
+                f"{bench.name} {'image' if bench.task == 'captioning' else 'question'} {item.key}, {k}-shot likelihood"
+            )
+            budget = max(pc.max_new_tokens, max(len(c) for c in cs))
+            prompts[k].append(build_prompt(template, demos, item.example(), max_length=ctx.max_length,
+                                           max_new_tokens=budget, max_images=ctx.cfg.max_images,
+                                           overflow=ctx.cfg.overflow, where=where))  # fmt: skip
+    every = [p for k in shots for p in prompts[k]]
+    row = {png: i for i, png in enumerate(dict.fromkeys(png for p in every for png in p.images))}
+    prefixed = [
+        Prefixed(p.ids, cs, [row[png] for png in p.images]) for p, cs in zip(every, conts * len(shots), strict=True)
+    ]
+    logprobs = prefix_logprobs(ctx.model, ctx.tok, prefixed, _encode(ctx, list(row)), ctx.max_length,
+                               desc=f"{bench.name} likelihood")  # fmt: skip
+    n = len(bench.items)
+    return {k: (prompts[k], logprobs[i * n : (i + 1) * n]) for i, k in enumerate(shots)}
+
+
+@torch.no_grad()
+def _encode(ctx: _Context, images: list[bytes], chunk: int = 64) -> torch.Tensor:
+    """(U, N, H) image tokens of each distinct image, in order (every image is encoded once)."""
+    out = [torch.zeros(0, ctx.mc.connector.num_tokens, ctx.mc.decoder.hidden_size, device=ctx.device)]
+    for start in range(0, len(images), chunk):
+        x = stack_images(images[start : start + chunk], ctx.image_size).to(ctx.device)
+        out.append(ctx.model.encode_images(x))
+    return torch.cat(out)
 
 
 def _row(bench: Benchmark, k: int, metric: str, value: float, prompts: list[Prompt], template: str) -> dict:
@@ -89,28 +110,36 @@ def _row(bench: Benchmark, k: int, metric: str, value: float, prompts: list[Prom
             "mean_shots": float(np.mean([p.shots for p in prompts])), "template": template}  # fmt: skip
 
 
-def vqa_likelihood(ctx: _Context, bench: Benchmark, order: list[list[int]], k: int) -> tuple[list[dict], dict]:
-    """The ll_accuracy row and the ranked answers (question id -> top candidate)."""
+def vqa_likelihood(
+    ctx: _Context, bench: Benchmark, order: list[list[int]], shots: Sequence[int]
+) -> tuple[list[dict], dict[int, dict]]:
+    """Per shot count k: the ll_accuracy row and the ranked answers (k -> question id -> top candidate)."""
     domain = answer_candidates(bench)
     options = [list(domain[answer_kind(it)]) for it in bench.items]
-    prompts, logprobs = _score(ctx, bench, order, k, options)
-    picks = {
-        it.key: opts[int(np.argmax([sum(lp) for lp in lps]))]
-        for it, opts, lps in zip(bench.items, options, logprobs, strict=True)
-    }
-    value = vqa_scores(picks, {it.key: (it.targets, it.answer_type) for it in bench.items})["accuracy"]
-    return [_row(bench, k, LIKELIHOOD_METRIC["vqa"], value, prompts, ctx.cfg.vqa.template)], picks
+    truth = {it.key: (it.targets, it.answer_type) for it in bench.items}
+    rows, picks = [], {}
+    for k, (prompts, logprobs) in _score(ctx, bench, order, shots, options).items():
+        picks[k] = {
+            it.key: opts[int(np.argmax([sum(lp) for lp in lps]))]
+            for it, opts, lps in zip(bench.items, options, logprobs, strict=True)
+        }
+        value = vqa_scores(picks[k], truth)["accuracy"]
+        rows.append(_row(bench, k, LIKELIHOOD_METRIC["vqa"], value, prompts, ctx.cfg.vqa.template))
+    return rows, picks
 
 
-def caption_likelihood(ctx: _Context, bench: Benchmark, order: list[list[int]], k: int) -> tuple[list[dict], dict]:
-    """The ref_nll and ref_prob rows and each image's mean reference NLL (image id -> nats per token)."""
-    prompts, logprobs = _score(ctx, bench, order, k, [list(it.targets) for it in bench.items])
-    per_image = {
-        it.key: float(np.mean([-np.mean(lp) for lp in lps])) for it, lps in zip(bench.items, logprobs, strict=True)
-    }
-    nll = float(np.mean(list(per_image.values())))
+def caption_likelihood(
+    ctx: _Context, bench: Benchmark, order: list[list[int]], shots: Sequence[int]
+) -> tuple[list[dict], dict[int, dict]]:
+    """Per shot count k: the ref_nll and ref_prob rows and each image's mean reference NLL
+    (k -> image id -> nats per token)."""
     template = ctx.cfg.captioning.template
-    rows = [_row(bench, k, "ref_nll", nll, prompts, template)]
-    return rows + [
-        _row(bench, k, LIKELIHOOD_METRIC["captioning"], 100.0 * math.exp(-nll), prompts, template)
-    ], per_image
+    rows, per_image = [], {}
+    for k, (prompts, logprobs) in _score(ctx, bench, order, shots, [list(it.targets) for it in bench.items]).items():
+        per_image[k] = {
+            it.key: float(np.mean([-np.mean(lp) for lp in lps])) for it, lps in zip(bench.items, logprobs, strict=True)
+        }
+        nll = float(np.mean(list(per_image[k].values())))
+        rows.append(_row(bench, k, "ref_nll", nll, prompts, template))
+        rows.append(_row(bench, k, LIKELIHOOD_METRIC["captioning"], 100.0 * math.exp(-nll), prompts, template))
+    return rows, per_image
