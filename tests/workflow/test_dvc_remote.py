@@ -26,7 +26,20 @@ pytestmark = pytest.mark.slow
 # On top of the smoke config: three optimizer steps of two sequences per training stage.
 FAST = {"train": {"steps": 3, "warmup_steps": 1, "micro_batch_size": 2, "global_batch_size": 2}}
 # ... and for the figure cells (config/study.yaml's ablation scale), at one seed.
-FAST_STUDY = {"study": {"seeds": 1, "common": {"train.steps": 3, "train.warmup_steps": 1, "eval.num_examples": 4}}}
+FAST_STUDY = {
+    "study": {
+        "seeds": 1,
+        "common": {"train.steps": 3, "train.warmup_steps": 1, "eval.num_examples": 4},
+        "stages": {
+            "encoder": {
+                "train.steps": 3,
+                "train.warmup_steps": 1,
+                "train.micro_batch_size": 2,
+                "train.global_batch_size": 2,
+            }
+        },
+    }
+}
 GIT_ID = ["-c", "user.name=t", "-c", "user.email=t@t"]
 
 
