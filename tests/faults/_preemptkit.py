@@ -24,7 +24,7 @@ from trainkit import TINY
 from mm1.train import state
 from mm1.train.trainer import RESUME
 
-STEPS = 16
+STEPS = 24  # the signals land at steps <= STEPS - 11 (test_preempt.draw_points): the job is still running
 LAYOUT = ["parallel.world_size=2", f"train.steps={STEPS}", "train.save_interval=2"]
 KEEP_LAST = 2  # train.keep_last's default
 LAUNCH_TIMEOUT = 300  # s: a "did not hang" limit; a launch takes about 15 s

@@ -146,8 +146,11 @@ def test_smoke_study_end_to_end(project: Path):
     assert metrics["loss"][0] < llm["loss"][0], "a pre-trained decoder starts below a random one"
     assert set(pl.read_csv(results / "llm_pack/base/mixture.csv").filter(pl.col("sequences") > 0)["source"]) == {"text"}
     scores = pl.read_csv(results / "eval/base/scores.csv")
-    tasks = scores.filter(pl.col("task").is_in(["captioning", "vqa"]))
-    assert tasks.height == 8 * 2  # every benchmark at 0 and 2 shots (smoke.yaml)
+    tasks = scores.filter(pl.col("task").is_in(["captioning", "vqa"]) & pl.col("metric").is_in(["CIDEr", "accuracy"]))
+    assert tasks.height == 8 * 2  # every benchmark at 0 and 2 shots (smoke.yaml), decoded
+    likely = scores.filter(pl.col("metric").is_in(["ll_accuracy", "ref_prob"]))
+    assert likely.height == 8 * 2  # ... and scored by likelihood, on every val item (12 images)
+    assert likely.filter(pl.col("task") == "captioning")["n_examples"].to_list() == [12] * 6
     assert (tasks["value"] >= 0).all() and (tasks["n_examples"] >= 6).all()
     assert tasks.filter(pl.col("task") == "captioning")["n_examples"].to_list() == [6] * 6
     assert len(list((results / "eval/base/predictions").glob("*shot.json"))) == 16

@@ -105,5 +105,5 @@ rule power:
     conda:
         "../../envs/mm1.yaml"
     shell:
-        "mm1 power --seeds {input:q} {params.metrics:q} --effects {params.effects:q} --study-seeds {params.seeds} "
+        "mm1 power --seeds {input:q} {params.metrics:q} --effects {params.effects:q} --study-seeds {params.seeds:q} "
         "--out \"$(dirname {output.md:q})\" > {log:q} 2>&1"
