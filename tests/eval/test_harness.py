@@ -61,6 +61,11 @@ def test_likelihood_scores_cover_every_val_item_and_their_files_rescore_to_the_t
         for k in (0, 2):
             at = {r["metric"]: r for r in scores.filter((pl.col("benchmark") == spec.name) & (pl.col("shots") == k))
                   .iter_rows(named=True)}  # fmt: skip
+            control = (
+                {"ref_nll_shuffled", "ref_prob_shuffled"} if spec.task == "captioning" else {"ll_accuracy_shuffled"}
+            )
+            assert set(at) & control == (control if k == 0 else set())  # the shuffled-image control: 0-shot only
+            at = {m: r for m, r in at.items() if m not in control}
             if spec.task == "captioning":
                 assert set(at) == {"CIDEr", "ref_nll", "ref_prob"}
                 nll = json.loads((pretrained / "predictions" / f"{spec.name}_{k}shot_nll.json").read_text())
@@ -83,7 +88,8 @@ def test_num_examples_limits_generation_only(tiny_run, tmp_path: Path) -> None:
     cfg = config("eval.shots=[0]", "eval.num_examples=4", "eval.textcore=null")
     cfg = cfg.eval.model_copy(update={"benchmarks": cfg.eval.benchmarks[3:4]})  # vqav2: 18 questions
     s = harness.evaluate(cfg, "tiny", tiny_run["data"], tiny_run["tokenizer"], tiny_run["ckpt"], tmp_path).scores
-    assert dict(zip(s["metric"], s["n_examples"], strict=True)) == {"accuracy": 4, "ll_accuracy": 18}
+    assert dict(zip(s["metric"], s["n_examples"], strict=True)) == {"accuracy": 4, "ll_accuracy": 18,
+                                                                     "ll_accuracy_shuffled": 18}  # fmt: skip
     assert len(json.loads((tmp_path / "predictions" / "vqav2_0shot.json").read_text())) == 4
     off = cfg.model_copy(update={"likelihood": False})
     r = harness.evaluate(off, "tiny", tiny_run["data"], tiny_run["tokenizer"], tiny_run["ckpt"], tmp_path / "off")

@@ -16,7 +16,7 @@ from mm1.data.tokenizer import TextTokenizer
 from mm1.eval import harness, ll_scores
 from mm1.eval.benchmarks import Benchmark, Item
 from mm1.eval.likelihood import Candidate, Prefixed, continuation_logprobs, prefix_logprobs
-from mm1.eval.prompts import Template
+from mm1.eval.prompts import Prompt, Template
 from mm1.models.mm1_model import MM1Model
 from mm1.parallel.setup import distributed
 from mm1.train import checkpoint
@@ -215,3 +215,40 @@ def test_scoring_every_shot_count_at_once_equals_one_call_per_shot_count(ctx, ti
                 pytest.approx(alone_items[k], rel=1e-5) if spec.task == "captioning" else alone_items[k]
             )
         assert rows[0]["shots"] == 0 and {r["shots"] for r in rows} == {0, 2}
+
+
+def test_shuffled_images_give_every_prompt_another_items_image() -> None:
+    a, b, c = b"png-a", b"png-b", b"png-c"
+    prompts = [Prompt([1], [a], 0, 0), Prompt([2], [b], 0, 0), Prompt([3], [a], 0, 0), Prompt([4], [c], 0, 0)]
+    got = ll_scores.shuffled_images(prompts)
+    assert [p.images for p in got] == [[b], [c], [b], [a]]  # a -> b -> c -> a, in order of first use
+    assert all(g.images != p.images for g, p in zip(got, prompts, strict=True))
+    assert [p.ids for p in got] == [p.ids for p in prompts]  # the text is unchanged
+    assert ll_scores.shuffled_images([Prompt([1], [a], 0, 0), Prompt([2], [a], 0, 0)]) is None  # one image: no control
+
+
+class ImageScorer(FakeScorer):
+    """FakeScorer that also records each prompt's image rows (indices into the encoded images)."""
+
+    def __call__(self, model, tok, prompts, image_tokens, max_length, **kwargs):
+        self.images = [list(p.images) for p in prompts]
+        return super().__call__(model, tok, prompts, image_tokens, max_length, **kwargs)
+
+
+def test_the_zero_shot_control_scores_each_question_with_another_image(ctx, tiny_run, monkeypatch) -> None:
+    folder = tiny_run["data"] / "benchmarks/vqav2/images/val"
+    img1, img2 = (p.read_bytes() for p in sorted(folder.iterdir())[:2])
+    assert img1 != img2
+    items = [_vqa(1, "colour", ["red"] * 10, img1), _vqa(2, "colour", ["blue"] * 10, img2)]
+    pool = [_vqa(11, "colour", ["green"] * 10, img1)]
+    bench = Benchmark(BenchmarkSpec(name="fake", task="vqa", val="v.json", train="t.json"), items, pool, {})
+    fake = ImageScorer(_answers(ctx.tok, {"red": -1.0, "blue": -1.0, "green": -5.0}))
+    monkeypatch.setattr(ll_scores, "prefix_logprobs", fake)
+    rows, picks = ll_scores.vqa_likelihood(ctx, bench, [[0], [0]], [0, 1])
+    assert [(r["shots"], r["metric"]) for r in rows] == [(0, "ll_accuracy"), (1, "ll_accuracy"),
+                                                         (0, "ll_accuracy_shuffled")]  # fmt: skip
+    assert sorted(picks) == [0, 1]  # the control has no per-question file
+    # 2 items x (0-shot, 1-shot, control): the control's prompts are the 0-shot ones with the images swapped
+    real0, control = fake.images[0:2], fake.images[4:6]
+    assert control == [real0[1], real0[0]]
+    assert fake.calls[4] == fake.calls[0] and fake.calls[5] == fake.calls[1]  # same text, same continuations

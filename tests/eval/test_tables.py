@@ -47,3 +47,25 @@ def test_without_likelihood_rows_the_ll_columns_are_empty() -> None:
                                    "average_ll"]  # fmt: skip
     assert summary["average_ll"].is_null().all() and summary["average"][0] == pytest.approx(30.0)
     assert "average_ll" not in metrics_json(pl.DataFrame(_rows(0, False)), summary)["0shot"]
+
+
+def test_image_gain_is_the_zero_shot_likelihood_average_minus_the_shuffled_control() -> None:
+    control = [
+        ("coco", "captioning", "ref_prob_shuffled", 7.5, 3),
+        ("nocaps", "captioning", "ref_prob_shuffled", 4.0, 4),
+        ("coco", "captioning", "ref_nll_shuffled", 2.6, 3),
+        ("vqav2", "vqa", "ll_accuracy_shuffled", 41.0, 0),
+    ]
+    rows = [{"benchmark": b, "task": t, "shots": 0, "metric": m, "value": v, "demos_dropped": d}
+            for b, t, m, v, d in control]  # fmt: skip
+    scores = pl.DataFrame(_rows(0, True) + _rows(4, True) + rows)
+    summary = summarise(scores)
+    zero, four = summary.row(0, named=True), summary.row(1, named=True)
+    assert zero["average_ll"] == pytest.approx((13.5 + 5.0 + 71.0) / 3)  # the control is not averaged in
+    assert zero["average_ll_shuffled"] == pytest.approx((7.5 + 4.0 + 41.0) / 3)
+    assert zero["image_gain"] == pytest.approx((13.5 + 5.0 + 71.0 - 7.5 - 4.0 - 41.0) / 3)
+    assert four["image_gain"] is None and four["average_ll_shuffled"] is None
+    metrics = metrics_json(scores, summary)
+    assert metrics["0shot"]["image_gain"] == pytest.approx(zero["image_gain"])
+    assert (metrics["0shot"]["vqav2 ll shuffled"], metrics["0shot"]["coco ref_nll shuffled"]) == (41.0, 2.6)
+    assert "image_gain" not in metrics["4shot"]

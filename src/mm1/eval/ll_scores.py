@@ -21,6 +21,13 @@ model itself (a longer answer must also predict its end).
 
 The prompt is fitted to the context with room for its longest continuation (at least the task's
 ``max_new_tokens``, so it is the generation prompt whenever the continuations fit that budget).
+**The shuffled-image control** (metrics ``ll_accuracy_shuffled``, ``ref_nll_shuffled``, ``ref_prob_shuffled``,
+0-shot only): the same 0-shot prompts with each query image replaced by another item's image (the
+benchmark's distinct query images in order of first use, each given the next one's: no item keeps its
+own image). A model that reads its image scores lower there; the gap is the "image gain" of the
+summary. A likelihood score that does not move when the images are swapped measures priors and text
+alone, so no lesson about encoders, resolution or connectors can show in it.
+
 All shot counts of a benchmark are scored in one call: each item's continuations are tokenized
 once, each distinct image (queries and demonstrations recur across shot counts) is encoded once,
 and each prompt is computed once for all its continuations, many prompts per forward pass
@@ -32,6 +39,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -65,8 +73,25 @@ def answer_candidates(bench: Benchmark) -> dict[str, tuple[str, ...]]:
     return {kind: tuple(sorted(answers)) for kind, answers in out.items()}
 
 
+SHUFFLED = "shuffled"
+"""The key of the shuffled-image control in the result of :func:`_score` (its prompts are 0-shot)."""
+
+
+def shuffled_images(prompts: list[Prompt]) -> list[Prompt] | None:
+    """The prompts with every image replaced by the next distinct image in order of first use (a
+    derangement of the distinct images: no prompt keeps any image of its own); None with fewer than
+    two distinct images, where no control exists (its rows are then left out, and the summary's
+    image gain is empty)."""
+    distinct = list(dict.fromkeys(png for p in prompts for png in p.images))
+    if len(distinct) < 2:
+        return None
+    swap = {png: distinct[(i + 1) % len(distinct)] for i, png in enumerate(distinct)}
+    return [replace(p, images=[swap[png] for png in p.images]) for p in prompts]
+
+
 def _score(ctx: _Context, bench: Benchmark, order: list[list[int]], shots: Sequence[int], answers: list[list[str]]):
-    """Per shot count k: each item's k-shot prompt and each answer's token log-probabilities after it."""
+    """Per shot count k: each item's k-shot prompt and each answer's token log-probabilities after it;
+    with 0 among the shots also the shuffled-image control's (key :data:`SHUFFLED`)."""
     pc = getattr(ctx.cfg, bench.task)
     template = Template(pc.template, bench.task, ctx.tok, ctx.mc.connector.num_tokens)
     conts = [
@@ -83,15 +108,20 @@ def _score(ctx: _Context, bench: Benchmark, order: list[list[int]], shots: Seque
             prompts[k].append(build_prompt(template, demos, item.example(), max_length=ctx.max_length,
                                            max_new_tokens=budget, max_images=ctx.cfg.max_images,
                                            overflow=ctx.cfg.overflow, where=where))  # fmt: skip
-    every = [p for k in shots for p in prompts[k]]
+    keys: list[int | str] = list(shots)
+    control = shuffled_images(prompts[0]) if 0 in prompts else None
+    if control is not None:
+        prompts[SHUFFLED] = control
+        keys.append(SHUFFLED)
+    every = [p for k in keys for p in prompts[k]]
     row = {png: i for i, png in enumerate(dict.fromkeys(png for p in every for png in p.images))}
     prefixed = [
-        Prefixed(p.ids, cs, [row[png] for png in p.images]) for p, cs in zip(every, conts * len(shots), strict=True)
+        Prefixed(p.ids, cs, [row[png] for png in p.images]) for p, cs in zip(every, conts * len(keys), strict=True)
     ]
     logprobs = prefix_logprobs(ctx.model, ctx.tok, prefixed, _encode(ctx, list(row)), ctx.max_length,
                                desc=f"{bench.name} likelihood")  # fmt: skip
     n = len(bench.items)
-    return {k: (prompts[k], logprobs[i * n : (i + 1) * n]) for i, k in enumerate(shots)}
+    return {k: (prompts[k], logprobs[i * n : (i + 1) * n]) for i, k in enumerate(keys)}
 
 
 @torch.no_grad()
@@ -119,13 +149,21 @@ def vqa_likelihood(
     truth = {it.key: (it.targets, it.answer_type) for it in bench.items}
     rows, picks = [], {}
     for k, (prompts, logprobs) in _score(ctx, bench, order, shots, options).items():
-        picks[k] = {
+        chosen = {
             it.key: opts[int(np.argmax([sum(lp) for lp in lps]))]
             for it, opts, lps in zip(bench.items, options, logprobs, strict=True)
         }
-        value = vqa_scores(picks[k], truth)["accuracy"]
-        rows.append(_row(bench, k, LIKELIHOOD_METRIC["vqa"], value, prompts, ctx.cfg.vqa.template))
+        value = vqa_scores(chosen, truth)["accuracy"]
+        metric, shots_k = _metric(LIKELIHOOD_METRIC["vqa"], k)
+        rows.append(_row(bench, shots_k, metric, value, prompts, ctx.cfg.vqa.template))
+        if k != SHUFFLED:
+            picks[k] = chosen
     return rows, picks
+
+
+def _metric(name: str, k: int | str) -> tuple[str, int]:
+    """(metric name, shots) of a row: the shuffled-image control is a 0-shot row of ``<name>_shuffled``."""
+    return (f"{name}_{SHUFFLED}", 0) if k == SHUFFLED else (name, int(k))
 
 
 def caption_likelihood(
@@ -136,10 +174,13 @@ def caption_likelihood(
     template = ctx.cfg.captioning.template
     rows, per_image = [], {}
     for k, (prompts, logprobs) in _score(ctx, bench, order, shots, [list(it.targets) for it in bench.items]).items():
-        per_image[k] = {
+        nlls = {
             it.key: float(np.mean([-np.mean(lp) for lp in lps])) for it, lps in zip(bench.items, logprobs, strict=True)
         }
-        nll = float(np.mean(list(per_image[k].values())))
-        rows.append(_row(bench, k, "ref_nll", nll, prompts, template))
-        rows.append(_row(bench, k, LIKELIHOOD_METRIC["captioning"], 100.0 * math.exp(-nll), prompts, template))
+        nll = float(np.mean(list(nlls.values())))
+        for name, value in (("ref_nll", nll), (LIKELIHOOD_METRIC["captioning"], 100.0 * math.exp(-nll))):
+            metric, shots_k = _metric(name, k)
+            rows.append(_row(bench, shots_k, metric, value, prompts, template))
+        if k != SHUFFLED:
+            per_image[k] = nlls
     return rows, per_image
