@@ -135,6 +135,9 @@ SCRIPTS = (  # full-run arguments chosen so that the whole run stays under 15 mi
     Script("scaling", (), 300, "~2 min (issue item 5)"),
     Script("workflow", ("--repeat", "2"), 300, "~2 min: dry runs of the miniature and the paper-30b all_figures, x2"),
     Script("dvc_hash", ("--repeat", "1"), 240, "~45 s: 1.6 GB of checkpoint shards, one sample each"),
+    Script(
+        "checksum_cost", (), 180, "~1 min: save/load of the study's checkpoints with and without the sha256 manifest"
+    ),
     Script("gpu_mfu", (), 420, "~1 min as --dry-run without CUDA; on a GPU up to its --budget-s 300", ()),
 )
 NAMES = [s.name for s in SCRIPTS]

@@ -40,7 +40,8 @@ def test_bad_override_exits_2_and_names_the_field(capsys: pytest.CaptureFixture[
     assert main(["config", "show", "--set", "train.stepz=5"]) == 2
     out, err = capsys.readouterr()
     assert out == ""
-    assert err.startswith("mm1: ")
+    assert err.startswith("mm1 config: error: ")
+    assert len(err.splitlines()) == 1
     assert "train.stepz" in err
     assert "Traceback" not in err
 

@@ -54,6 +54,8 @@ def eval_run(folder: Path, base: float, textcore: float = 40.0) -> Path:
             "demos_dropped": [0, 0, 0],
             "textcore": [textcore] * 3,
             "multiple_choice": [None, None, None],
+            "average_ll_shuffled": [base / 2 + 3, None, None],  # the shuffled-image control: 0-shot only
+            "image_gain": [2.0, None, None],
         }
     ).write_csv(folder / "summary.csv")
     return folder
@@ -142,6 +144,7 @@ def test_the_seeds_table_holds_every_metric_of_every_run(bars):
     assert seeds.columns == ["figure", "cell", "seed", "run", "metric", "value"]
     metrics = [f"{t}{k}-shot{ll}" for k in (0, 4, 8) for t in ("", "captioning ", "vqa ") for ll in ("", " ll")]
     metrics += ["textcore"] + [f"{b} {k}-shot{ll}" for k in (0, 4, 8) for b in ("coco", "vqav2") for ll in ("", " ll")]
+    metrics += ["0-shot image gain"]
     assert set(seeds["metric"]) == set(metrics) and seeds.height == 2 * 3 * len(metrics)
     abl = seeds.filter((pl.col("cell") == "abl") & (pl.col("metric") == "vqav2 8-shot")).sort("seed")
     assert abl["seed"].to_list() == [0, 1, 2] and abl["run"].to_list() == ["abl-s0", "abl-s1", "abl-s2"]
@@ -155,6 +158,7 @@ def test_likelihood_metrics_come_from_the_ll_columns_and_rows(bars):
     assert (value["coco 8-shot ll"], value["vqav2 0-shot ll"]) == (14.0, 16.0)  # ref_prob, ll_accuracy rows
     assert (value["coco 8-shot"], value["4-shot"]) == (20.0, 21.0)  # CIDEr row; the decoded average
     assert not any("nll" in m for m in value)  # ref_nll (lower is better) is no metric
+    assert value["0-shot image gain"] == 2.0 and "4-shot image gain" not in value  # summary's image_gain
 
 
 def test_the_paper_column_is_filled_only_where_the_spec_gives_a_value(bars):

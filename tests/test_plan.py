@@ -7,6 +7,7 @@ import re
 from dataclasses import replace
 
 import pytest
+import yaml
 
 from mm1.cli import main
 from mm1.config import ParallelConfig, RunConfig, load
@@ -143,7 +144,7 @@ def _apply_fix(cfg: RunConfig, fix: str) -> RunConfig:
     field, value = match.groups()
     section, key = field.split(".")
     data = cfg.model_dump()
-    data[section][key] = value
+    data[section][key] = yaml.safe_load(value)  # "4" -> 4: the config takes no numbers as strings
     return RunConfig.model_validate(data)
 
 

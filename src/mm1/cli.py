@@ -1,6 +1,6 @@
 """The ``mm1`` command: parses arguments and calls the library. Nothing else lives here.
 
-    mm1 config show   [--preset NAME] [--config FILE] [--set section.field=value ...]
+    mm1 config show   [--preset NAME] [--config FILE] [--study FILE] [--set section.field=value ...]
     mm1 config schema [--write PATH | --check PATH]
     mm1 presets [NAME ...] [--check]              (sizes and LR law of config/presets/*.yaml)
     mm1 flops   [--preset NAME] [--config FILE] [--set ...] [--images-per-sequence N]  (FLOPs of one step)
@@ -24,7 +24,10 @@
 
 Every stage takes the config as ``--preset NAME`` (applied first), ``--config FILE``, then
 ``--config-json TEXT``, then ``--set`` (each merged over the one before).
-Errors in the input are reported in one line; set MM1_DEBUG=1 for the traceback.
+A user error (a bad flag, path, file or config value) is one line on stderr,
+``mm1 <cmd>: error: <what>; <fix>``, exit 2 for usage and config errors, 1 for the others;
+``mm1 --debug <cmd> ...`` (or MM1_DEBUG=1) also prints its traceback. Any other exception is a bug:
+its traceback and a line asking to report it.
 """
 
 from __future__ import annotations
@@ -33,8 +36,11 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 
+from mm1 import cli_errors as errors
+from mm1 import outlock
 from mm1.config import ConfigError, RunConfig
 from mm1.config.load import apply_overrides, from_dict, read_yaml
 from mm1.config.presets import deep_merge, preset_data
@@ -42,7 +48,12 @@ from mm1.eval import cli as eval_cli
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", metavar="NAME", help="start from config/presets/NAME.yaml (see `mm1 presets`)")
+    p.add_argument(
+        "--preset",
+        metavar="NAME",
+        type=errors.plain_name,
+        help="start from config/presets/NAME.yaml (see `mm1 presets`)",
+    )
     p.add_argument("--config", type=Path, help="YAML config file merged over the preset (default: built-in defaults)")
     p.add_argument("--config-json", help="config as a JSON object, merged over --config")
     p.add_argument(
@@ -56,11 +67,17 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 
 def resolve(args: argparse.Namespace) -> RunConfig:
+    return from_dict(*config_data(args))
+
+
+def config_data(args: argparse.Namespace) -> tuple[dict, str]:
+    """The config as the flags give it (a dict, not yet validated) and where it came from."""
     data = preset_data(args.preset) if args.preset else {}
     sources = [f"preset {args.preset}"] if args.preset else []
-    if args.config:
-        data = deep_merge(data, read_yaml(args.config))
-        sources.append(str(args.config))
+    for path in (args.config, getattr(args, "study", None)):
+        if path:
+            data = deep_merge(data, read_yaml(path))
+            sources.append(str(path))
     source = " + ".join(sources) or "defaults"
     if args.config_json:
         try:
@@ -74,22 +91,25 @@ def resolve(args: argparse.Namespace) -> RunConfig:
     if args.overrides:
         data = apply_overrides(data, args.overrides)
         source += " + " + " ".join(args.overrides)
-    return from_dict(data, source)
+    return data, source
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
     from mm1.config import dump
     from mm1.config.schema import render
 
+    if args.action == "show" and args.study:
+        return _check_study(args)
     if args.action == "show":
         sys.stdout.write(dump(resolve(args)))
         return 0
     text = render()
     if args.check:
-        current = Path(args.check).read_text() if Path(args.check).is_file() else ""
-        if current != text:
+        current = Path(args.check).read_bytes() if Path(args.check).is_file() else b""
+        if current != text.encode():
             print(
-                f"{args.check} is out of date; regenerate it with `mm1 config schema --write {args.check}`",
+                f"mm1 config: error: {args.check} is out of date; "
+                f"regenerate it with `mm1 config schema --write {args.check}`",
                 file=sys.stderr,
             )
             return 1
@@ -100,6 +120,21 @@ def _cmd_config(args: argparse.Namespace) -> int:
         atomic.write_text(Path(args.write), text)
         return 0
     sys.stdout.write(text)
+    return 0
+
+
+def _check_study(args: argparse.Namespace) -> int:
+    """``config show --study FILE``: the base config, once every experiment's run and every stage's
+    config of it is valid (a ConfigError names the file, the experiment, the stage and the field)."""
+    from mm1.config import dump
+    from mm1.study import STAGES, check_study
+
+    study = check_study(*config_data(args))
+    for exp in study.names:
+        for stage in STAGES:
+            study.stage_config(stage, exp)
+    sys.stdout.write(dump(study.base))
+    print(f"mm1 config: {args.study}: {len(study.names)} runs x {len(STAGES)} stages valid", file=sys.stderr)
     return 0
 
 
@@ -182,17 +217,14 @@ def _cmd_world(args: argparse.Namespace) -> int:
 
 
 def _cmd_acquire(args: argparse.Namespace) -> int:
-    from mm1.data.acquire import AcquireError, acquire
+    from mm1.data.acquire import acquire
 
     cfg = resolve(args).data
     if not cfg.sources:
         raise ConfigError(
             "data.sources is empty: list the datasets to acquire (name, url, sha256, format, role, licence)"
         )
-    try:
-        manifest = acquire(cfg.sources, args.out, cfg.max_bad_fraction)
-    except AcquireError as exc:  # unreachable, bad hash, empty source: the user's to fix
-        raise ValueError(str(exc)) from exc
+    manifest = acquire(cfg.sources, args.out, cfg.max_baderrors.fraction)  # AcquireError: one line (main)
     print(f"acquire: {manifest.height} sources, {int(manifest['samples'].sum())} samples -> {args.out}")
     return 0
 
@@ -201,7 +233,7 @@ def _cmd_tokenizer(args: argparse.Namespace) -> int:
     from mm1.data.stages import make_tokenizer
 
     cfg = resolve(args)
-    tok = make_tokenizer(cfg.tokenizer, args.manifest, args.out, cfg.data.max_bad_fraction)
+    tok = make_tokenizer(cfg.tokenizer, args.manifest, args.out, cfg.data.max_baderrors.fraction)
     print(f"tokenizer: {tok.vocab_size} tokens -> {tok.path}")
     return 0
 
@@ -229,21 +261,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from mm1.parallel.launch import relaunch_if_needed
 
     cfg = resolve(args)
-    code = relaunch_if_needed(cfg.parallel, sys.argv[1:])
+    init = []  # (folder, the parts it loads or None for all), checked before any process starts
+    for flag, part in INIT_FLAGS.items():
+        path = getattr(args, flag[2:].replace("-", "_"))
+        if path is not None and not path.is_dir():
+            what = "is a file" if path.exists() else "does not exist"
+            raise errors.UsageError(
+                f"{flag} {path} {what}: give a checkpoint folder (the checkpoint/ of a train stage's --out)"
+            )
+        if path is not None:
+            init.append((path, (part,) if part else None))
+    code = relaunch_if_needed(cfg.parallel, args.argv)
     if code is not None:
         return code
-    from mm1.train.state import CheckpointWriteError
     from mm1.train.trainer import train
 
-    init = [
-        (getattr(args, flag[2:].replace("-", "_")), (part,) if part else None)
-        for flag, part in INIT_FLAGS.items()
-        if getattr(args, flag[2:].replace("-", "_"))
-    ]
-    try:
-        result = train(cfg, args.packed, args.tokenizer, args.out, init=init)
-    except CheckpointWriteError as exc:  # disk full and co: exit 1, not 75 (a requeue would fail again)
-        raise ValueError(str(exc)) from exc
+    # CheckpointWriteError (disk full and co): exit 1 from main, not 75 (a requeue would fail again)
+    result = train(cfg, args.packed, args.tokenizer, args.out, init=init)
     if os.environ.get("RANK", "0") != "0":
         return 0
     first, last = result.metrics["loss"][0], result.metrics["loss"][-1]
@@ -260,7 +294,7 @@ def _cmd_encoder(args: argparse.Namespace) -> int:
         check_layout(cfg)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    code = relaunch_if_needed(cfg.parallel, sys.argv[1:])
+    code = relaunch_if_needed(cfg.parallel, args.argv)
     if code is not None:
         return code
     metrics = train_encoder(cfg, args.manifest, args.tokenizer, args.out)
@@ -316,8 +350,7 @@ def _cmd_lessons(args: argparse.Namespace) -> int:
 def _cmd_power(args: argparse.Namespace) -> int:
     from mm1.figures.power import pilot
 
-    effects = [float(x) for x in args.effects.split(",") if x]
-    md = pilot(args.seeds, args.metric, effects, args.study_seeds, args.out)
+    md = pilot(args.seeds, args.metric, args.effects, args.study_seeds, args.out)
     print(f"power: {md}")
     return 0
 
@@ -372,18 +405,27 @@ STAGES = {
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mm1", description="Reproduce the MM1 study, stage by stage.")
+    p = errors.Parser(prog="mm1", description="Reproduce the MM1 study, stage by stage.")
+    p.add_argument("--debug", action="store_true", help="on an error, also print its traceback (or MM1_DEBUG=1)")
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("config", help="show the resolved config or the JSON schema")
     c.add_argument("action", choices=["show", "schema"])
     c.add_argument("--write", metavar="PATH", help="schema: write it to PATH")
     c.add_argument("--check", metavar="PATH", help="schema: exit 1 if PATH differs from the models")
+    c.add_argument(
+        "--study",
+        type=Path,
+        metavar="FILE",
+        help="show: a study file (e.g. config/study.yaml) merged over --config; every experiment of it is validated",
+    )
     _config_args(c)
     c.set_defaults(func=_cmd_config)
 
     pr = sub.add_parser("presets", help="CSV of the presets: parameters (total, active) and the MM1 LR law")
-    pr.add_argument("names", nargs="*", metavar="NAME", help="only these presets (default: all)")
+    pr.add_argument(
+        "names", nargs="*", metavar="NAME", type=errors.plain_name, help="only these presets (default: all)"
+    )
     pr.add_argument(
         "--check", action="store_true", help="also build each model on the meta device; exit 1 on any count mismatch"
     )
@@ -392,7 +434,7 @@ def parser() -> argparse.ArgumentParser:
     fl = sub.add_parser("flops", help="matmul FLOPs of one training step (one global batch)")
     fl.add_argument(
         "--images-per-sequence",
-        type=float,
+        type=errors.non_negative,
         metavar="N",
         help="average images per sequence (data-dependent; default: data.mixture.max_images_per_sequence)",
     )
@@ -401,12 +443,14 @@ def parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plan", help="cluster layout of a run: memory per GPU, FLOPs and time per step; or search one")
     pl.add_argument("--gpu", default="h100-80gb", help="GPU model (h100-80gb, h200-141gb, a100-80gb, a100-40gb)")
-    pl.add_argument("--nodes", type=int, metavar="N", help="search the fastest fitting layout on N nodes")
+    pl.add_argument(
+        "--nodes", type=errors.positive_int, metavar="N", help="search the fastest fitting layout on N nodes"
+    )
     pl.add_argument("--all", action="store_true", help="a Markdown table of the paper presets' own layouts")
-    pl.add_argument("--mfu", type=float, default=0.4, help="assumed utilisation of the matmuls (default 0.4)")
+    pl.add_argument("--mfu", type=errors.fraction, default=0.4, help="assumed utilisation of the matmuls (default 0.4)")
     pl.add_argument(
         "--images-per-sequence",
-        type=float,
+        type=errors.non_negative,
         metavar="N",
         help="average images per sequence for the time (default: data.mixture.max_images_per_sequence)",
     )
@@ -414,7 +458,9 @@ def parser() -> argparse.ArgumentParser:
     pl.set_defaults(func=_cmd_plan)
 
     cm = sub.add_parser("compare", help="a paper figure or table: each cell's mean +- 95%% CI over its seed runs")
-    cm.add_argument("--id", required=True, help="figure id (file names: ID.png, ID.csv, ID.seeds.csv)")
+    cm.add_argument(
+        "--id", required=True, type=errors.plain_name, help="figure id (file names: ID.png, ID.csv, ID.seeds.csv)"
+    )
     cm.add_argument("--spec", required=True, metavar="JSON", help="the figure's FigureSpec as JSON (study.figures.ID)")
     cm.add_argument(
         "--cell",
@@ -443,8 +489,12 @@ def parser() -> argparse.ArgumentParser:
     pw = sub.add_parser("power", help="the pilot: per-run sd of the metrics and the seeds per arm they imply")
     pw.add_argument("--seeds", type=Path, required=True, help="the pilot figure's <fig>.seeds.csv (mm1 compare)")
     pw.add_argument("--metric", action="append", required=True, help="a metric to analyse (repeat)")
-    pw.add_argument("--effects", required=True, help="target effects, comma-separated (e.g. 1,2,3)")
-    pw.add_argument("--study-seeds", type=int, required=True, help="the study's seeds per cell (study.seeds)")
+    pw.add_argument(
+        "--effects", required=True, type=errors.effects, help="target effects, comma-separated (e.g. 1,2,3)"
+    )
+    pw.add_argument(
+        "--study-seeds", type=errors.positive_int, required=True, help="the study's seeds per cell (study.seeds)"
+    )
     pw.add_argument("--out", type=Path, required=True, help="output folder (power.csv, power.md)")
     pw.set_defaults(func=_cmd_power)
 
@@ -464,19 +514,36 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return args.func(args)
-    except ConfigError as exc:
-        print(f"mm1: {exc}", file=sys.stderr)
+        args = parser().parse_args(argv)
+    except errors.UsageError as exc:
+        print(f"{exc.prog}: error: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError, MemoryError) as exc:
-        if os.environ.get("MM1_DEBUG"):
-            raise
-        if isinstance(exc, MemoryError):  # e.g. loading a batch: the loader runs in the training process
-            exc = f"out of memory ({exc}); lower train.micro_batch_size or give the job more memory"
-        print(f"mm1 {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+    args.argv = argv  # a multi-process stage relaunches itself with them
+    prog = " ".join(["mm1", args.command, *([args.eval_command] if getattr(args, "eval_command", None) else [])])
+    debug = args.debug or bool(os.environ.get("MM1_DEBUG"))
+    try:
+        out = getattr(args, "out", None)
+        if out is None:
+            return args.func(args)
+        errors.check_out(out)
+        with outlock.hold(out):  # one run per output folder (the ranks of a job share their launcher's)
+            return args.func(args)
+    except Exception as exc:
+        known = errors.user_error(exc)
+        if debug or known is None:
+            traceback.print_exc()
+        if known is None:
+            print(
+                f"{prog}: internal error ({type(exc).__name__}): a bug in mm1, not in your input; "
+                "please report it with the traceback above",
+                file=sys.stderr,
+            )
+            return 1
+        line, code = known
+        print(f"{prog}: error: {line}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from typing import Any
 import yaml
 
 from mm1 import atomic
+from mm1.config.readers import read_yaml
 
 SNAKEFILE = "workflow/Snakefile"
 DEFAULT_CONFIG = "config/default.yaml"  # the Snakefile's base config (it merges preset and study on top)
@@ -170,7 +171,7 @@ def _config_sources(workflow: Any, root: Path) -> tuple[str, ...]:
 def preset_files(name: str, directory: Path) -> list[Path]:
     """The preset's file and those of its bases (``base:``), bases first."""
     path = Path(directory) / f"{name}.yaml"
-    bases = (yaml.safe_load(path.read_text()) or {}).get("base") or []
+    bases = read_yaml(path, "preset file").get("base") or []
     bases = [bases] if isinstance(bases, str) else bases
     return [*(f for base in bases for f in preset_files(base, directory)), path]
 
@@ -230,7 +231,7 @@ class ParamsResolver:
         self.presets = PRESETS_DIR
         known = {k: v for k, v in dag.config.items() if k in RunConfig.model_fields}
         self.resolved = from_dict(known, "snakemake config").model_dump(mode="json")
-        self.files = {f: yaml.safe_load((self.root / f).read_text()) or {} for f in dag.sources}
+        self.files = {f: read_yaml(self.root / f) for f in dag.sources}
         study = self.resolved.get("study") or {}
         self.experiments: dict[str, dict] = study.get("experiments") or {}
         self.stage_overrides: dict[str, dict] = study.get("stages") or {}

@@ -134,9 +134,24 @@ def _nested(overrides: dict[str, Any]) -> dict[str, Any]:
         node = out
         *parents, last = key.split(".")
         for part in parents:
-            node = node.setdefault(part, {})
+            child = node.get(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {key!r}: another override sets {part!r} to a value, not a section")
+            node[part] = node = dict(child)  # a copy: the experiment's own dicts stay as declared
+        if isinstance(node.get(last), dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"override {key!r} replaces a section that other overrides set keys of")
+            value = deep_merge(node[last], value)
         node[last] = value
     return out
+
+
+def check_study(data: dict[str, Any], source: str = "config") -> Study:
+    """Validate a config (as its files hold it: ``study`` included) and every run its study declares:
+    each experiment resolved over the base config, each seed run, each stage's and each ``sft_only``
+    override. Raises one ConfigError listing every failing experiment, each named with its dotted
+    fields ("study.yaml, experiment 'cell'): train.steps: ..."); returns the Study when all are valid."""
+    return Study(data, source)
 
 
 class Study:
@@ -149,44 +164,77 @@ class Study:
         study = self.base.study
         self.overrides: dict[str, dict[str, Any]] = {BASE: {}}
         self.sft_only: dict[str, dict[str, Any]] = {BASE: {}}  # overrides only the SFT stages apply
+        self._seeds: dict[str, list[str]] = {}
+        self._signatures: dict[tuple[str, str], str] = {}
+        problems: list[str] = []  # every experiment is checked; one ConfigError lists them all
         for name, overrides in study.experiments.items():
             rest = {k: v for k, v in overrides.items() if k != SFT_ONLY}
             try:
                 self.overrides[name] = expand(study.common) | expand(rest)
             except ConfigError as exc:
-                raise ConfigError(f"{source}, experiment {name!r}: {exc}") from None
+                problems.append(f"{source}, experiment {name!r}: {exc}")
+                continue
             self.sft_only[name] = _flat(overrides.get(SFT_ONLY, {}))
-            self._check_sft_only(name)
-        self._seeds: dict[str, list[str]] = {}
+            try:
+                self._check_sft_only(name)
+            except ConfigError as exc:
+                problems.append(str(exc))
+        self.names = list(self.overrides)
+        problems += self._problems(self.names)
+        if not problems:  # seed runs need each cell's valid train.seed
+            seed_runs = self._add_seed_runs()
+            self.names += seed_runs
+            problems += self._problems(seed_runs)  # e.g. train.seed + k past its range
+        for stage in study.stages:  # and every stage's own overrides apply
+            try:
+                self._stage_data(stage, BASE)
+            except ConfigError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise ConfigError("\n".join(problems))
+
+    def _add_seed_runs(self) -> list[str]:
+        """Each figure cell's seed runs ``<cell>-s<k>`` (train.seed + k); returns their names."""
+        study, added = self.base.study, []
         most: dict[str, int] = {}  # per cell: the most seeds any figure asks of it
         for spec in study.figures.values():
             for e in spec.experiments:
                 most[e] = max(most.get(e, 1), spec.seeds or study.seeds)
         for exp, n_seeds in most.items():
             self._seeds[exp] = [exp]
-            seed = self.overrides[exp].get("train.seed", self.base.train.seed)
+            seed = self.config(exp).train.seed
             for k in range(1, n_seeds):
                 self.overrides[f"{exp}-s{k}"] = self.overrides[exp] | {"train.seed": seed + k}
                 self.sft_only[f"{exp}-s{k}"] = self.sft_only[exp]
                 self._seeds[exp].append(f"{exp}-s{k}")
-        self.names = list(self.overrides)
-        self._signatures: dict[tuple[str, str], str] = {}
-        for name in self.names:  # every experiment is a valid run as a whole, and so is its SFT
-            self.config(name)
-            for stage in SFT_STAGES if self.sft_only[name] else ():
-                try:
-                    self._stage_data(stage, name)
-                except ConfigError as exc:
-                    raise ConfigError(f"{exc}\n  (with the {SFT_ONLY} overrides of experiment {name!r})") from None
-        for stage in study.stages:  # and every stage's own overrides apply
-            self._stage_data(stage, BASE)
+                added.append(f"{exp}-s{k}")
+        return added
+
+    def _problems(self, names: list[str]) -> list[str]:
+        """The ConfigError of each experiment that is not a valid run as a whole, or whose SFT is not."""
+        out = []
+        for name in names:
+            try:
+                self.config(name)
+                for stage in SFT_STAGES if self.sft_only[name] else ():
+                    try:
+                        self._stage_data(stage, name)
+                    except ConfigError as exc:
+                        raise ConfigError(f"{exc}\n  (with the {SFT_ONLY} overrides of experiment {name!r})") from None
+            except ConfigError as exc:
+                out.append(str(exc))
+        return out
 
     # -- configs -------------------------------------------------------------------------------
     def config(self, exp: str) -> RunConfig:
         """The experiment's whole run: base + all its overrides (its ``sft_only`` ones reach only the SFT
         stages: :meth:`stage_config`)."""
         self._known(exp)
-        data = deep_merge(self.base_data, _nested(self.overrides[exp]))
+        try:
+            nested = _nested(self.overrides[exp])
+        except ConfigError as exc:
+            raise ConfigError(f"{self.source}, experiment {exp!r}: {exc}") from None
+        data = deep_merge(self.base_data, nested)
         return from_dict({**data, "name": exp}, f"{self.source}, experiment {exp!r}")
 
     def _check_sft_only(self, exp: str) -> None:
@@ -204,12 +252,15 @@ class Study:
         spec = STAGES[stage]
         own = {k: v for k, v in self.overrides[exp].items() if _honored(k, spec.honors)}
         extra = self.base.study.stages.get(stage, {})
-        data = deep_merge(deep_merge(self.base_data, _nested(own)), _nested(extra))
-        if stage in SFT_STAGES:
-            sft_only = {k: v for k, v in self.sft_only[exp].items() if _honored(k, spec.honors)}
-            data = deep_merge(data, _nested(sft_only))
+        sft_only = {k: v for k, v in self.sft_only[exp].items() if _honored(k, spec.honors)}
+        where = f"{self.source}, stage {stage} of experiment {exp!r}"
+        try:
+            data = deep_merge(deep_merge(self.base_data, _nested(own)), _nested(extra))
+            data = deep_merge(data, _nested(sft_only)) if stage in SFT_STAGES else data
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
         data["name"] = exp
-        from_dict(data, f"{self.source}, stage {stage} of experiment {exp!r}")
+        from_dict(data, where)
         return data
 
     def stage_config(self, stage: str, exp: str) -> RunConfig:

@@ -364,3 +364,118 @@ def test_render_is_sorted_json_ending_in_newline() -> None:
     assert text.endswith("\n")
     assert json.loads(text) == json_schema()
     assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"
+
+
+# --- strict numbers: no bool, text or non-finite value where a number is meant ------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "field", "fragment"),
+    [
+        ("train.steps=true", "train.steps", "valid integer"),
+        ("train.lr=true", "train.lr", "valid number"),
+        ("train.resume=1", "train.resume", "valid boolean"),
+        ("train.steps='10'", "train.steps", "valid integer"),
+        ("train.steps=10.0", "train.steps", "valid integer"),
+        ("train.lr=.inf", "train.lr", "finite number"),
+        ("train.weight_decay=.inf", "train.weight_decay", "finite number"),
+        ("train.clip_grad=.nan", "train.clip_grad", "finite number"),
+        ("model.decoder.rotary_base=-.inf", "model.decoder.rotary_base", "finite number"),
+        ("eval.shots=[0, true]", "eval.shots.1", "valid integer"),
+        ("train.seed=18446744073709551616", "train.seed", "64-bit integer"),  # 2**64: torch overflowed here
+        ("train.seed=4294967296", "train.seed", "less than or equal to 4294967295"),
+        ("world.seed=-1", "world.seed", "greater than or equal to 0"),
+        ("world.n_captions=9223372036854775808", "world.n_captions", "64-bit integer"),
+    ],
+)
+def test_numbers_are_strict_finite_and_in_range(override: str, field: str, fragment: str) -> None:
+    msg = _error([override])
+    assert f"{field}:" in msg and fragment in msg, msg
+
+
+def test_an_int_fills_a_float_field_and_a_list_a_tuple_field() -> None:
+    cfg = load(None, ["train.lr=1", "eval.shots=[0, 4]", "train.freeze=[encoder]"])
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+    assert cfg.eval.shots == (0, 4) and cfg.train.freeze == ["encoder"]
+
+
+def test_yaml_1_1_exponent_text_still_fills_a_float_field() -> None:
+    # PyYAML (and so Snakemake's --configfile) reads 3e-4 as text; it is still the number 3e-4.
+    assert from_dict({"train": {"lr": "3e-4"}}).train.lr == 3e-4
+    with pytest.raises(ConfigError, match="train.steps"):
+        from_dict({"train": {"steps": "1e3"}})
+
+
+def test_every_seed_limit_is_accepted_by_numpy_torch_and_megatrons_offsets() -> None:
+    import numpy as np
+    import torch
+
+    from mm1.config.base import SEED_MAX
+
+    for path in (("train", "seed"), ("world", "seed"), ("sft", "seed"), ("eval", "seed")):
+        field = RunConfig.model_fields[path[0]].annotation.model_fields[path[1]]
+        limit = next(m.le for m in field.metadata if getattr(m, "le", None) is not None)
+        assert limit == SEED_MAX
+    np.random.seed(SEED_MAX)
+    np.random.default_rng([SEED_MAX, 5, 2**31])
+    torch.manual_seed(SEED_MAX + 2718 + 1024 + 100 * 64 + 64)  # megatron's tp/ep seed offsets
+    with pytest.raises(ConfigError, match="train.seed"):
+        load(None, [f"train.seed={SEED_MAX + 1}"])
+
+
+# --- a study's experiments are validated, every one, naming the experiment and the field -------------
+
+
+def _study(experiments: dict, **study) -> dict:
+    return {"study": {"experiments": experiments, **study}}
+
+
+def test_check_study_lists_every_bad_experiment_with_its_field() -> None:
+    from mm1.study import check_study
+
+    data = _study(
+        {
+            "good": {"train.steps": 50},
+            "bool_steps": {"train.steps": True},
+            "inf_lr": {"train.lr": float("inf")},
+            "typo": {"train.stepz": 3},
+        }
+    )
+    with pytest.raises(ConfigError) as info:
+        check_study(data, "study.yaml")
+    msg = str(info.value)
+    for exp, field in (("bool_steps", "train.steps"), ("inf_lr", "train.lr"), ("typo", "train.stepz")):
+        assert f"experiment {exp!r}" in msg and f"{field}:" in msg, msg
+    assert "'good'" not in msg
+    assert check_study(_study({"good": {"train.steps": 50}}), "study.yaml").config("good").train.steps == 50
+
+
+def test_a_seed_run_past_the_seed_range_is_named() -> None:
+    from mm1.config.base import SEED_MAX
+    from mm1.study import check_study
+
+    data = _study({"cell": {"train.seed": SEED_MAX}}, seeds=2, figures={"f": {"title": "t", "experiments": ["cell"]}})
+    with pytest.raises(ConfigError, match=r"experiment 'cell-s1'(.|\n)*train.seed"):
+        check_study(data, "study.yaml")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"train": 5, "train.steps": 3}, {"train.steps": 3, "train": 5}, {"train.steps.x": 1, "train.steps": 3}],
+)
+def test_conflicting_override_keys_name_the_experiment(overrides: dict) -> None:
+    from mm1.study import check_study
+
+    with pytest.raises(ConfigError, match="experiment 'clash'"):
+        check_study(_study({"clash": overrides}), "study.yaml")
+
+
+def test_a_stage_override_that_breaks_the_config_is_named() -> None:
+    from mm1.study import check_study
+
+    with pytest.raises(ConfigError, match=r"stage sft(.|\n)*train.lr"):
+        check_study(_study({}, stages={"sft": {"train.lr": float("nan")}}), "study.yaml")
+
+
+def test_study_seeds_are_bounded() -> None:
+    assert "study.seeds" in str(pytest.raises(ConfigError, from_dict, {"study": {"seeds": 10**9}}).value)

@@ -14,9 +14,12 @@ import polars as pl
 import pytest
 from PIL import Image
 
+from mm1.config import ConfigError, from_dict
 from mm1.config.data import SourceSpec
 from mm1.data import acquire as acquire_module
-from mm1.data.acquire import AcquireError, ChecksumError, acquire
+from mm1.data import download
+from mm1.data.acquire import AcquireError, acquire
+from mm1.data.download import ChecksumError
 from mm1.data.formats import (
     FormatError,
     UnsafeArchiveError,
@@ -61,7 +64,7 @@ def symlink(name, target):
 def _no_proxy_no_wait(monkeypatch):
     for var in ("no_proxy", "NO_PROXY"):
         monkeypatch.setenv(var, "127.0.0.1,localhost")
-    monkeypatch.setattr(acquire_module, "RETRY_WAITS_S", (0.0, 0.0, 0.0))
+    monkeypatch.setattr(download, "RETRY_WAITS_S", (0.0, 0.0, 0.0))
 
 
 @pytest.fixture
@@ -291,3 +294,22 @@ def test_quarantine_counts_write_and_check(tmp_path):
         {"source": "a", "file": str(tmp_path / "f.tar"), "key": "k1", "reason": "image cannot be decoded"}
     ]
     assert len(pl.read_parquet(Quarantine().write(tmp_path / "empty.parquet"))) == 0
+
+
+@pytest.mark.parametrize(
+    "fmt, role, ok",
+    [
+        ("webdataset", "text", False),
+        ("obelics", "caption", False),
+        ("coco", "sft", False),
+        ("llava", "benchmark", False),
+    ]
+    + [("jsonl", "benchmark", True), ("llava", "sft", True), ("vqa", "benchmark", True)],
+)
+def test_a_role_must_fit_the_format(fmt, role, ok):
+    entry = {"name": "s", "url": "x", "sha256": "0" * 64, "format": fmt, "role": role, "licence": "CC0"}
+    if ok:
+        assert from_dict({"data": {"sources": [entry]}}).data.sources[0].role == role
+    else:
+        with pytest.raises(ConfigError, match=rf"data\.sources\.0\.role: role '{role}' does not fit format '{fmt}'"):
+            from_dict({"data": {"sources": [entry]}})

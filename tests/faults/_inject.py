@@ -7,6 +7,8 @@ Points of the resumable checkpoint of step ``--step`` (:func:`mm1.train.state.sa
     before-data     before megatron writes the model and optimizer shards
     mid-data        in a forked writer process, after its file is written: kills the trainer (its
                     parent); with --orphan the writer lives on and keeps writing (an orphan)
+    in-shard        in a forked writer process, inside a shard's write: half of the shard's bytes
+                    are on disk (the file is cut to half its length), then the kill
     before-rng      before the RNG states are written
     before-rename   before ``step_N.partial`` is renamed to ``step_N`` (the data is all there)
     before-latest   after the rename, before the ``latest`` pointer is updated
@@ -31,7 +33,16 @@ import sys
 import time
 from pathlib import Path
 
-POINTS = ("before-data", "mid-data", "before-rng", "before-rename", "before-latest", "mid-prune", "final-swap")
+POINTS = (
+    "before-data",
+    "mid-data",
+    "in-shard",
+    "before-rng",
+    "before-rename",
+    "before-latest",
+    "mid-prune",
+    "final-swap",
+)
 
 
 def _die(group: bool = True) -> None:
@@ -69,6 +80,9 @@ def plant(point: str, step: int, orphan: bool) -> None:
     real_fsync = os.fsync
 
     def fsync(fd):
+        if point == "in-shard" and armed["on"] and os.getppid() != 1 and os.fstat(fd).st_size > 1:
+            os.ftruncate(fd, os.fstat(fd).st_size // 2)  # what a kill half-way through the write leaves
+            _die()
         real_fsync(fd)
         if point == "mid-data" and armed["on"] and os.getppid() != 1:
             if not orphan:

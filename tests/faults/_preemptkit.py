@@ -8,11 +8,9 @@ stall the workers and look like a hang).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +20,10 @@ from faultkit import wait_for
 from trainkit import TINY
 
 from mm1.train import state
+from mm1.train.preempt import TEST_SIGNAL_ENV
 from mm1.train.trainer import RESUME
 
-STEPS = 24  # the signals land at steps <= STEPS - 11 (test_preempt.draw_points): the job is still running
+STEPS = 24
 LAYOUT = ["parallel.world_size=2", f"train.steps={STEPS}", "train.save_interval=2"]
 KEEP_LAST = 2  # train.keep_last's default
 LAUNCH_TIMEOUT = 300  # s: a "did not hang" limit; a launch takes about 15 s
@@ -37,24 +36,6 @@ def train_cmd(world: dict[str, Path], out: Path) -> list[str]:
     return ["mm1", "train", *inputs, "--out", str(out), *sets]
 
 
-def logged_step(out: Path) -> int:
-    """The last step DVCLive has logged (rank 0, after each step; 0 before the first).
-
-    After a resume it still shows the step the previous launch stopped at until the new launch logs
-    its first step: wait for a step *above* the resume point before signalling. DVCLive rewrites the
-    file in place, so a read may catch it half written: read again.
-    """
-    path = out / "dvclive" / "metrics.json"
-    for _ in range(200):
-        try:
-            return json.loads(path.read_text()).get("step", 0)
-        except FileNotFoundError:
-            return 0
-        except json.JSONDecodeError:
-            time.sleep(0.001)
-    raise AssertionError(f"{path} stayed unreadable for 200 reads")
-
-
 def step_of(path: Path | None) -> int:
     return int(path.name.removeprefix("step_")) if path else 0
 
@@ -62,10 +43,12 @@ def step_of(path: Path | None) -> int:
 class Launch:
     """One launch of a training command in its own process group (what SLURM and terminals signal)."""
 
-    def __init__(self, cmd: list[str], log: Path) -> None:
+    def __init__(self, cmd: list[str], log: Path, signal_at: str | None = None) -> None:
+        """``signal_at``: the trainer raises a signal itself at that point (:class:`~mm1.train.preempt.SignalAt`)."""
         self.log = log
+        env = {**os.environ, TEST_SIGNAL_ENV: signal_at} if signal_at else None
         with log.open("w") as sink:
-            self.proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
     def __enter__(self) -> Launch:
         return self
@@ -101,34 +84,6 @@ class Launch:
             return False
         return True
 
-    def workers(self) -> dict[int, psutil.Process]:
-        """The training processes torchrun started, by rank ({} before they exist)."""
-        found = {}
-        for child in psutil.Process(self.proc.pid).children(recursive=True):
-            try:
-                rank = child.environ().get("RANK")
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-            if rank is not None and "mm1.cli" in child.cmdline():
-                found[int(rank)] = child
-        return found
-
-    def wait_for_step(self, out: Path, step: int) -> int:
-        """Block until rank 0 has logged ``step`` (or a later one); fail if the launch ended first."""
-
-        def reached() -> int:
-            if not self.running():
-                raise AssertionError(
-                    f"the launch ended (exit {self.proc.returncode}) before step {step}\n{self.output()}"
-                )
-            return logged_step(out) >= step
-
-        try:
-            wait_for(reached, LAUNCH_TIMEOUT, f"step {step} to be logged in {out}", poll=0.01)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{self.output()}") from None
-        return logged_step(out)
-
     def wait(self) -> int:
         """The launcher's exit code, once every process of the launch has ended (none left behind)."""
         try:
@@ -144,12 +99,10 @@ class Launch:
 
 @dataclass(frozen=True)
 class Stop:
-    """What one preempted launch left: its exit code, the step it saved, the steps logged around the signal."""
+    """What one preempted launch left: its exit code and the step of its newest complete checkpoint."""
 
     code: int
     saved: int
-    seen: int  # logged just before the signal
-    after: int  # logged just after it
     output: str
 
 
@@ -176,23 +129,15 @@ def saved_ranks(out: Path, step: int) -> list[str]:
     return sorted(p.name for p in (folder / state.RNG).glob("rank_*.pt"))
 
 
-def preempt(launch: Launch, out: Path, step: int, signum: int, jitter: float, pid: int | None = None) -> Stop:
-    """Once ``step`` is logged, wait ``jitter`` s (the signal may land mid-step or mid-save), send
-    ``signum`` to the process group (or to ``pid`` alone), and wait for the launch to end."""
-    launch.wait_for_step(out, step)
-    time.sleep(jitter)
-    seen = logged_step(out)
-    if pid is None:
-        launch.signal_group(signum)
-    else:
-        os.kill(pid, signum)
-    after = logged_step(out)
-    code = launch.wait()
+def preempt(cmd: list[str], log: Path, out: Path, signal_at: str) -> Stop:
+    """Launch ``cmd`` with the trainer raising a signal at ``signal_at``, and wait for it to end."""
+    with Launch(cmd, log, signal_at) as launch:
+        code = launch.wait()
     try:
         saved = checked_resume_folder(out)
     except AssertionError as exc:
         raise AssertionError(f"after exit {code}: {exc}\n{launch.output()}") from None
-    return Stop(code=code, saved=saved, seen=seen, after=after, output=launch.output())
+    return Stop(code=code, saved=saved, output=launch.output())
 
 
 def run_to_end(cmd: list[str], log: Path) -> None:

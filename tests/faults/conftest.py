@@ -31,7 +31,7 @@ settings.register_profile("dev", deadline=None, max_examples=500)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 ITEMS = {
-    1: "preemption (SIGTERM/SIGUSR1, requeue)",
+    1: "preemption (SIGTERM/SIGUSR1/SIGUSR2, requeue)",
     2: "kill -9 during a checkpoint write",
     3: "Snakemake interrupted mid-DAG",
     4: "corrupt inputs",
@@ -39,7 +39,7 @@ ITEMS = {
     6: "untrusted checkpoints",
     7: "config fuzz",
     8: "resource exhaustion",
-    9: "concurrency",
+    9: "concurrency (Snakemake, DVC, output lock)",
 }
 _RESULTS: dict[str, dict] = {}
 

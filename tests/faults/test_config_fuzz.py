@@ -20,8 +20,10 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from mm1.config import ConfigError, RunConfig, from_dict
-from mm1.config.load import read_yaml
-from mm1.study import Study
+from mm1.config.base import _kinds
+from mm1.config.load import parse_override, read_yaml
+from mm1.config.readers import parse_json
+from mm1.study import Study, check_study
 
 pytestmark = pytest.mark.faults(item=7)
 
@@ -168,6 +170,114 @@ def test_yaml_document_fuzz_is_a_config_error_or_a_config(doc: object, tmp_path_
         from_dict(data, "fuzz.yaml")
     except ConfigError as exc:
         assert "fuzz.yaml" in str(exc)
+
+
+def _field(path: tuple[str, ...]):
+    model: type[BaseModel] = RunConfig
+    for part in path[:-1]:
+        model = _section(model.model_fields[part].annotation)  # type: ignore[assignment]
+    return model.model_fields[path[-1]]
+
+
+NUMERIC = [
+    p for p in LEAVES if _kinds(_field(p).annotation) & {int, float} and bool not in _kinds(_field(p).annotation)
+]
+NOT_A_NUMBER = st.sampled_from([True, False, math.inf, -math.inf, math.nan, 2**63, -(2**63) - 1, 2**64, "1", "nan"])
+
+
+def test_the_numeric_walk_finds_the_fields_of_the_issue():
+    for path in (("train", "seed"), ("train", "lr"), ("train", "weight_decay"), ("train", "steps")):
+        assert path in NUMERIC
+    assert ("train", "resume") not in NUMERIC and len(NUMERIC) > 60
+
+
+@settings(max_examples=200)
+@given(path=st.sampled_from(NUMERIC), value=NOT_A_NUMBER)
+def test_a_bool_text_non_finite_or_out_of_range_number_is_refused_naming_the_field(path, value):
+    assert accepted_or_names(mutated(path, value), ".".join(path)) is None, (path, value)
+
+
+@settings(max_examples=100)
+@given(path=st.sampled_from(NUMERIC), value=st.sampled_from(["true", ".inf", "-.inf", ".nan", "010", "'1'", "2**64"]))
+def test_set_with_a_bool_non_finite_or_octal_value_is_refused_naming_the_field(path, value):
+    dotted = ".".join(path)
+    try:
+        keys, parsed = parse_override(f"{dotted}={value}")
+    except ConfigError as exc:  # 010: refused as it is read
+        assert dotted in str(exc) and "leading zero" in str(exc)
+        return
+    assert accepted_or_names(mutated(tuple(keys), parsed), dotted) is None, (dotted, value)
+
+
+# YAML with the format's surprises: duplicate keys, anchors and aliases, leading zeros, deep nesting.
+SURPRISE = st.sampled_from(
+    ["010", "&a 1", "*a", "&b [1, 2]", "<<: *b", ".inf", ".nan", "true", "1e-3", "0x1f", "1:30", "[", "{s: 1, s: 2}"]
+)
+KEYS = st.sampled_from(["train", "steps", "lr", "seed", "study", "experiments", "x"])
+
+
+@st.composite
+def surprising_yaml(draw) -> str:
+    lines, indent = [], 0
+    for _ in range(draw(st.integers(1, 8))):
+        key = draw(KEYS)
+        if draw(st.booleans()):
+            lines.append(" " * indent + f"{key}:")
+            indent += 2
+        else:
+            lines.append(" " * indent + f"{key}: {draw(SURPRISE | st.integers(-3, 300).map(str))}")
+            indent = draw(st.sampled_from(range(0, indent + 1, 2)))
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=150)
+@given(text=surprising_yaml())
+def test_surprising_yaml_is_a_config_error_naming_the_file_or_read_as_written(text: str, tmp_path_factory):
+    path = tmp_path_factory.mktemp("yaml") / "fuzz.yaml"
+    path.write_text(text)
+    try:
+        from_dict(read_yaml(path), "fuzz.yaml")
+    except ConfigError as exc:
+        assert "fuzz.yaml" in str(exc)
+        return
+    for surprise in ("&a", "&b", "*a", ": 010", "{s: 1, s: 2}"):  # these never get through
+        assert surprise not in text, text
+
+
+@settings(max_examples=60)
+@given(levels=st.integers(1, 3000), kinds=st.text(alphabet="[{", min_size=1, max_size=5))
+def test_nesting_of_any_depth_is_read_or_refused_never_a_recursion_error(levels: int, kinds: str, tmp_path_factory):
+    opens = "".join(kinds[i % len(kinds)] for i in range(levels))
+    json_text = '{"train": ' + "".join("[" if c == "[" else '{"a": ' for c in opens) + "1"
+    json_text += "".join("]" if c == "[" else "}" for c in reversed(opens)) + "}"
+    yaml_path = tmp_path_factory.mktemp("deep") / "fuzz.yaml"
+    yaml_path.write_text(json_text)  # JSON is YAML
+    for read in (lambda: read_yaml(yaml_path), lambda: parse_json(json_text, "fuzz.yaml")):
+        try:
+            from_dict(read(), "fuzz.yaml")
+        except ConfigError as exc:
+            assert "fuzz.yaml" in str(exc)
+            assert levels < 30 or "nested" in str(exc), str(exc)
+
+
+# -- the study --------------------------------------------------------------------------------------
+@settings(max_examples=40)
+@given(
+    bad=st.dictionaries(
+        st.sampled_from(["a", "b", "c", "d"]), st.tuples(st.sampled_from(NUMERIC), NOT_A_NUMBER), min_size=1, max_size=3
+    )
+)
+def test_check_study_names_every_bad_experiment_and_its_field(bad: dict):
+    experiments = {name: {".".join(path): value} for name, (path, value) in bad.items() if path[0] != "study"}
+    if not experiments:
+        return
+    with pytest.raises(ConfigError) as info:
+        check_study({"study": {"experiments": {"fine": {"train.steps": 50}, **experiments}}}, "fuzz.yaml")
+    text = str(info.value)
+    for name, overrides in experiments.items():
+        (key,) = overrides
+        assert f"experiment {name!r}" in text and key in text, text
+    assert "'fine'" not in text
 
 
 # -- the study --------------------------------------------------------------------------------------

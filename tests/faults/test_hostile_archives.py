@@ -1,6 +1,9 @@
-"""Item 5 (archives): tar members that could write outside their folder, special files and oversized
-members are refused with UnsafeArchiveError naming the member, both where a webdataset shard is read
-in place and where acquire extracts a coco archive; nothing is written outside the output folder.
+"""Item 5 (archives): tar members that could write outside their folder, links of any kind, special
+files and oversized members are refused with UnsafeArchiveError naming the member, both where a
+webdataset shard is read in place and where acquire extracts a coco archive; nothing is written
+outside the output folder. The cases include the shapes that get through tarfile's own ``data``
+filter on Python 3.11.0-3.11.12 (CVE-2025-4517 and its family), with a control showing that the
+first of them does escape tarfile's filter on this Python.
 Item 8 (one case): a download whose local write fails is not retried as a network error.
 """
 
@@ -11,6 +14,7 @@ import io
 import json
 import os
 import re
+import sys
 import tarfile
 from pathlib import Path
 
@@ -20,6 +24,8 @@ from PIL import Image
 
 from mm1.config.data import SourceSpec
 from mm1.data import acquire as acquire_module
+from mm1.data import download as download_module
+from mm1.data import safe_tar
 from mm1.data.acquire import AcquireError, acquire
 from mm1.data.formats import UnsafeArchiveError, read_caption_shards
 from mm1.data.formats import webdataset as webdataset_module
@@ -54,19 +60,47 @@ def sparse_bomb(name: str, claimed: int) -> tuple[tarfile.TarInfo, bytes]:
     return member, data
 
 
-# case -> the hostile member (a TarInfo, or (TarInfo, data)) added after a good sample
+def pathmax_chain(target: str, payload: bytes = b"evil") -> list:
+    """CVE-2025-4517's shape: folders with 247-character names reached through one-letter symlinks,
+    a symlink whose resolved path passes PATH_MAX (so os.path.realpath stops resolving it and the
+    data filter judges it inside), a symlink ``escape`` that climbs out through it to ``target``,
+    and a file written through ``escape``."""
+    long, steps, items, path = "d" * 247, "abcdefghijklmnop", [], ""
+    for step in steps:
+        items += [info(f"{path}{long}", tarfile.DIRTYPE), info(f"{path}{step}", tarfile.SYMTYPE, long)]
+        path += f"{long}/"
+    deep = "/".join(steps) + "/" + "l" * 254
+    items += [info(deep, tarfile.SYMTYPE, "../" * len(steps)), info("escape", tarfile.SYMTYPE, f"{deep}/{target}")]
+    return [*items, (info("escape/k9.txt", size=len(payload)), payload)]
+
+
+# case -> the hostile member(s) (TarInfo, or (TarInfo, data)) added after a good sample; the first
+# that is not a folder is the one refused
 SPECIAL = {
     "chrdev": info("k9.png", tarfile.CHRTYPE),
     "blkdev": info("k9.png", tarfile.BLKTYPE),
     "fifo": info("k9.txt", tarfile.FIFOTYPE),
     "dotslash-dotdot": (info("./../evil.txt", size=4), b"evil"),
+    "dotdot-deep": (info("k9/../../evil.txt", size=4), b"evil"),
+    "absolute": (info("/tmp/mm1-evil.txt", size=4), b"evil"),
+    "drive": (info("C:/evil.txt", size=4), b"evil"),
+    "backslash": (info("..\\evil.txt", size=4), b"evil"),
     "symlink-chain-outside": [info("k9a.txt", tarfile.SYMTYPE, "k9b.txt"), info("k9b.txt", tarfile.SYMTYPE, "../evil")],
     "symlink-via-dir-outside": [info("d", tarfile.DIRTYPE), info("k9.txt", tarfile.SYMTYPE, "d/../../evil")],
+    "symlink-pathmax-chain": pathmax_chain("../../../.."),  # CVE-2025-4517
+    "hardlink-to-symlink-outside": [  # CVE-2025-4138 / 4330: the hardlink resolves through the symlink
+        info("k9s.txt", tarfile.SYMTYPE, "../evil"),
+        info("k9.txt", tarfile.LNKTYPE, "k9s.txt"),
+    ],
+    "symlink-named-like-a-parent": [  # CVE-2024-12718 / 2025-4435: a later member is written through it
+        info("k9", tarfile.SYMTYPE, ".."),
+        (info("k9/evil.txt", size=4), b"evil"),
+    ],
+    "symlink-inside": info("k9.txt", tarfile.SYMTYPE, "k0.txt"),  # harmless, still a link: refused
     "hardlink-absolute": info("k9.txt", tarfile.LNKTYPE, "/etc/passwd"),
     "hardlink-dotdot": info("k9.txt", tarfile.LNKTYPE, "../evil"),
     "sparse-bomb": sparse_bomb("k9.png", 1 << 40),
 }
-REFUSED = {"chrdev": "k9.png", "blkdev": "k9.png", "fifo": "k9.txt", "dotslash-dotdot": "./../evil.txt"}
 
 
 def hostile_tar(path: Path, case: str | None, before: list[tuple[str, bytes]]) -> Path:
@@ -81,9 +115,9 @@ def hostile_tar(path: Path, case: str | None, before: list[tuple[str, bytes]]) -
 
 
 def refused_name(case: str) -> str:
-    hostile = SPECIAL[case]
-    first = hostile[-1] if isinstance(hostile, list) else hostile
-    return (first[0] if isinstance(first, tuple) else first).name
+    hostile = SPECIAL[case] if isinstance(SPECIAL[case], list) else [SPECIAL[case]]
+    members = [item[0] if isinstance(item, tuple) else item for item in hostile]
+    return next(m.name for m in members if not m.isdir())
 
 
 def files_outside(tmp_path: Path, out: Path) -> set[Path]:
@@ -106,7 +140,7 @@ def coco_json() -> bytes:
 
 def spec(name: str, path: Path, fmt: str) -> SourceSpec:
     role = "caption" if fmt == "webdataset" else "benchmark"
-    sha = acquire_module.sha256_file(path)
+    sha = download_module.sha256_file(path)
     return SourceSpec(name=name, url=str(path), sha256=sha, format=fmt, role=role, licence="CC0-1.0")
 
 
@@ -125,6 +159,27 @@ def test_special_members_are_refused_by_acquire_and_nothing_lands_outside(tmp_pa
     assert files_outside(tmp_path, out) == before
     assert not [p for p in out.rglob("*") if "extract" in p.name]  # no half-extracted folder left
     assert not (out / "manifest.parquet").exists()
+
+
+def test_the_pathmax_chain_escapes_tarfiles_own_filter_on_this_python_and_mm1_refuses_it(tmp_path):
+    """The control: tarfile's ``data`` filter alone (up to Python 3.11.12) extracts this archive's
+    file four folders above the destination; mm1's extraction refuses it and writes nothing."""
+    landed = {}
+    for who in ("tarfile", "mm1"):
+        dest = tmp_path / who / "a" / "b" / "c" / "dest"
+        dest.mkdir(parents=True)
+        path = hostile_tar(tmp_path / who / "chain.tar", "symlink-pathmax-chain", [])
+        if who == "tarfile":
+            with tarfile.open(path) as tar:
+                try:
+                    tar.extractall(dest, filter="data")
+                except tarfile.FilterError:  # a patched Python
+                    pass
+        else:
+            with pytest.raises(UnsafeArchiveError, match=r"unsafe tar member 'a' refused: it is a symbolic link"):
+                safe_tar.extract(path, dest, 1 << 20, "a test limit")
+        landed[who] = (tmp_path / who / "k9.txt").exists()
+    assert landed == {"tarfile": sys.version_info < (3, 11, 13), "mm1": False}
 
 
 def test_a_shard_member_over_the_size_limit_is_refused_before_it_is_read(tmp_path, monkeypatch):
@@ -195,8 +250,8 @@ def test_a_write_error_while_downloading_fails_at_once_naming_the_file(tmp_path,
             return FailingWrites(Path(path), code)
         return open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(acquire_module, "open", fake_open, raising=False)
-    monkeypatch.setattr(acquire_module.time, "sleep", waits.append)
+    monkeypatch.setattr(download_module, "open", fake_open, raising=False)
+    monkeypatch.setattr(download_module.time, "sleep", waits.append)
     out = tmp_path / "out"
     src = text_source(source)
     with pytest.raises(AcquireError) as e:
@@ -214,7 +269,7 @@ def text_source(path: Path) -> SourceSpec:
     return SourceSpec(
         name="text",
         url=str(path),
-        sha256=acquire_module.sha256_file(path),
+        sha256=download_module.sha256_file(path),
         format="jsonl",
         role="text",
         licence="CC0-1.0",
@@ -234,7 +289,7 @@ def test_a_download_bigger_than_the_free_space_fails_at_once(tmp_path, tiny_fs, 
     source = tmp_path / "corpus.jsonl"
     source.write_bytes(b'{"id": "d0", "text": "a document"}\n' * 20_000)  # 700 KB > 256 KiB
     waits = []
-    monkeypatch.setattr(acquire_module.time, "sleep", waits.append)
+    monkeypatch.setattr(download_module.time, "sleep", waits.append)
     src = text_source(source)
     with pytest.raises(AcquireError, match=r"corpus\.jsonl\.partial \(No space left on device; \d+ bytes free"):
         acquire([src], tiny_fs / "out", 1.0)

@@ -106,6 +106,7 @@ def weights(ckpt: Path) -> dict[str, torch.Tensor]:
 EXPECT = {
     "before-data": ([1, 2], 2),
     "mid-data": ([1, 2], 2),
+    "in-shard": ([1, 2], 2),  # a shard half written: its checkpoint is not complete
     "before-rename": ([1, 2], 2),
     "before-latest": ([1, 2, 3], 3),  # complete once renamed: the folders decide, not the pointer
     "mid-prune": ([2, 3], 3),  # step 1 was being deleted: gone from the list, not half there
@@ -118,6 +119,10 @@ def test_kill_at_point_resumes_from_the_previous_checkpoint(world, reference, tm
     code, output = kill_at(world, out, point)
     assert code == -signal.SIGKILL, output[-3000:]
     resume = out / "resume"
+    if point == "in-shard":  # the kill left a shard of step 3 cut short
+        partial, whole = resume / f"step_000003{state.PARTIAL}", reference / "resume" / "step_000003"
+        cut = [p.name for p in partial.glob("*.distcp") if p.stat().st_size < (whole / p.name).stat().st_size]
+        assert cut, f"no shard cut short in {partial}: {sorted(partial.glob('*'))}"
     steps, resumed_from = EXPECT[point]
     assert check_complete_checkpoints(resume, reference) == steps, sorted(p.name for p in resume.iterdir())
     assert state.latest(resume) == state.step_dir(resume, resumed_from)

@@ -1,11 +1,14 @@
 """Issue 10, item 1: preemption of a 2-process training job, and its requeue.
 
-SIGTERM (SLURM's preemption, ``scancel``) or SIGUSR1 (``--signal=USR1@120``) reaches the job at
-seeded points -- just after a step, or a few ms to 300 ms later, mid-step or mid-save. Every time
-the job must finish the step, save a resumable checkpoint and exit 75 (requeue me); the requeued job
-(the same command again) resumes from it, and in the end the loss curve is the uninterrupted one,
-bit for bit. A signal to one rank alone stops every rank after the same step; a signal during
-start-up, before the first step, loses nothing.
+SIGTERM (SLURM's preemption, ``scancel``), SIGUSR1 (``--signal=USR1@120``) or SIGUSR2 (submitit)
+reaches the job at seeded points -- inside a step, or as a save begins. The trainer raises the
+signal itself at that point (:class:`~mm1.train.preempt.SignalAt`, to the launch's process group as
+SLURM would), so a loaded machine changes how long a case takes, never where the signal lands.
+Every time the job must finish the step, save a resumable checkpoint and exit 75 (requeue me); the
+requeued job (the same command again) resumes from it, and in the end the loss curve is the
+uninterrupted one, bit for bit. A signal to one rank alone stops every rank after the same step; a
+signal during start-up, before the first step, loses nothing. And (item 2) a ``kill -9`` of one
+rank while the job saves leaves the newest complete checkpoint to resume from, on the same curve.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from _preemptkit import (
     saved_ranks,
     train_cmd,
 )
-from faultkit import DataLost, assert_intact, snapshot, wait_for
+from faultkit import DataLost, assert_intact, snapshot
 
 from mm1.train import state
 from mm1.train.preempt import REQUEUE_EXIT
@@ -40,31 +43,42 @@ pytestmark = [pytest.mark.faults(item=1), pytest.mark.slow, pytest.mark.multipro
 
 SEED = 10
 POINTS = 5  # preemptions of one job: 6 launches
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-MAX_JITTER = 0.3  # s after the step is logged; a tiny step takes 0.06-0.1 s, a save 0.1-0.2 s
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+SAVE_INTERVAL = 2  # _preemptkit.LAYOUT
 
 
 @dataclass(frozen=True)
 class Point:
-    step: int  # signal once this step is logged ...
+    where: str  # "step": inside step ``step``; "save": as the save after step ``step`` begins
+    step: int
     signum: int
-    jitter: float  # ... and this many seconds have passed
 
     def __str__(self) -> str:
-        return f"{signal.Signals(self.signum).name} {self.jitter * 1000:.0f} ms after step {self.step}"
+        return f"{signal.Signals(self.signum).name} inside {self.where} {self.step}"
+
+    @property
+    def spec(self) -> str:  # MM1_TEST_SIGNAL_AT: rank 0 sends it to the launch's process group
+        return f"{self.where}:{self.step}:{signal.Signals(self.signum).name}"
+
+    @property
+    def saves(self) -> int:
+        """The step the job saves and stops after: the step the signal came in, or, when it came as
+        the save of a step began (that step's stop check was over), the next one."""
+        return self.step + (self.where == "save")
 
 
 def draw_points(seed: int, n: int) -> list[Point]:
-    """``n`` distinct steps (far enough from the end that the job is still running), each with a
-    signal -- SIGTERM and SIGUSR1 both among them -- and a jitter."""
+    """``n`` points at increasing save steps (even), each inside that step or as its save begins,
+    or inside the step after it; SIGTERM, SIGUSR1 and SIGUSR2 all among them."""
     rng = random.Random(seed)
-    # 10 steps (0.6-1 s) before the end at least: the jitter, the polling of the logged step and a
-    # loaded machine must not let the job finish before the signal lands
-    steps = sorted(rng.sample(range(2, STEPS - 10), n))
-    signums = [rng.choice(SIGNALS) for _ in steps]
-    if len(set(signums)) < len(SIGNALS):  # the draw missed one: put it in at a drawn place
-        signums[rng.randrange(n)] = next(s for s in SIGNALS if s not in signums)
-    return [Point(step, signum, rng.uniform(0, MAX_JITTER)) for step, signum in zip(steps, signums, strict=True)]
+    evens = sorted(rng.sample(range(SAVE_INTERVAL, STEPS - 3, SAVE_INTERVAL), n))
+    wheres = [rng.choice(("step", "save")) for _ in evens]
+    steps = [even + (where == "step" and rng.random() < 0.5) for even, where in zip(evens, wheres, strict=True)]
+    signums = [rng.choice(SIGNALS) for _ in evens]
+    for missing in [s for s in SIGNALS if s not in signums]:  # the draw missed one: put it in at a drawn place
+        free = [i for i, s in enumerate(signums) if signums.count(s) > 1]
+        signums[rng.choice(free)] = missing
+    return [Point(w, s, sig) for w, s, sig in zip(wheres, steps, signums, strict=True)]
 
 
 @pytest.fixture(scope="module")
@@ -99,49 +113,43 @@ class OneRankJob:
 
 
 def _startup_signals(cmd: list[str], out: Path, logs: Path, rng: random.Random) -> list[StartupSignal]:
-    """Signal two launches while they start: the launcher and torchrun starting (up to 1 s in), and
-    the workers importing torch and megatron (up to 0.5 s after both exist); both die before step 1."""
-
-    def launcher(launch: Launch) -> None:
-        time.sleep(rng.uniform(0.1, 1.0))
-
-    def workers(launch: Launch) -> None:
-        wait_for(lambda: len(launch.workers()) == 2 or not launch.running(), 120, "torchrun to start 2 workers")
-        time.sleep(rng.uniform(0, 0.5))
-
+    """Signal two launches while they start: the launcher and torchrun starting (0.1 to 1 s in, long
+    before a worker can import torch; a loaded machine only makes it earlier in the start-up), and a
+    worker entering training, before its signal handlers (rank 0 raises it to the launch's group)."""
     found = []
-    for n, when in enumerate((launcher, workers), start=1):
+    for n, when in enumerate(("launcher", "workers"), start=1):
         before = snapshot(out)
         signum = rng.choice(SIGNALS)
-        with Launch(cmd, logs / f"startup{n}.log") as launch:
-            when(launch)
-            sent = launch.running() and launch.signal_group(signum)
+        spec = f"start:0:{signal.Signals(signum).name}" if when == "workers" else None
+        with Launch(cmd, logs / f"startup{n}.log", spec) as launch:
+            if when == "launcher":
+                time.sleep(rng.uniform(0.1, 1.0))
+                sent = launch.running() and launch.signal_group(signum)
+            else:
+                sent = True
             code = launch.wait()
         try:
-            assert_intact(out, before, f"{signal.Signals(signum).name} during the start-up of the {when.__name__}")
+            assert_intact(out, before, f"{signal.Signals(signum).name} during the start-up of the {when}")
             lost = None
         except DataLost as exc:
             lost = str(exc)
-        found.append(
-            StartupSignal(signum, when.__name__, sent, code, lost, checked_resume_folder(out), launch.output())
-        )
+        found.append(StartupSignal(signum, when, sent, code, lost, checked_resume_folder(out), launch.output()))
     return found
 
 
 @pytest.fixture(scope="module")
 def one_rank_job(world, tmp_path_factory) -> OneRankJob:
-    """SIGUSR1 to the rank-1 worker alone at a seeded step; the requeued job is signalled twice while
-    it starts; the next launch runs to the end. (Both tests below read it: one job, fewer launches.)"""
+    """SIGUSR1 to the rank-1 worker alone inside a seeded step; the requeued job is signalled twice
+    while it starts; the next launch runs to the end. (Both tests below read it: one job, fewer launches.)"""
     base = tmp_path_factory.mktemp("one-rank")
     out = base / "job"
     cmd = train_cmd(world, out)
     rng = random.Random(SEED + 1)
-    with Launch(cmd, base / "launch1.log") as launch:
-        launch.wait_for_step(out, 1)
-        rank1 = launch.workers()[1].pid
-        stop = preempt(launch, out, rng.randrange(3, 10), signal.SIGUSR1, rng.uniform(0, MAX_JITTER), pid=rank1)
+    at = rng.randrange(3, 10)
+    stop = preempt(cmd, base / "launch1.log", out, f"step:{at}:SIGUSR1:1:self")
     folder = state.step_dir(out / RESUME, stop.saved)
     saved = {
+        "at": at,
         "ranks": saved_ranks(out, stop.saved),
         "step": json.loads((folder / state.STATE).read_text())["step"] if folder.is_dir() else None,
         "rows": pl.read_csv(folder / state.METRICS)["step"].to_list() if folder.is_dir() else [],
@@ -162,16 +170,10 @@ def test_seeded_preemptions_repeat_the_uninterrupted_curve(world, reference, tmp
     cmd = train_cmd(world, out)
     resume = 0
     for n, point in enumerate(draw_points(SEED, POINTS), start=1):
-        # After a resume DVCLive still shows the step the last launch stopped at: wait for a later one,
-        # or the signal lands during start-up (test_signal_during_startup_loses_nothing).
-        with Launch(cmd, tmp_path / f"launch{n}.log") as launch:
-            stop = preempt(launch, out, max(point.step, resume + 1), point.signum, point.jitter)
-        what = f"launch {n} ({point}; logged step {stop.seen} at the signal)"
+        stop = preempt(cmd, tmp_path / f"launch{n}.log", out, point.spec)
+        what = f"launch {n} ({point})"
         assert stop.code == REQUEUE_EXIT, f"{what}: exit {stop.code}, not {REQUEUE_EXIT}\n{stop.output}"
-        assert stop.seen <= stop.saved <= stop.after + 1, (
-            f"{what}: saved step {stop.saved}; it must stop after the step in progress\n{stop.output}"
-        )
-        assert stop.saved > resume, f"{what}: made no progress past step {resume}"
+        assert stop.saved == point.saves, f"{what}: saved step {stop.saved}, not {point.saves}\n{stop.output}"
         assert not (out / "metrics.csv").exists(), f"{what}: wrote the final metrics of an unfinished run"
         resume = stop.saved
 
@@ -185,9 +187,7 @@ def test_signal_to_one_rank_stops_every_rank_after_the_same_step(one_rank_job, r
     job, stop = one_rank_job, one_rank_job.stop
     # Exit 75 comes from rank 0: it stopped after a step too, it was not ended by torchrun.
     assert stop.code == REQUEUE_EXIT, f"exit {stop.code}, not {REQUEUE_EXIT}\n{stop.output}"
-    # Rank 1 may be waiting in the step's agreement, its "no signal" already sent, while rank 0 still
-    # logs that step: then both stop after the next one (a signal to the group reaches rank 0 too: +1).
-    assert stop.seen <= stop.saved <= stop.after + 2, f"saved step {stop.saved} after step {stop.seen}\n{stop.output}"
+    assert stop.saved == job.saved["at"], f"saved step {stop.saved}; signalled in step {job.saved['at']}\n{stop.output}"
     saved = state.step_dir(job.out / RESUME, stop.saved)
     assert job.saved["ranks"] == ["rank_00000.pt", "rank_00001.pt"], f"{saved}: not saved by both ranks"
     assert job.saved["step"] == stop.saved, f"{saved}/{state.STATE}: step {job.saved['step']}"
@@ -216,3 +216,23 @@ def test_signal_during_startup_loses_nothing(one_rank_job, reference):
     assert job.final_code == 0, f"the requeued run failed (exit {job.final_code})\n{job.final_output}"
     assert_same_curve(job.out, reference)
     assert resumed_from(job.out) == str(state.step_dir(job.out / RESUME, job.stop.saved))
+
+
+@pytest.mark.faults(item=2)
+def test_kill_9_of_one_rank_as_a_save_begins_resumes_from_the_newest_complete_checkpoint(world, reference, tmp_path):
+    """Rank 1 SIGKILLs itself as the save of step 6 begins, while rank 0 is inside it: the job fails
+    (not 75: nothing was saved), no partial checkpoint counts, and the next launch resumes from step 4
+    and ends on the uninterrupted curve."""
+    out = tmp_path / "job"
+    cmd = train_cmd(world, out)
+    with Launch(cmd, tmp_path / "killed.log", "save:6:SIGKILL:1:self") as launch:
+        code = launch.wait()
+    assert code not in (0, REQUEUE_EXIT), f"exit {code}\n{launch.output()}"
+    assert "SIGKILL" in launch.output() or "-9" in launch.output(), launch.output()
+    resume = out / RESUME
+    assert [p.name for p in state.complete(resume)] == ["step_000002", "step_000004"], sorted(resume.iterdir())
+    assert state.latest(resume) == state.step_dir(resume, 4)
+
+    run_to_end(cmd, tmp_path / "rerun.log")
+    assert_same_curve(out, reference)
+    assert resumed_from(out) == str(state.step_dir(resume, 4))

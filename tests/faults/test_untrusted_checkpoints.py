@@ -35,7 +35,7 @@ from mm1.data.tokenizer import TextTokenizer
 from mm1.models.mm1_model import MM1Model
 from mm1.models.size import optimizer_hparams
 from mm1.parallel.setup import distributed
-from mm1.train import checkpoint, safe_load, state
+from mm1.train import checkpoint, checksums, safe_load, state
 from mm1.train.optim import build_optimizer, wrap_ddp
 from mm1.train.safe_load import UnsafeCheckpointError
 from mm1.train.trainer import _facts, build, train
@@ -124,10 +124,15 @@ PLANT: dict[str, Callable[[Path, Path], Path]] = {
 
 
 def planted(src: Path, dst: Path, place: str) -> tuple[Path, Path]:
-    """A copy of checkpoint ``src`` at ``dst`` with a payload in ``place``: (the file, the marker)."""
+    """A copy of checkpoint ``src`` at ``dst`` with a payload in ``place``: (the file, the marker).
+
+    The copy's checksums are recorded again after the planting: a crafted checkpoint carries a manifest
+    that matches it (a checksum is no signature), so the unpickling checks must refuse it on their own."""
     shutil.copytree(src, dst)
     marker = dst.parent / f"marker-{place}"
-    return PLANT[place](dst, marker), marker
+    file = PLANT[place](dst, marker)
+    checksums.seal(dst)
+    return file, marker
 
 
 def refused(excinfo, file: Path) -> None:
@@ -195,6 +200,7 @@ def test_link_out_of_the_folder_and_item_outside_it_are_refused(run, tmp_path):
     metadata = safe_load.read_metadata(ckpt / ".metadata")
     next(iter(metadata.storage_data.values())).relative_path = "../elsewhere.pt"
     _dump_metadata(ckpt, metadata)
+    checksums.seal(ckpt)
     with pytest.raises(UnsafeCheckpointError, match=r"stored at '../elsewhere.pt', outside the checkpoint folder"):
         safe_load.verify(ckpt)
 
@@ -220,6 +226,7 @@ def test_a_payload_in_one_ranks_rng_file_stops_every_rank(run, tmp_path):
     rng = ckpt / state.RNG
     shutil.copy(rng / "rank_00000.pt", rng / "rank_00001.pt")
     torch.save(Payload(tmp_path / "marker"), rng / "rank_00001.pt")
+    checksums.seal(ckpt)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -277,6 +284,7 @@ def test_verify_accepts_every_checkpoint_mm1_writes(run, world, tmp_path):
     assert torch.load(run / "resume" / STEP / state.RNG / "rank_00000.pt", weights_only=True)["format"] == 2
     with pytest.raises(UnsafeCheckpointError, match=rf"extra\.pt: .*{MKDIR}"):  # any *.pt in the folder
         torch.save(Payload(tmp_path / "marker"), tmp_path / "moe" / "extra.pt")
+        checksums.seal(tmp_path / "moe")
         safe_load.verify(tmp_path / "moe")
     assert not (tmp_path / "marker").exists()
 
@@ -308,10 +316,12 @@ def test_rng_file_of_the_old_format_restarts_from_the_seed_without_unpickling_it
     old = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
     (tmp_path / state.RNG).mkdir()
     torch.save(old, tmp_path / state.RNG / "rank_00000.pt")
+    checksums.seal(tmp_path)
     safe_load.verify(tmp_path)  # numpy's legacy ndarray: let through, never unpickled
     with pytest.warns(UserWarning, match="older format"):
         assert state._read_rng(tmp_path / state.RNG / "rank_00000.pt") is None
     torch.save({**old, "payload": Payload(tmp_path / "marker")}, tmp_path / state.RNG / "rank_00000.pt")
+    checksums.seal(tmp_path)
     with pytest.raises(UnsafeCheckpointError, match=MKDIR):  # but nothing else
         safe_load.verify(tmp_path)
     assert not (tmp_path / "marker").exists()

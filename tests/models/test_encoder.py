@@ -15,7 +15,7 @@ from mm1.models.encoder import build_encoder, interpolate_position_embeddings
 from mm1.models.megatron_config import Layout
 from mm1.models.mm1_model import MM1Model
 from mm1.parallel.setup import distributed
-from mm1.train import checkpoint
+from mm1.train import checkpoint, checksums
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -161,6 +161,7 @@ def test_position_embeddings_that_disagree_with_model_json_are_refused(tmp_path)
     _save(cfg, tmp_path / "ckpt")
     meta = tmp_path / "ckpt" / "model.json"
     meta.write_text(meta.read_text().replace('"image_size": 32', '"image_size": 40'))
+    checksums.seal(tmp_path / "ckpt")  # the edited model.json, its checksums recorded again
     with pytest.raises(ValueError, match=r"encoder.position_embeddings.weight: the checkpoint holds shape \(64, 16\)"):
         _load(_config(48), tmp_path / "ckpt")
 

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import polars as pl
@@ -16,7 +15,7 @@ import pytest
 from trainkit import TINY, tiny
 
 from mm1.train import state
-from mm1.train.preempt import REQUEUE_EXIT, Preempted, StopSignals, TrainJob
+from mm1.train.preempt import REQUEUE_EXIT, TEST_SIGNAL_ENV, Preempted, SignalAt, StopSignals, TrainJob
 from mm1.train.trainer import train
 
 MM1 = ["mm1"]  # the launcher waits through the signal (preempt.run_supervised) and returns 75
@@ -27,30 +26,21 @@ def train_args(world, out: Path, *overrides: str) -> list[str]:
     return ["train", "--packed", str(world["packed"]), "--tokenizer", str(world["tokenizer"]), "--out", str(out), *sets]
 
 
-def logged_step(out: Path) -> int:
-    """The last step DVCLive has logged (0 before the first)."""
-    try:
-        return json.loads((out / "dvclive" / "metrics.json").read_text())["step"]
-    except (FileNotFoundError, json.JSONDecodeError, KeyError):
-        return 0
-
-
 def run_to_end(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 
 
-def preempt_at(cmd: list[str], out: Path, step: int, timeout: int = 300) -> tuple[int, str]:
-    """Start ``cmd`` in its own process group; SIGTERM the group once ``step`` is logged."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    deadline = time.monotonic() + timeout
+def preempt_at(cmd: list[str], step: int, timeout: int = 300) -> tuple[int, str]:
+    """Run ``cmd`` in its own process group; the trainer SIGTERMs the group from inside ``step``
+    (:class:`~mm1.train.preempt.SignalAt`): what SLURM and terminals do, at a point no clock decides."""
+    env = {**os.environ, TEST_SIGNAL_ENV: f"step:{step}:SIGTERM"}
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env
+    )
     try:
-        while logged_step(out) < step and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)  # what SLURM and terminals do: the whole group
-        output, _ = proc.communicate(timeout=max(deadline - time.monotonic(), 1))
+        output, _ = proc.communicate(timeout=timeout)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -97,10 +87,10 @@ def test_sigterm_to_two_process_run_saves_and_resume_repeats_the_curve(world, tm
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     run_to_end(["mm1", *train_args(world, whole, *layout)])  # uninterrupted
 
-    code, output = preempt_at([*MM1, *train_args(world, parts, *layout)], parts, step=3)
+    code, output = preempt_at([*MM1, *train_args(world, parts, *layout)], step=3)
     assert code == REQUEUE_EXIT, output[-3000:]
     saved = state.latest(parts / "resume")
-    assert saved is not None and 3 <= int(saved.name.removeprefix("step_")) < 20, output[-3000:]
+    assert saved == state.step_dir(parts / "resume", 3), output[-3000:]  # the step the signal came in
     assert not (parts / "metrics.csv").exists()
 
     run_to_end([*MM1, *train_args(world, parts, *layout)])
@@ -117,12 +107,33 @@ def test_sigterm_to_single_process_run_exits_for_requeue(world, tmp_path):
     # The signal reaches every process of the group, the checkpoint writer's helper process too
     # (started by the save at step 2): the save it asks for must still succeed.
     cmd = ["mm1", *train_args(world, tmp_path, "train.steps=20", "train.save_interval=2")]
-    code, output = preempt_at(cmd, tmp_path, step=3)  # no torchrun: the trainer itself exits 75
+    code, output = preempt_at(cmd, step=3)  # no torchrun: the trainer itself exits 75
     assert code == REQUEUE_EXIT, output[-3000:]
-    saved = state.latest(tmp_path / "resume")
-    assert saved is not None and int(saved.name.removeprefix("step_")) >= 3, output[-3000:]
+    assert state.latest(tmp_path / "resume") == state.step_dir(tmp_path / "resume", 3), output[-3000:]
     run_to_end(cmd)
     assert pl.read_csv(tmp_path / "metrics.csv")["step"].to_list() == list(range(1, 21))
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["step:3", "step:x:SIGTERM", "stop:3:SIGTERM", "step:3:SIGFOO", "step:3:SIGTERM:0:all", "a:1:SIGTERM:0:self:x"],
+)
+def test_a_malformed_signal_hook_is_refused_naming_the_variable(monkeypatch, spec):
+    monkeypatch.setenv(TEST_SIGNAL_ENV, spec)
+    with pytest.raises(ValueError, match=f"{TEST_SIGNAL_ENV}=.*POINT:STEP:SIGNAL"):
+        SignalAt.from_env()
+
+
+def test_the_signal_hook_fires_at_its_point_step_and_rank_only(monkeypatch):
+    monkeypatch.setenv(TEST_SIGNAL_ENV, "save:4:SIGUSR2:1:self")
+    hook = SignalAt.from_env()
+    assert hook == SignalAt("save", 4, signal.SIGUSR2, 1, "self")
+    with StopSignals() as stop:
+        for point, step, rank in [("step", 4, 1), ("save", 3, 1), ("save", 4, 0), ("start", 0, 1)]:
+            hook(point, step, rank)
+        assert stop.signum is None
+        hook("save", 4, 1)
+        assert stop.received == [signal.SIGUSR2]
 
 
 def test_train_job_checkpoint_requeues_a_resuming_training(world, tmp_path):

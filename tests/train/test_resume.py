@@ -4,7 +4,10 @@ DVCLive history hold every step once."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -15,7 +18,7 @@ from trainkit import tiny
 
 from mm1.config import ParallelConfig
 from mm1.parallel.setup import distributed
-from mm1.train import state
+from mm1.train import checkpoint, state
 from mm1.train.preempt import REQUEUE_EXIT, Preempted
 from mm1.train.trainer import train
 
@@ -127,3 +130,68 @@ def test_moe_run_logs_aux_losses_and_expert_load(world, tmp_path):
         values = metrics[column].to_list()
         assert len(values) == 2 and all(v > 0 for v in values), (column, values)
     assert all(v >= 1 for v in metrics["moe_load_imbalance"])  # largest expert's share / the mean share
+
+
+# --- a failed save names its real cause ---------------------------------------------------------------
+
+
+def _write_error(tmp: Path, error: BaseException, intact: str = "the newest complete checkpoint X is intact") -> str:
+    with pytest.raises(checkpoint.CheckpointWriteError) as excinfo:
+        checkpoint.agree(error, tmp, "checkpoint step 4", intact)
+    message = str(excinfo.value)
+    assert "nan" not in message and "\n" not in message, message
+    return message
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+def test_a_full_disk_or_quota_says_free_space_with_the_free_mib(tmp_path, code):
+    (tmp_path / "step_000004.partial").mkdir()
+    message = _write_error(tmp_path / "step_000004.partial", OSError(code, os.strerror(code)))
+    assert f"{os.strerror(code)} (" in message and " MiB free on the file system of " in message, message
+    assert "X is intact; free some space (or lower train.keep_last)" in message, message
+    assert not (tmp_path / "step_000004.partial").exists()
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES, errno.EIO])
+def test_other_write_errors_never_say_free_space(tmp_path, code):
+    message = _write_error(tmp_path / "step_000004.partial", OSError(code, os.strerror(code)))
+    assert os.strerror(code) in message and "X is intact" in message, message
+    assert "free some space" not in message and "MiB free" not in message, message
+    assert ("writable" in message) == (code != errno.EIO), message
+
+
+def test_a_vanished_output_folder_is_named_as_another_process_not_a_full_disk(tmp_path):
+    resume = tmp_path / "resume"
+    (resume / "step_000004.partial").mkdir(parents=True)
+    message = _write_error(resume / "step_000004.partial", OSError(errno.ENOENT, os.strerror(errno.ENOENT)))
+    assert "X is intact" in message, message  # only the partial folder went: what the rest holds is known
+    assert f"the folder {resume / 'step_000004.partial'} disappeared" in message, message
+    shutil.rmtree(resume)
+    wrapped = RuntimeError("rank 0: FileNotFoundError('[Errno 2] No such file or directory: ...')")  # as megatron's
+    message = _write_error(resume / "step_000004.partial", wrapped, intact="there is no earlier checkpoint")
+    assert f"the folder {resume} disappeared while the checkpoint was written" in message, message
+    assert "another mm1 run on the same --out?" in message, message
+    assert "no earlier checkpoint" not in message and "free some space" not in message, message
+
+
+def test_a_resume_folder_moved_away_during_a_save_is_reported_as_such(world, tmp_path, monkeypatch):
+    """What a second run on the same --out did to the first (issue 21): its resume/ moved aside while the
+    first was saving. The error says so -- not "nan MiB free", "no earlier checkpoint", "free some space"."""
+    out = tmp_path / "run"
+    real_save = state.dist_checkpointing.save
+
+    def save(sharded, path, *args, **kwargs):
+        result = real_save(sharded, path, *args, **kwargs)
+        if Path(path).name == "step_000004.partial":  # the shards are written; the RNG files are next
+            (out / "resume").rename(out / "resume.moved")
+        return result
+
+    monkeypatch.setattr(state.dist_checkpointing, "save", save)
+    with pytest.raises(state.CheckpointWriteError) as excinfo:
+        run(tiny("train.steps=4", "train.save_interval=2"), world, out)
+    message = str(excinfo.value)
+    assert f"could not write checkpoint step 4 to {out / 'resume' / 'step_000004.partial'}" in message, message
+    assert f"the folder {out / 'resume'} disappeared while the checkpoint was written" in message, message
+    for wrong in ("nan", "MiB free", "free some space", "no earlier checkpoint"):
+        assert wrong not in message, message
+    assert [p.name for p in state.complete(out / "resume.moved")] == ["step_000002"]

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from mm1.config.base import FILE_NAME, Section
+from mm1.config.base import FILE_NAME, Section, Seed
 
 
 class WorldConfig(Section):
     """The built-in synthetic "MM1 world": seeded procedural scenes and every data type of the paper."""
 
-    seed: int = Field(0, ge=0)
+    seed: Seed = 0
     """Seed of the generator; the same seed gives byte-identical datasets."""
     render_size: int = Field(64, ge=16, le=4096)
     """Images are rendered once at this size; the encoder's resolution is applied at load time."""
@@ -51,6 +51,19 @@ class WorldConfig(Section):
 
 
 Format = Literal["webdataset", "obelics", "jsonl", "coco", "vqa", "llava"]
+Role = Literal["caption", "interleaved", "text", "benchmark", "sft"]
+ROLES_OF_FORMAT: dict[str, tuple[str, ...]] = {
+    "webdataset": ("caption",),
+    "obelics": ("interleaved",),
+    "jsonl": ("text", "benchmark", "sft"),  # text documents; TextCore, multiple-choice and text tasks
+    "coco": ("benchmark",),
+    "vqa": ("benchmark",),
+    "llava": ("sft",),
+}
+"""The roles a source of each format can be read for (what the acquire stage and the readers support)."""
+DEFAULT_MAX_BYTES = 16 << 30
+"""A download without a declared size stops here (16 GiB; the biggest single files MM1-style data
+comes in, such as a COCO image archive or an OBELICS parquet shard, are smaller)."""
 
 
 class SourceSpec(Section):
@@ -64,10 +77,30 @@ class SourceSpec(Section):
     """Expected sha256 of the file; a mismatch stops the stage."""
     format: Format
     """How the file is stored: webdataset (tar), obelics (parquet), jsonl, coco / vqa / llava (json)."""
-    role: Literal["caption", "interleaved", "text", "benchmark", "sft"]
-    """What the data is used for."""
+    role: Role
+    """What the data is used for; it must fit the format (webdataset: caption, obelics: interleaved,
+    jsonl: text, benchmark or sft, coco / vqa: benchmark, llava: sft)."""
     licence: str
     """Licence of the data, recorded in the manifest."""
+    bytes: int | None = Field(None, ge=1)
+    """The file's exact size in bytes, if known: a download stops as soon as it passes this, a server
+    announcing another size is refused before anything is written, and a download that ends short
+    is resumed. When set it is the download's cap and max_bytes is not used."""
+    max_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1)
+    """Most bytes a download of this source may hold when ``bytes`` is not declared (default 16 GiB);
+    a download that passes it stops with an error naming the source. Raise it for a bigger file."""
+
+    @field_validator("role")
+    @classmethod
+    def _role_fits_format(cls, role: str, info: ValidationInfo) -> str:
+        fmt = info.data.get("format")  # absent when the format itself was refused
+        allowed = ROLES_OF_FORMAT.get(fmt, (role,))
+        if role not in allowed:
+            raise ValueError(
+                f"role {role!r} does not fit format {fmt!r}: a {fmt} source can only have role "
+                f"{' or '.join(allowed)}; fix the role or the format"
+            )
+        return role
 
 
 class MixtureConfig(Section):

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from mm1.config.base import FILE_NAME, Section
+from mm1.config.base import FILE_NAME, Section, Seed
 
 MARKERS: tuple[str, ...] = ("<image>", "<eoc>", "<eos>")
 """Markers a prompt template may use: the image's slots, end-of-caption, end-of-text."""
@@ -130,7 +130,7 @@ class EvalConfig(Section):
     demos: Literal["random", "rices"] = "random"
     """How demonstrations are picked from the benchmark's train split: random (seeded per
     example), or rices: the most similar images by the model's own encoder features (cosine)."""
-    seed: int = Field(0, ge=0)
+    seed: Seed = 0
     """Seed of the random demonstrations."""
     num_examples: int = Field(0, ge=0)
     """Decode answers (CIDEr, VQA accuracy) for the first N examples of each benchmark (images or

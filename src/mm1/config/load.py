@@ -10,11 +10,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from mm1.config.readers import ConfigError, parse_json, parse_yaml, read_yaml
 from mm1.config.run import RunConfig
 
-
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the field and what is allowed."""
+__all__ = ["ConfigError", "apply_overrides", "dump", "from_dict", "load", "parse_json", "parse_override", "read_yaml"]
 
 
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
@@ -62,17 +61,15 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``train.steps=10`` -> (["train", "steps"], 10). Values are parsed as YAML scalars/lists."""
+    """``train.steps=10`` -> (["train", "steps"], 10). Values are parsed as YAML scalars/lists, by the
+    rules of config files (:mod:`mm1.config.readers`: no duplicate keys, aliases or leading zeros)."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not of the form section.field=value (e.g. train.steps=10)")
     key, raw = text.split("=", 1)
     path = [p for p in key.strip().split(".") if p]
     if not path:
         raise ConfigError(f"override {text!r} has an empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from None
+    value = parse_yaml(raw, f"override {text!r}: the value", mapping=False) if raw.strip() else ""
     return path, value
 
 
@@ -88,20 +85,6 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 raise ConfigError(f"override {text!r}: {part!r} is a value, not a section")
             node = child
         node[path[-1]] = value
-    return data
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(data).__name__}")
     return data
 
 

@@ -6,7 +6,7 @@ import string
 
 from pydantic import Field, field_validator
 
-from mm1.config.base import Section
+from mm1.config.base import Section, Seed
 
 IMAGE_PLACEHOLDER = "<image>"
 
@@ -31,7 +31,7 @@ class SFTConfig(Section):
     position embeddings are interpolated on load)."""
     epochs: int = Field(1, ge=1)
     """Passes over the conversations; the order is a seeded permutation, reshuffled every epoch."""
-    seed: int = Field(0, ge=0)
+    seed: Seed = 0
     """Seed of the order; the same seed and inputs give byte-identical sequences."""
 
     @field_validator("user_template", "assistant_template")

@@ -39,6 +39,7 @@ STAGE_NAMES = (
 # An experiment's key whose dotted overrides only the SFT stages apply (mm1.study): Fig 7 raises the SFT
 # input resolution of one pre-trained model, as MM1 does, without re-training its encoder or pre-training.
 SFT_ONLY = "sft_only"
+MAX_SEEDS = 100  # runs per figure cell; a study is planned in full (every run resolved) before it starts
 Overrides = dict[str, Any]
 
 
@@ -81,8 +82,8 @@ class FigureSpec(Section):
     paper: dict[str, dict[str, float]] = {}
     """The paper's published values: cell -> metric -> value (the CSV's ``paper`` column). Only numbers
     the paper prints; a cell without one stays empty."""
-    seeds: int | None = Field(default=None, ge=2)
-    """Runs per cell of this figure; none: ``study.seeds``. The pilot figure runs a few cells with more
+    seeds: int | None = Field(default=None, ge=2, le=MAX_SEEDS)
+    """Runs per cell of this figure (at most 100); none: ``study.seeds``. The pilot figure runs a few cells with more
     seeds than the study to measure the per-run noise (``study.pilot``)."""
     paper_source: str = ""
     """Where ``paper`` comes from (e.g. "arXiv 2403.09611v4, Table 3") and which paper row each cell stands for."""
@@ -229,8 +230,8 @@ class StudyConfig(Section):
     """Multimodal pre-training starts its decoder from the text-only LLM stage (MM1: a pre-trained LLM)."""
     init_encoder: bool = True
     """Multimodal pre-training starts its image encoder from the encoder stage (MM1: CLIP/AIM pre-trained)."""
-    seeds: int = Field(default=1, ge=1)
-    """Runs per figure cell: seed k > 0 adds the run ``<cell>-s<k>`` with train.seed + k (its own data
+    seeds: int = Field(default=1, ge=1, le=MAX_SEEDS)
+    """Runs per figure cell (at most 100): seed k > 0 adds the run ``<cell>-s<k>`` with train.seed + k (its own data
     order and init; the LLM and encoder stages are shared). Figures show mean +- 95% CI over seeds."""
     common: Overrides = {}
     """Overrides under every declared experiment (not under ``base``): the ablation scale, as MM1 ran

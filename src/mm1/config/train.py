@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from mm1.config.base import Section
+from mm1.config.base import Section, Seed
 
 
 class ParallelConfig(Section):
@@ -66,7 +66,7 @@ class ParallelConfig(Section):
 class TrainConfig(Section):
     """Optimisation of one training stage."""
 
-    seed: int = Field(1234, ge=0)
+    seed: Seed = 1234
     """Fixes parameter init and data order: the same config gives the same loss curve."""
     steps: int = Field(500, ge=1)
     """Optimizer steps."""

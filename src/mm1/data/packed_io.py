@@ -2,11 +2,18 @@
 
 Columns: ``index`` (int64, the global sequence index), ``source`` (str), ``tokens`` (list[int32],
 seq_length + 1), ``loss_mask`` (list[uint8], seq_length), ``images`` (list[binary], slot order).
+
+The parquet footer's key-value metadata holds ``mm1.content_sha256``: a sha256 of every row's
+content (:func:`content_sha256`), computed when the file is written and checked by
+:func:`read_packed_indexed`, so a changed value (a flipped bit that parquet itself does not catch)
+is an error naming the file, never a silently different training batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import struct
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +29,23 @@ SCHEMA = {
     "loss_mask": pl.List(pl.UInt8),
     "images": pl.List(pl.Binary),
 }
+CONTENT_KEY = "mm1.content_sha256"  # parquet key-value metadata: content_sha256 of the rows
+
+
+def content_sha256(rows: Iterable[tuple[int, PackedSequence]]) -> str:
+    """sha256 of (global index, sequence) pairs: every field of every row, each with its length, in order."""
+    digest = hashlib.sha256(b"mm1 packed v1\0")
+    for index, seq in rows:
+        source = seq.source.encode()
+        tokens, mask = np.ascontiguousarray(seq.tokens, "<i4"), np.ascontiguousarray(seq.loss_mask, np.uint8)
+        digest.update(struct.pack("<5q", index, len(source), tokens.size, mask.size, len(seq.images)))
+        digest.update(source)
+        digest.update(tokens.tobytes())
+        digest.update(mask.tobytes())
+        for image in seq.images:
+            digest.update(struct.pack("<q", len(image)))
+            digest.update(image)
+    return digest.hexdigest()
 
 
 def write_packed(seqs: Sequence[PackedSequence], path: Path, indices: Sequence[int] | None = None) -> Path:
@@ -42,7 +66,8 @@ def write_packed(seqs: Sequence[PackedSequence], path: Path, indices: Sequence[i
             "images": pl.Series([s.images for s in seqs], dtype=pl.List(pl.Binary)),
         }
     )
-    return atomic.write_with(Path(path), lambda tmp: df.write_parquet(tmp))
+    metadata = {CONTENT_KEY: content_sha256(zip(indices, seqs, strict=True))}
+    return atomic.write_with(Path(path), lambda tmp: df.write_parquet(tmp, metadata=metadata))
 
 
 def _lists(rows: np.ndarray) -> pl.Series:
@@ -63,21 +88,37 @@ def read_packed_indexed(path: Path) -> list[tuple[int, PackedSequence]]:
         raise FileNotFoundError(f"packed sequence file {path} does not exist; run the packing stage first")
     try:
         df = pl.read_parquet(path)
+        recorded = pl.read_parquet_metadata(path).get(CONTENT_KEY)
     except (Exception, pl.exceptions.PanicException) as e:  # several types; a panic is no Exception
         raise ValueError(f"packed sequence file {path} is not a readable parquet file: {e}") from e
     got = dict(df.schema)
     if got != SCHEMA:
         raise ValueError(f"packed sequence file {path} has columns {got}, expected {SCHEMA}")
     out = []
-    for row in df.iter_rows(named=True):
+    for number, row in enumerate(df.iter_rows(named=True)):
+        if not isinstance(row["index"], int):
+            raise ValueError(f"packed sequence file {path}, row {number}: no sequence index")
         try:
+            images = list(row["images"])
+            if not all(isinstance(image, bytes) for image in images):
+                raise ValueError("an image slot holds no image")
             seq = PackedSequence(
                 tokens=np.asarray(row["tokens"], dtype=np.int32),
                 loss_mask=np.asarray(row["loss_mask"], dtype=np.uint8),
-                images=list(row["images"]),
+                images=images,
                 source=row["source"],
             )
         except (ValueError, TypeError) as e:
             raise ValueError(f"packed sequence file {path}, row index {row['index']}: {e}") from e
         out.append((row["index"], seq))
+    if recorded is None:
+        raise ValueError(
+            f"packed sequence file {path} carries no content hash ({CONTENT_KEY}): it was written before mm1 "
+            "recorded one, or not by mm1; rerun the pack stage"
+        )
+    if (found := content_sha256(out)) != recorded:
+        raise ValueError(
+            f"packed sequence file {path}: its contents changed after it was written (sha256 {found[:16]}..., "
+            f"recorded {str(recorded)[:16]}...): it is corrupt or was edited; rerun the pack stage"
+        )
     return out

@@ -36,10 +36,17 @@ class TextTokenizer:
 
     def __init__(self, path: Path) -> None:
         path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(f"tokenizer file {path} is a folder; give its tokenizer.json")
         if not path.is_file():
             raise FileNotFoundError(f"tokenizer file {path} does not exist; run the tokenizer stage first")
         self.path = path
-        self._tok = Tokenizer.from_file(str(path))
+        try:
+            self._tok = Tokenizer.from_file(str(path))
+        except Exception as exc:  # the Rust parser raises a bare Exception for any malformed file
+            raise ValueError(
+                f"tokenizer file {path} is not a tokenizer.json ({exc}); rerun the tokenizer stage to rewrite it"
+            ) from None
         self._tok.encode_special_tokens = True  # "<image>" written in web text stays text, never a slot
         ids = {name: self._tok.token_to_id(name) for name in SPECIALS}
         missing = [name for name, i in ids.items() if i is None]

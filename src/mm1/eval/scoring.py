@@ -13,7 +13,8 @@ file and the entry or ids at fault.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +29,30 @@ _SHOWN = 5
 """How many offending ids an error message lists."""
 
 
+@contextmanager
+def _reading(**files: Path) -> Iterator[None]:
+    """Around reading ``files`` (flag -> path): a folder, or JSON nested past Python's recursion limit,
+    is a FormatError naming the file, not an IsADirectoryError or a RecursionError traceback."""
+    for flag, path in files.items():
+        if Path(path).is_dir():
+            raise FormatError(f"--{flag} {path} is a folder, not a JSON file; give the file's path")
+    try:
+        yield
+    except RecursionError:
+        named = " or ".join(f"--{flag} {path}" for flag, path in files.items())
+        raise FormatError(f"{named}: JSON nested too deeply to be a results or benchmark file") from None
+
+
 def score_captions(pred_path: Path, refs_path: Path) -> dict[str, Any]:
     """CIDEr-D of a caption results file against a COCO captions JSON.
 
     Returns ``CIDEr`` (corpus CIDEr-D x 100), ``n_images`` and ``per_image`` (image_id -> x 100)."""
-    refs = read_coco_references(refs_path)
+    with _reading(refs=refs_path):
+        refs = read_coco_references(refs_path)
     if not refs:
         raise FormatError(f"{refs_path}: no image with a reference caption to score against")
-    preds = read_caption_predictions(pred_path)
+    with _reading(pred=pred_path):
+        preds = read_caption_predictions(pred_path)
     _check_ids(pred_path, preds, refs_path, refs, "image_id")
     score, per_image = cider_d({i: preds[i] for i in refs}, refs)
     return {"CIDEr": 100 * score, "n_images": len(refs), "per_image": {i: 100 * s for i, s in per_image.items()}}
@@ -49,10 +66,12 @@ def score_vqa(
     Returns what `mm1.eval.vqa_metric.vqa_scores` does: ``accuracy`` (percent), ``per_answer_type``,
     ``per_question_type``, ``per_question`` and ``n_questions``. always_normalize=True is not the
     official metric (see `mm1.eval.vqa_metric`)."""
-    items = read_vqa_answers(questions_path, annotations_path)
+    with _reading(questions=questions_path, annotations=annotations_path):
+        items = read_vqa_answers(questions_path, annotations_path)
     if not items:
         raise FormatError(f"{questions_path}: no question to score against")
-    preds = read_vqa_predictions(pred_path)
+    with _reading(pred=pred_path):
+        preds = read_vqa_predictions(pred_path)
     _check_ids(pred_path, preds, questions_path, items, "question_id")
     refs = {qid: VQAReference(it.answers, it.answer_type, it.question_type) for qid, it in items.items()}
     return vqa_scores(preds, refs, always_normalize=always_normalize)

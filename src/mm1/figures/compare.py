@@ -12,6 +12,7 @@ Metrics of one run (every one goes to the seeds table; ``spec.metrics`` picks th
   benchmark, "{benchmark} {k}-shot" (CIDEr, VQA accuracy of decoded answers); the same from the
   likelihood scores of every val item (captioning: ref_prob, VQA: ll_accuracy, both 0-100):
   "{k}-shot ll", "captioning {k}-shot ll", "vqa {k}-shot ll", "{benchmark} {k}-shot ll";
+  "0-shot image gain" (the 0-shot ll minus its shuffled-image control, :mod:`mm1.eval.ll_scores`);
   "textcore". Drawn by default: textcore, 0-, 4-, 8-shot ll, the metric the lessons declare
   (the benchmarks form: the decoded per-benchmark scores, as MM1's Table 3).
 * sft_eval (the same files, 0-shot): "sft average", "captioning", "vqa", "multiple choice" and, per
@@ -61,6 +62,7 @@ import polars as pl
 from pydantic import ValidationError
 
 from mm1 import atomic, provenance
+from mm1.config.base import FILE_NAME
 from mm1.config.eval import GENERATION_METRIC, LIKELIHOOD_METRIC
 from mm1.config.study import FigureSpec
 from mm1.figures.forms import Meta, render
@@ -84,7 +86,7 @@ SEEDS_COLUMNS = ("figure", "cell", "seed", "run", "metric", "value")
 TABLE_COLUMNS = ("figure", "cell", "metric", "n_seeds", "mean", "ci95", "low", "high", "paper")
 TASKS = ("captioning", "vqa")  # the benchmarks scored one by one (TextCore, multiple choice: one number)
 FINAL_FRACTION = 0.1  # "final loss": the mean over this last fraction of the logged steps
-EVAL_AVERAGES = re.compile(r"^((captioning|vqa) )?\d+-shot$|^textcore$|^(.+ )?\d+-shot ll$")
+EVAL_AVERAGES = re.compile(r"^((captioning|vqa) )?\d+-shot$|^textcore$|^(.+ )?\d+-shot ll$|^\d+-shot image gain$")
 """eval's metrics the benchmarks form leaves out: the averages, TextCore, every likelihood score."""
 SUFFIX = {m: "" for m in GENERATION_METRIC.values()} | {m: " ll" for m in LIKELIHOOD_METRIC.values()}
 """scores.csv metric -> the suffix of its per-benchmark metric name ("ref_nll" is not one)."""
@@ -179,6 +181,8 @@ def _eval_metrics(run: Run) -> dict[str, Any]:
         out[f"vqa {k}-shot"] = row["vqa_avg"]
         out |= {f"{k}-shot ll": row["average_ll"], f"captioning {k}-shot ll": row["captioning_ll"]}
         out[f"vqa {k}-shot ll"] = row["vqa_ll"]
+        if row.get("image_gain") is not None:  # the shuffled-image control (0-shot; older runs lack it)
+            out[f"{k}-shot image gain"] = row["image_gain"]
     out["textcore"] = next(iter(summary["textcore"].drop_nulls()), None)
     tasks = scores.filter(pl.col("task").is_in(TASKS) & pl.col("metric").is_in(list(SUFFIX)))
     tasks = tasks.sort("shots", maintain_order=True)
@@ -310,6 +314,11 @@ def figure_table(fig_id: str, spec: FigureSpec, seeds: pl.DataFrame, meta: Meta)
 
 def compare(fig_id: str, spec: FigureSpec, runs: list[Run], meta: Meta, out_dir: Path) -> tuple[Path, Path, Path]:
     """Write ``ID.png``, ``ID.csv``, ``ID.seeds.csv`` and their provenance into ``out_dir``."""
+    if not re.fullmatch(FILE_NAME, fig_id):  # it names files: never a path that leaves out_dir
+        raise ValueError(
+            f"--id {fig_id!r} is not a plain name: use letters, digits, _ . - (not starting with . or -), "
+            "no / (e.g. --id fig4)"
+        )
     cells = list(dict.fromkeys(r.cell for r in runs))
     if set(cells) != set(spec.experiments):
         unknown, missing = sorted(set(cells) - set(spec.experiments)), sorted(set(spec.experiments) - set(cells))

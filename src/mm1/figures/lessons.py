@@ -59,6 +59,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from mm1 import atomic, provenance
 from mm1.config.study import DIRECTIONAL, LessonCheck, LessonSpec, Levels, factorial_contrast
+from mm1.figures.csv_io import read_table
 from mm1.figures.stats import ALPHA, POWER, Effect, factorial, holm, paired, welch
 
 SEEDS_COLUMNS = ("figure", "cell", "seed", "run", "metric", "value")
@@ -139,12 +140,7 @@ def comparison(check: LessonCheck, contrast: tuple[str, str, str] | None = None,
 
 
 def _read(path: Path, where: str) -> pl.DataFrame:
-    if not path.is_file():
-        raise FileNotFoundError(f"{where}: {path} does not exist; run mm1 compare for that figure first")
-    frame = pl.read_csv(path)
-    missing = [c for c in SEEDS_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{where}: {path} lacks the columns {missing}")
+    frame = read_table(path, SEEDS_COLUMNS, where, "run mm1 compare for that figure first")
     return frame.with_columns(pl.col("cell", "metric").cast(pl.String))
 
 

@@ -29,9 +29,11 @@ from pathlib import Path
 import polars as pl
 
 from mm1 import atomic, provenance
+from mm1.figures.csv_io import read_table
 from mm1.figures.stats import mde
 
 MAX_SEEDS = 1000
+SEEDS_COLUMNS = ("cell", "seed", "metric", "value")  # what the analysis reads of a <fig>.seeds.csv
 Z975 = 1.959963984540054
 
 
@@ -144,12 +146,17 @@ def markdown(table: pl.DataFrame, cells: list[str], effects: Sequence[float], se
     return "\n".join(out) + "\n"
 
 
+def read_seeds(path: Path) -> pl.DataFrame:
+    """The pilot figure's <fig>.seeds.csv; errors name the file and how to remake it."""
+    remake = "run mm1 compare for the pilot figure first"
+    frame = read_table(path, SEEDS_COLUMNS, f"--seeds {path}", remake)
+    return frame.with_columns(pl.col("cell", "metric").cast(pl.String))
+
+
 def pilot(seeds_csv: Path, metrics: Sequence[str], effects: Sequence[float], seeds: int, out_dir: Path) -> Path:
     """Write ``power.csv`` and ``power.md`` (and provenance) into ``out_dir``; returns the md."""
     seeds_csv = Path(seeds_csv)
-    if not seeds_csv.is_file():
-        raise FileNotFoundError(f"{seeds_csv} does not exist; run mm1 compare for the pilot figure first")
-    frame = pl.read_csv(seeds_csv).with_columns(pl.col("cell", "metric").cast(pl.String))
+    frame = read_seeds(seeds_csv)
     table = analyse(frame, metrics, effects, seeds)
     cells = list(dict.fromkeys(frame["cell"].to_list()))
     out_dir = Path(out_dir)

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 
 from mm1 import atomic, provenance  # noqa: E402
+from mm1.figures.csv_io import read_table  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -25,14 +26,7 @@ class FigureResult:
 
 
 def _read(path: Path, columns: set[str]) -> pl.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; run the stage that writes it first")
-    df = pl.read_csv(path)
-    missing = columns - set(df.columns)
-    if missing:
-        raise ValueError(f"{path} lacks the columns {sorted(missing)}")
-    return df
+    return read_table(path, sorted(columns), str(path), "run the stage that writes it first")
 
 
 def _shot_bars(ax, scores: pl.DataFrame) -> None:

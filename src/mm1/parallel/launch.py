@@ -14,10 +14,13 @@ Under a launcher it runs as is, and under ``srun`` the rendezvous comes from SLU
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
+from pathlib import Path
 
+from mm1 import outlock
 from mm1.config import ParallelConfig
 
 
@@ -103,8 +106,22 @@ def srun_command(world_size: int, nodes: int, argv: list[str]) -> tuple[list[str
     return cmd, {**os.environ, "OMP_NUM_THREADS": cpus}
 
 
+def _out_arg(argv: list[str]) -> Path | None:
+    """The stage's ``--out`` folder (``--out X`` or ``--out=X``), None if it has none."""
+    for i, arg in enumerate(argv):
+        if arg == "--out" and i + 1 < len(argv):
+            return Path(argv[i + 1])
+        if arg.startswith("--out="):
+            return Path(arg.removeprefix("--out="))
+    return None
+
+
 def relaunch_if_needed(parallel: ParallelConfig, argv: list[str]) -> int | None:
-    """Return the exit code of a torchrun or srun re-launch, or None when this process should do the work."""
+    """Return the exit code of a torchrun or srun re-launch, or None when this process should do the work.
+
+    The re-launching process holds the lock of the stage's ``--out`` (:mod:`mm1.outlock`) for the
+    whole job, and tells its ranks so (they take none): a second run on that folder fails at once.
+    """
     if parallel.world_size == 1 or under_launcher():
         return None
     nodes = _slurm_nodes()
@@ -114,4 +131,8 @@ def relaunch_if_needed(parallel: ParallelConfig, argv: list[str]) -> int | None:
         cmd, env = torchrun_command(parallel.world_size, argv)
     from mm1.train.preempt import run_supervised  # waits through preemption signals; returns 75 to requeue
 
-    return run_supervised(cmd, env)
+    out = _out_arg(argv)
+    with outlock.hold(out) if out else contextlib.nullcontext():
+        if out:  # held here (now, or already by this process): the ranks take none
+            env[outlock.HELD_ENV] = str(outlock.lock_path(out))
+        return run_supervised(cmd, env)

@@ -67,12 +67,13 @@ left after bubbles, recomputation and communication (model FLOPs / (step time x 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from mm1.config import RunConfig
 from mm1.plan.facts import Facts, facts
 from mm1.plan.gpus import GPU, find_gpu
-from mm1.plan.layout import Layout
+from mm1.plan.layout import Layout, PlanError
 
 GB = 1e9
 CONTEXT_GB = 2.0  # CUDA context, cuBLAS and NCCL workspaces
@@ -236,6 +237,12 @@ class Plan:
         return self.flops["total"] / (self.step_seconds * self.layout.world_size * self.gpu.bf16_tflops * 1e12)
 
 
+def check_mfu(mfu: float) -> None:
+    """An MFU is a fraction of the peak: above 0 (a step would take forever) and at most 1."""
+    if isinstance(mfu, bool) or not (isinstance(mfu, int | float) and math.isfinite(mfu) and 0 < mfu <= 1):
+        raise PlanError(f"--mfu {mfu} is not a utilisation: give a fraction of the peak in (0, 1], e.g. 0.4")
+
+
 def plan_of(cfg: RunConfig, f: Facts, lay: Layout, gpu: GPU, mfu: float) -> Plan:
     memory, stage, seconds = evaluate(f, lay, gpu, mfu)
     return Plan(cfg, gpu, lay, memory, stage, f.step, seconds, mfu, (f.total, f.active))
@@ -246,6 +253,5 @@ def estimate(
 ) -> Plan:
     """The plan of ``cfg``'s own layout on ``gpu``, fitting or not (:func:`mm1.plan.check` refuses)."""
     gpu = find_gpu(gpu) if isinstance(gpu, str) else gpu
-    if not 0 < mfu <= 1:
-        raise ValueError(f"mfu={mfu} must be in (0, 1]")
+    check_mfu(mfu)
     return plan_of(cfg, facts(cfg, images_per_sequence), Layout.of(cfg), gpu, mfu)

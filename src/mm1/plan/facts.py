@@ -14,6 +14,7 @@ backward (``saved_tensors_hooks``, parameters left out) are summed per image.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from mm1.config import MoEConfig, RunConfig
@@ -104,6 +105,8 @@ def facts(cfg: RunConfig, images_per_sequence: float | None = None) -> Facts:
     dec, enc, moe = m.decoder, m.encoder, m.moe
     images = cfg.data.mixture.max_images_per_sequence
     ips = images if images_per_sequence is None else images_per_sequence
+    if isinstance(ips, bool) or not (isinstance(ips, int | float) and math.isfinite(ips) and ips >= 0):
+        raise ValueError(f"--images-per-sequence {ips} is not a count: give a finite number >= 0 (e.g. {images})")
 
     def layers(n: int):
         return dec.model_copy(update={"num_layers": n})

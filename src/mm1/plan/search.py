@@ -6,7 +6,7 @@ import math
 from dataclasses import replace
 
 from mm1.config import RunConfig
-from mm1.plan.estimate import DEFAULT_MFU, Plan, evaluate, plan_of
+from mm1.plan.estimate import DEFAULT_MFU, Plan, check_mfu, evaluate, plan_of
 from mm1.plan.facts import Facts, facts
 from mm1.plan.gpus import GPU, find_gpu
 from mm1.plan.layout import Layout, PlanError, apply, problems
@@ -71,6 +71,7 @@ def check(cfg: RunConfig, gpu: GPU | str, mfu: float = DEFAULT_MFU, images_per_s
     """The plan of ``cfg``'s own layout; PlanError naming the field and the fix if it does not
     divide or does not fit in ``gpu``'s memory."""
     gpu, lay = _gpu(gpu), Layout.of(cfg)
+    check_mfu(mfu)
     issues = problems(lay, cfg)
     if issues:
         raise PlanError(f"{cfg.name}: " + "; ".join(issues))
@@ -115,6 +116,7 @@ def choose(
     distributed optimizer on and train.global_batch_size kept. Ties (equal estimated time) go to
     fewer model-parallel ranks (tp x pp), then a smaller ep, then less memory."""
     gpu = _gpu(gpu)
+    check_mfu(mfu)
     if nodes is None:
         return check(cfg, gpu, mfu, images_per_sequence)
     if nodes < 1:

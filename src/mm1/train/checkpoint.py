@@ -1,7 +1,9 @@
 """Model checkpoints with megatron's dist_checkpointing, written atomically.
 
-A checkpoint folder holds the sharded weights (any TP/PP layout can load them) and
-``model.json``: the model config and tokenizer facts needed to rebuild the model.
+A checkpoint folder holds the sharded weights (any TP/PP layout can load them),
+``model.json`` (the model config and tokenizer facts needed to rebuild the model) and
+``checksums.json``, the sha256 of every file, recorded before the folder takes its name and checked
+before anything of it is loaded (:mod:`mm1.train.checksums`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 
 from mm1.config import ModelConfig
 from mm1.models.encoder import interpolate_position_embeddings
-from mm1.train import safe_load
+from mm1.train import checksums, safe_load
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -99,19 +101,35 @@ def _os_error(exc: BaseException | None) -> OSError | None:
     return None
 
 
-def agree(failed: BaseException | None, tmp: Path, what: str, intact: str) -> None:
-    """Every rank calls this after writing its part into ``tmp``: if any rank failed, rank 0 removes
-    ``tmp`` and every rank raises (no rank is left waiting for the others at a barrier).
-
-    A write error (an OSError behind ``failed``, or any failure on a file system left with less than
-    ``FULL`` bytes) becomes a :class:`CheckpointWriteError` naming ``what``, the reason, the free
-    space and ``intact`` (what the failure left as it was); any other failure is raised as it is."""
+def _any_failed(failed: BaseException | None) -> bool:
+    """Whether ``failed`` is set on any rank (a collective)."""
     flag = torch.tensor([int(failed is not None)])
     if torch.distributed.is_initialized():
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    if not flag.item():
-        return
-    full = _free(tmp.parent) < FULL  # before the partial folder goes: what the write ran into
+    return bool(flag.item())
+
+
+def agree(failed: BaseException | None, tmp: Path, what: str, intact: str) -> None:
+    """Every rank calls this after writing its part into ``tmp``. If every rank wrote its part, rank 0
+    records the sha256 of every file in ``tmp/checksums.json`` (:func:`mm1.train.checksums.seal`:
+    part of the folder before it is renamed to its final name). If any rank failed (or the manifest
+    could not be written), rank 0 removes ``tmp`` and every rank raises (no rank is left waiting for
+    the others at a barrier).
+
+    A write error (an OSError behind ``failed``, or any failure on a file system left with less than
+    ``FULL`` bytes) becomes a :class:`CheckpointWriteError` naming ``what``, the real cause and what
+    to do (:func:`_write_error`), with ``intact`` (what the failure left as it was); any other failure
+    is raised as it is."""
+    if not _any_failed(failed):
+        if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+            try:
+                checksums.seal(tmp)
+            except Exception as exc:  # noqa: BLE001  every rank must hear of it before anyone raises
+                failed = exc
+        if not _any_failed(failed):
+            return
+    free = _free(tmp.parent)
+    full = free is not None and free < FULL  # before the partial folder goes: what the write ran into
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
         discard(tmp)
     _barrier()
@@ -121,22 +139,42 @@ def agree(failed: BaseException | None, tmp: Path, what: str, intact: str) -> No
             raise failed  # not a write error: a bug, shown as it is
         # torch's serializer reports a short write on a full disk as its own error ("unexpected pos")
         error = OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (the write failed with: {_last_line(failed)})")
-    reason = (error.strerror or str(error)) if error else "another rank could not write its part"
-    free = _free(tmp.parent)
-    raise CheckpointWriteError(
-        f"could not write {what} to {tmp}: {reason} ({free / 2**20:.1f} MiB free on the file system of "
-        f"{tmp.parent}); {intact}; free some space (or lower train.keep_last) and run again"
-    ) from failed
+    raise CheckpointWriteError(f"could not write {what} to {tmp}: {_write_error(error, tmp, intact)}") from failed
 
 
 FULL = 1 << 20  # a file system with less free space than this is full for a checkpoint
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
-def _free(folder: Path) -> float:
+def _write_error(error: OSError | None, tmp: Path, intact: str) -> str:
+    """What went wrong writing ``tmp`` and what to do, for the errno behind it: free space only for a
+    full disk or quota, a vanished folder for ENOENT (another process on the same output folder)."""
+    if error is None:
+        return f"another rank could not write its part (its message says why); {intact}"
+    reason = error.strerror or str(error)
+    if error.errno in NO_SPACE:
+        free = _free(tmp.parent)
+        where = f" ({free / 2**20:.1f} MiB free on the file system of {tmp.parent})" if free is not None else ""
+        return f"{reason}{where}; {intact}; free some space (or lower train.keep_last) and run again"
+    if error.errno == errno.ENOENT:
+        gone = tmp if tmp.parent.is_dir() else tmp.parent
+        kept = f"; {intact}" if gone == tmp else ""  # with the parent gone, nothing is known of what it held
+        return (
+            f"{reason}: the folder {gone} disappeared while the checkpoint was written: another process removed "
+            f"or moved it (another mm1 run on the same --out?){kept}; let one run at a time use an --out, and run again"
+        )
+    if error.errno in NOT_WRITABLE:
+        return f"{reason}; {intact}; make {tmp.parent} writable (or choose another --out) and run again"
+    return f"{reason}; {intact}; fix the cause and run again"
+
+
+def _free(folder: Path) -> float | None:
+    """Free bytes on the file system of ``folder``; None when that cannot be known (e.g. it is gone)."""
     try:
         return shutil.disk_usage(folder).free
     except OSError:
-        return float("nan")
+        return None
 
 
 def _last_line(exc: BaseException) -> str:
@@ -150,7 +188,8 @@ def save(model: torch.nn.Module, meta: dict[str, Any], out: Path) -> Path:
     The folder is written as ``<out>.partial``; the old ``out`` (if any) is renamed to
     ``<out>.deleting`` before the new one takes its name and is deleted after, so a kill at any
     point leaves the old checkpoint or the new one under ``out`` (or, between the two renames,
-    none), never a half-deleted one that still looks whole.
+    none), never a half-deleted one that still looks whole. ``<out>.partial`` gets its
+    ``checksums.json`` (:func:`agree`) before it is renamed: every folder named ``out`` carries one.
     """
     out = Path(out)
     tmp = out.with_name(out.name + PARTIAL)
@@ -190,10 +229,13 @@ def _refuse_unfinished(ckpt: Path) -> None:
 
 
 def read_meta(ckpt: Path) -> dict[str, Any]:
+    """The checkpoint's ``model.json`` (its sha256 checked against the checkpoint's manifest), with
+    ``model`` as a :class:`ModelConfig`."""
     _refuse_unfinished(Path(ckpt))
     path = Path(ckpt) / META
     if not path.is_file():
         raise FileNotFoundError(f"{ckpt} is not an mm1 checkpoint (no {META}); run the train stage first")
+    checksums.check(Path(ckpt), select=lambda name: name == META)
     meta = json.loads(path.read_text())
     meta["model"] = ModelConfig.model_validate(meta["model"])
     return meta
@@ -214,7 +256,7 @@ def load_into(model: torch.nn.Module, ckpt: Path, parts: tuple[str, ...] | None 
     its saved shape, or a ``ValueError`` names each one that does not, with both shapes.
     """
     ckpt = Path(ckpt)
-    safe_load.verify(ckpt)  # before megatron unpickles anything of it
+    safe_load.verify_on_every_rank(ckpt)  # checksums and pickles, before megatron reads anything of it
     saved = dist_checkpointing.load_tensors_metadata(str(ckpt))  # ShardedTensor key -> global shape
     sharded = {k: v for k, v in model.sharded_state_dict().items() if _in_parts(k, parts)}
     if not sharded:

@@ -26,7 +26,7 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from mm1 import atomic, provenance
+from mm1 import atomic, outlock, provenance
 from mm1.config import RunConfig
 from mm1.data.encoder_batches import EncoderBatches, load_caption_samples
 from mm1.data.quarantine import Quarantine
@@ -105,7 +105,7 @@ def train_encoder(cfg: RunConfig, manifest: Path, tokenizer_path: Path, out_dir:
     quarantine.check(cfg.data.max_bad_fraction)
     heldout = encoder_eval.heldout_captions(manifest)
     tc = cfg.train
-    with distributed(cfg.parallel, tc.seed) as rank:
+    with outlock.hold(out_dir), distributed(cfg.parallel, tc.seed) as rank:  # one run per out_dir
         model = wrap_ddp(build_encoder_model(cfg, tok.vocab_size).to(rank.device), cfg.parallel)
         lr, wd = _hparams(cfg)
         optimizer, scheduler = build_optimizer(model, tc, lr, wd)

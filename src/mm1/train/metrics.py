@@ -1,13 +1,14 @@
-"""Per-step training metrics: rows for metrics.csv, mirrored live to DVCLive, and MoE router statistics.
+"""Per-step training metrics: rows for metrics.csv, mirrored live in DVCLive's format, and MoE router statistics.
 
-DVCLive writes ``<out>/dvclive/metrics.json`` (the latest values, for ``dvc metrics show`` /
-``dvc exp show``) and ``<out>/dvclive/plots/metrics/<name>.tsv`` (one row per step, for
-``dvc plots show``), rank 0 only. A resumed run first cuts those files back to the checkpoint's
-step, so no step appears twice.
+Rank 0 writes DVCLive's files: ``<out>/dvclive/metrics.json`` (the latest values, for ``dvc metrics
+show`` / ``dvc exp show``) and ``<out>/dvclive/plots/metrics/<name>.tsv`` (one row per step, for
+``dvc plots show``). A resumed run first cuts those files back to the checkpoint's step, so no step
+appears twice.
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -22,43 +23,58 @@ with warnings.catch_warnings():
     from megatron.core.transformer.moe.router import TopKRouter
 
 DVCLIVE = "dvclive"
+SUMMARY = "metrics.json"
+HISTORY = Path("plots") / "metrics"
 
 
 class MetricsLog:
-    """The rows of steps 1..n (restored ones first); rank 0 also logs each new row to DVCLive."""
+    """The rows of steps 1..n (restored ones first); rank 0 also logs each new row in DVCLive's format.
+
+    The files are DVCLive's (``dvc metrics show``, ``dvc plots show`` read them), written here so that a
+    kill never leaves half of one: ``metrics.json`` is replaced by rename after each step, and each
+    history row is one ``write`` to a file opened for appending, which a kill lands before or after.
+    A fresh start removes an earlier run's files; a resumed one first cuts them back to its step.
+    """
 
     def __init__(self, out_dir: Path, rows: list[dict], main: bool) -> None:
         self.rows = list(rows)
-        self.live = None
-        if main:
-            from dvclive import Live
-
-            folder = Path(out_dir) / DVCLIVE
+        self.folder = Path(out_dir) / DVCLIVE if main else None
+        if self.folder is not None:
             if self.rows:
-                _truncate(folder, self.rows[-1]["step"])
-            # dvcyaml=None: writing dvc.yaml every step costs ~40 ms; dvc.yaml declares these files.
-            self.live = Live(dir=str(folder), resume=bool(self.rows), save_dvc_exp=False, dvcyaml=None)
+                _truncate(self.folder, self.rows[-1]["step"])
+            else:
+                for old in [self.folder / SUMMARY, *(self.folder / HISTORY).glob("*.tsv")]:
+                    old.unlink(missing_ok=True)
 
     def append(self, row: dict) -> None:
         self.rows.append(row)
-        if self.live is not None:
-            self.live.step = row["step"]
-            for name, value in row.items():
-                if name != "step":
-                    self.live.log_metric(name, value)
-            self.live.next_step()
+        if self.folder is None:
+            return
+        step = row["step"]
+        for name, value in row.items():
+            if name != "step":
+                _append_row(self.folder / HISTORY / f"{name}.tsv", name, f"{step}\t{value!r}\n")
+        summary = {name: value for name, value in row.items() if name != "step"} | {"step": step}
+        atomic.write_text(self.folder / SUMMARY, json.dumps(summary, indent=4) + "\n")  # last: "step N is logged"
 
     def close(self) -> None:
-        if self.live is not None:
-            self.live.end()
+        pass  # every row is on disk once append returns
 
     def frame(self) -> pl.DataFrame:
         return pl.DataFrame(self.rows)
 
 
+def _append_row(tsv: Path, name: str, line: str) -> None:
+    """Add one row to a history file (created with its header, atomically, if new), in one write."""
+    if not tsv.is_file():
+        atomic.write_text(tsv, f"step\t{name}\n")
+    with open(tsv, "ab", buffering=0) as f:  # unbuffered: the row is a single write(2)
+        f.write(line.encode())
+
+
 def _truncate(folder: Path, step: int) -> None:
-    """Drop the DVCLive history rows after ``step`` (logged by a run that stopped before saving them)."""
-    for tsv in (folder / "plots" / "metrics").rglob("*.tsv"):
+    """Drop the history rows after ``step`` (logged by a run that stopped before saving them)."""
+    for tsv in (folder / HISTORY).rglob("*.tsv"):
         kept = pl.read_csv(tsv, separator="\t").filter(pl.col("step") <= step)
         atomic.write_with(tsv, lambda tmp, kept=kept: kept.write_csv(tmp, separator="\t"))  # a kill keeps the old one
 

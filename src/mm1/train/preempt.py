@@ -24,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,62 @@ REQUEUE_EXIT = 75  # EX_TEMPFAIL (sysexits.h): "try again later"; 124 is timeout
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 EXIT_STATUS_ENV = "MM1_EXIT_STATUS"  # set by run_supervised: where rank 0 writes 0 or REQUEUE_EXIT
 TORCHRUN_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1,SIGUSR2"  # torchrun passes these on
+
+
+TEST_SIGNAL_ENV = "MM1_TEST_SIGNAL_AT"  # a fault-test hook: SignalAt.from_env
+POINTS = ("start", "step", "save")
+
+
+@dataclass(frozen=True)
+class SignalAt:
+    """A fault-test hook: raise a preemption signal from a named point of training, so that a test's
+    verdict never depends on when a signal sent from outside happens to land.
+
+    ``MM1_TEST_SIGNAL_AT=POINT:STEP:SIGNAL[:RANK[:TARGET]]``, e.g. ``step:7:SIGTERM``. POINT is
+    ``start`` (entering :func:`~mm1.train.trainer.train`, before the handlers are installed; STEP is
+    ignored), ``step`` (inside step STEP, between its backward pass and its optimizer step) or
+    ``save`` (as the save after step STEP begins). RANK (default 0) raises it; TARGET ``group``
+    (default) sends it to the launch's process group as SLURM would -- torchrun passes it on to the
+    ranks -- and to this process at once; ``self`` to this process alone.
+    """
+
+    point: str
+    step: int
+    signum: int
+    rank: int = 0
+    target: str = "group"
+
+    @classmethod
+    def from_env(cls) -> SignalAt | None:
+        spec = os.environ.get(TEST_SIGNAL_ENV)
+        if not spec:
+            return None
+        parts = spec.split(":")
+        try:
+            point, step, name, rank, target = (parts + ["0", "group"][len(parts) - 3 :])[:5]
+            hook = cls(point, int(step), signal.Signals[name].value, int(rank), target)
+        except (ValueError, KeyError):
+            hook = None
+        if len(parts) not in (3, 4, 5) or hook is None or point not in POINTS or target not in ("group", "self"):
+            raise ValueError(
+                f"{TEST_SIGNAL_ENV}={spec!r}: expected POINT:STEP:SIGNAL[:RANK[:group|self]] with POINT one of "
+                f"{', '.join(POINTS)}, e.g. step:7:SIGTERM"
+            )
+        return hook
+
+    def __call__(self, point: str, step: int, rank: int) -> None:
+        """Raise the signal if this is the point, the step (any, for ``start``) and the rank."""
+        if point != self.point or rank != self.rank or (point != "start" and step != self.step):
+            return
+        if self.target == "group":
+            # under torchrun this process leads a session of its own: the launch's group is its parent's
+            os.killpg(os.getpgid(os.getppid()) if "TORCHELASTIC_RUN_ID" in os.environ else 0, self.signum)
+        os.kill(os.getpid(), self.signum)  # to this process at once: the step in progress notes it
+
+
+def signal_hook() -> SignalAt | Callable[[str, int, int], None]:
+    """The fault-test hook of this process (:class:`SignalAt`), or one that does nothing."""
+    return SignalAt.from_env() or (lambda point, step, rank: None)
 
 
 class Preempted(SystemExit):

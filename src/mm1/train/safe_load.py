@@ -19,6 +19,10 @@ refused piece raises :class:`UnsafeCheckpointError` naming the file and the glob
 of the checkpoint is loaded. Every loader of checkpoints in mm1 calls it first
 (:func:`mm1.train.checkpoint.load_into`, :func:`mm1.train.state.resumable`, :func:`mm1.train.state.load`).
 Tensor items need no check: torch reads them with ``weights_only=True`` itself.
+
+:func:`verify` also checks every file against the checkpoint's sha256 manifest
+(:mod:`mm1.train.checksums`) before any of this, so a file changed after the save (a flipped bit,
+a truncated copy) is refused naming the file, never loaded.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+
+from mm1.train import checksums
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -166,14 +172,18 @@ def _check_items(ckpt: Path, meta_path: Path, metadata: Metadata) -> None:
             _check_torch(data, f"{file} (item {fqn})")
 
 
-def verify(ckpt: Path, *, rank: int | None = None) -> None:
-    """Raise :class:`UnsafeCheckpointError` if loading the checkpoint folder ``ckpt`` could run code.
+def verify(ckpt: Path, *, rank: int | None = None, world: int = 1) -> None:
+    """Raise if loading the checkpoint folder ``ckpt`` could run code or read anything but what was saved.
 
-    Checks every ``*.metadata`` (DCP's, with a restricted unpickler), every bytes item it lists and
-    every ``*.pt`` (``torch.load(weights_only=True)``), and refuses links out of the folder and items
-    stored outside it. With ``rank``, of the per-rank RNG files ``rng/rank_<N>.pt`` only that rank's
-    is read (the one it loads; every rank reading every rank's file would be N² reads). A folder
-    that does not exist passes: the loader then names what is missing.
+    Refuses links out of the folder (:class:`UnsafeCheckpointError`), then checks every file against
+    the sha256 manifest written with the checkpoint (:func:`mm1.train.checksums.check`, raising
+    :class:`~mm1.train.checksums.ChecksumError`), then every ``*.metadata`` (DCP's, with a
+    restricted unpickler), every bytes item it lists and every ``*.pt`` (``torch.load(
+    weights_only=True)``), and items stored outside the folder. With ``rank``, of the per-rank RNG
+    files ``rng/rank_<N>.pt`` only that rank's is unpickled (the one it loads; every rank reading
+    every rank's file would be N² reads), and the rank hashes only its share of the files
+    (1/``world``): :func:`verify_on_every_rank` joins the verdicts. A folder that does not exist
+    passes: the loader then names what is missing.
     """
     ckpt = Path(ckpt)
     if not ckpt.is_dir():
@@ -183,6 +193,7 @@ def verify(ckpt: Path, *, rank: int | None = None) -> None:
     for p in files:
         if p.is_symlink() and not p.resolve().is_relative_to(root):
             raise UnsafeCheckpointError(p, why=f"it is a link out of the checkpoint folder, to {p.resolve()}")
+    checksums.check(ckpt, share=(rank, world) if rank is not None and world > 1 else (0, 1))
     for p in files:
         if p.name.endswith(".metadata") and p.is_file():
             _check_items(ckpt, p, read_metadata(p))
@@ -195,19 +206,41 @@ def verify(ckpt: Path, *, rank: int | None = None) -> None:
         _check_torch(p, str(p), allow=LEGACY_RNG_GLOBALS if in_rng else frozenset())
 
 
+# The verdicts all-reduced (MAX) by verify_on_every_rank: a rank that found nothing wrong raises the worst.
+_UNREADABLE, _CHANGED, _UNSAFE = 1, 2, 3
+
+
+def _verdict(failed: Exception | None) -> int:
+    if failed is None:
+        return 0
+    if isinstance(failed, UnsafeCheckpointError):
+        return _UNSAFE
+    return _CHANGED if isinstance(failed, checksums.ChecksumError) else _UNREADABLE
+
+
 def verify_on_every_rank(ckpt: Path) -> None:
-    """:func:`verify` on every rank of the job (a collective), each reading its own RNG file: when one
-    rank refuses (or cannot read) its part, every rank raises, and none is left waiting for the others."""
-    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else None
+    """:func:`verify` on every rank of the job (a collective), each reading its own RNG file and hashing
+    its share of the files: when one rank refuses (or cannot read) its part, every rank raises, and
+    none is left waiting for the others."""
+    dist = torch.distributed.is_initialized()
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist else (None, 1)
     failed: Exception | None = None
     try:
-        verify(ckpt, rank=rank)
-    except (ValueError, OSError) as exc:  # UnsafeCheckpointError is a ValueError
+        verify(ckpt, rank=rank, world=world)
+    except (ValueError, OSError) as exc:  # UnsafeCheckpointError and ChecksumError are ValueErrors
         failed = exc
-    if torch.distributed.is_initialized():
-        flag = torch.tensor([int(failed is not None)])
+    if dist:
+        flag = torch.tensor([_verdict(failed)])
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        if flag.item() and failed is None:
+        if failed is None and flag.item() == _UNSAFE:
             raise UnsafeCheckpointError(ckpt, why="another rank refused its part of it (its message names the file)")
+        if failed is None and flag.item() == _CHANGED:
+            raise checksums.ChecksumError(
+                ckpt,
+                "another rank found a file of it changed since the save (its message names the file); "
+                + checksums.what_to_do(ckpt),
+            )
+        if failed is None and flag.item():
+            raise ValueError(f"{ckpt}: another rank could not read its part of this checkpoint (its message says why)")
     if failed is not None:
         raise failed

@@ -21,7 +21,7 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from mm1 import atomic, provenance
+from mm1 import atomic, outlock, provenance
 from mm1.config import RunConfig
 from mm1.data.batches import PackedData, micro_batches, step_indices
 from mm1.data.tokenizer import TextTokenizer
@@ -34,7 +34,7 @@ from mm1.progress import progress
 from mm1.train import checkpoint, state
 from mm1.train.metrics import MetricsLog, MoEStats
 from mm1.train.optim import build_optimizer, freeze, use_bf16, wrap_ddp
-from mm1.train.preempt import REQUEUE_EXIT, Preempted, StopSignals, report_exit
+from mm1.train.preempt import REQUEUE_EXIT, Preempted, StopSignals, report_exit, signal_hook
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -113,12 +113,13 @@ def build(cfg: RunConfig, tok: TextTokenizer, init: Init | None = None) -> torch
 
 
 def _train_loop(
-    cfg: RunConfig, data: PackedData, model, optimizer, scheduler, rank: Rank, log, start, stop, save
+    cfg: RunConfig, data: PackedData, model, optimizer, scheduler, rank: Rank, log, start, stop, save, hook
 ) -> int:
     """Run steps ``start+1 .. train.steps``; return the last step run (below train.steps if ``stop``).
 
     After each step: ``stop(step)`` (a collective: every rank agrees), then ``save(step)`` at a
-    stop, every ``train.save_interval`` steps and at the end (``train.save_at_end``).
+    stop, every ``train.save_interval`` steps and at the end (``train.save_at_end``). ``hook`` is the
+    fault tests' signal (:class:`~mm1.train.preempt.SignalAt`), raised inside a step.
     """
     tc, mc = cfg.train, cfg.model
     n_micro = tc.global_batch_size // (tc.micro_batch_size * rank.dp_size)
@@ -142,6 +143,7 @@ def _train_loop(
             micro_batch_size=tc.micro_batch_size,
             forward_only=False,
         )
+        hook("step", step, rank.rank)
         ok, grad_norm, _ = optimizer.step()
         scheduler.step(increment=1)
         loss = _step_loss(reports, rank)
@@ -238,11 +240,21 @@ def train(
     (:mod:`mm1.train.preempt`), or reaching step ``stop_after`` (for tests), saves one and raises
     :class:`~mm1.train.preempt.Preempted` (exit code 75: requeue me) instead of finishing.
     ``init`` (see :func:`build`) applies to a fresh start only; a resumed run has its own weights.
+    While it runs, ``out_dir`` is locked (:mod:`mm1.outlock`): a second run on it fails at once.
     """
-    out_dir, tc, mc = Path(out_dir), cfg.train, cfg.model
+    out_dir = Path(out_dir)
     tok = TextTokenizer(tokenizer_path)
     inputs = {"packed": Path(packed_path), "tokenizer": Path(tokenizer_path)}
     inputs |= {f"init_{'+'.join(parts or ('all',))}": Path(ckpt) for ckpt, parts in init or []}
+    hook = signal_hook()
+    with outlock.hold(out_dir):
+        hook("start", 0, outlock.job_rank())
+        return _train_locked(cfg, tok, Path(packed_path), out_dir, init, inputs, stop_after, hook)
+
+
+def _train_locked(cfg: RunConfig, tok, packed_path: Path, out_dir: Path, init, inputs, stop_after, hook) -> TrainResult:
+    """:func:`train` once it holds ``out_dir``'s lock."""
+    tc, mc = cfg.train, cfg.model
     resume_dir = out_dir / RESUME
     with StopSignals() as signals, distributed(cfg.parallel, tc.seed) as rank:
         data = PackedData.load(packed_path, mc.decoder.seq_length, mc.encoder.image_size)
@@ -257,6 +269,7 @@ def train(
         log = MetricsLog(out_dir, restored.rows if restored else [], main=rank.is_main)
 
         def save(step: int) -> Path:
+            hook("save", step, rank.rank)
             return state.save(resume_dir, step, model.module, optimizer, scheduler, facts, log.rows, tc.keep_last)
 
         def stop(step: int) -> bool:
@@ -264,7 +277,7 @@ def train(
 
         start = restored.step if restored else 0
         try:
-            last = _train_loop(cfg, data, model, optimizer, scheduler, rank, log, start, stop, save)
+            last = _train_loop(cfg, data, model, optimizer, scheduler, rank, log, start, stop, save, hook)
         finally:
             log.close()
         metrics = log.frame()

@@ -94,11 +94,20 @@ def test_unsafe_members_are_refused(tmp_path, png, member, raw_tar):
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["evil.tar"]
 
 
-def test_link_inside_the_archive_is_quarantined(tmp_path, png, raw_tar):
-    path = raw_tar(tmp_path / "s.tar", [("k.png", png()), ("k.txt", link("k.txt", "k.png"))])
-    q = Quarantine()
-    assert list(read_caption_shards([path], q)) == []
-    assert "not a regular file" in q.records[0].reason and "'k.txt'" in q.records[0].reason
+@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE], ids=["symlink", "hardlink"])
+def test_a_link_inside_the_archive_is_refused_too(tmp_path, png, raw_tar, kind):
+    """Links are never followed, so no chain of them can lead out: even one to a member beside it is refused."""
+    path = raw_tar(tmp_path / "s.tar", [("k.png", png()), ("k.txt", link("k.txt", "k.png", kind))])
+    with pytest.raises(UnsafeArchiveError, match=r"'k\.txt' refused: it is a (symbolic|hard) link"):
+        list(read_caption_shards([path], Quarantine()))
+
+
+def test_member_names_are_normalised_and_folders_skipped(tmp_path, png, raw_tar):
+    folder = tarfile.TarInfo("./")
+    folder.type = tarfile.DIRTYPE
+    path = raw_tar(tmp_path / "s.tar", [("./", folder), ("./k.png", png()), (".//k.txt", b"a ball")])
+    [sample] = read_caption_shards([path], Quarantine())
+    assert (sample.key, sample.captions) == ("k", {"alt": "a ball"})
 
 
 @pytest.mark.parametrize("keep", [0.3, 0.5, 0.8])

@@ -70,12 +70,16 @@ def image_info(data: bytes) -> tuple[str, int, int]:
 def load_json(path: Path) -> Any:
     """Parse a UTF-8 JSON file; FormatError naming the file when it is not one."""
     path = Path(path)
+    if path.is_dir():
+        raise FormatError(f"{path} is a folder, not a JSON file; give the file's path")
     try:
         return json.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as e:
         raise FormatError(f"{path}: not UTF-8 ({e})") from e
     except json.JSONDecodeError as e:
         raise FormatError(f"{path}: not valid JSON ({e})") from e
+    except RecursionError:
+        raise FormatError(f"{path}: JSON nested too deeply to read") from None
 
 
 def dump_json(obj: Any) -> bytes:

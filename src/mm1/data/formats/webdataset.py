@@ -9,14 +9,13 @@ up to the first dot of its basename):
     000042.json           meta (a JSON object)
 
 Writing is deterministic: fixed mtime/uid/gid/mode, members of a sample sorted by name, samples in
-input order. Reading never extracts to disk; each member is checked with Python's tar ``data``
-filter (made strict: absolute names are refused, not stripped), and a member it refuses (absolute
-path, ``..``, link outside, device file) raises UnsafeArchiveError naming it; a link that stays
-inside the archive sends its sample to the quarantine. A member larger than MAX_MEMBER_BYTES
-raises UnsafeArchiveError naming it before it is read (members are read into memory). A truncated or corrupt tar raises
-FormatError naming the file (the samples before the damage have been yielded by then). Other bad
-samples go to the quarantine.
-Only plain (uncompressed) ``.tar`` shards are read.
+input order. Reading never extracts to disk, and never trusts tarfile's extraction filters (see
+mm1.data.safe_tar): a member whose name could leave its folder (absolute, ``..``, a drive), a link
+of any kind (symbolic or hard, pointing inside or out), a device file or FIFO, a member larger than
+MAX_MEMBER_BYTES (members are read into memory) or members claiming more bytes than the shard
+holds (a sparse bomb) raise UnsafeArchiveError naming it before it is read. A truncated or corrupt
+tar raises FormatError naming the file (the samples before the damage have been yielded by then).
+Other bad samples go to the quarantine. Only plain (uncompressed) ``.tar`` shards are read.
 """
 
 from __future__ import annotations
@@ -42,12 +41,11 @@ MTIME = 0
 _KEY = re.compile(r"^[^./\\\x00]+$")
 _STYLE = re.compile(r"^[A-Za-z0-9_-]+$")
 _NAME = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's base_plus_ext
-_CHECK_DEST = "/nonexistent/mm1-tar-member-check"
-"""A destination for tarfile.data_filter to judge members against; nothing is extracted there."""
 
 
 class UnsafeArchiveError(FormatError):
-    """A tar member that the ``data`` extraction filter refuses (it could write outside its folder)."""
+    """A tar member mm1 refuses to read or extract (it could write outside its folder, is a link,
+    a special file, or too large); see mm1.data.safe_tar."""
 
 
 def write_caption_shards(
@@ -109,29 +107,30 @@ def read_caption_shards(
 
 def _groups(path: Path, sink: Sink) -> Iterator[tuple[str, dict[str, bytes], list[str]]]:
     """(key, {extension: bytes}, problems) per group of consecutive members sharing a key."""
+    from mm1.data.safe_tar import Members  # here, not at the top: safe_tar imports this module
+
     try:
         tar = tarfile.open(path, "r:")
     except (tarfile.ReadError, OSError) as e:
         raise FormatError(f"{path}: not a readable uncompressed tar archive ({e})") from e
+    members_of = Members(path, MAX_MEMBER_BYTES, "MAX_MEMBER_BYTES, for a member read into memory")
     with tar:
         key, members, problems = None, {}, []
         try:
             for info in tar:
-                _check_member(path, info)
+                name = "/".join(members_of.check(info))  # only regular files and folders pass
                 if info.isdir():
                     continue
-                match = _NAME.match(info.name)
+                match = _NAME.match(name)
                 if match is None:
-                    sink.reject(info.name, f"member {info.name!r} is not named key.extension")
+                    sink.reject(name, f"member {name!r} is not named key.extension")
                     continue
                 if match[1] != key:
                     if key is not None:
                         yield key, members, problems
                     key, members, problems = match[1], {}, []
-                if not info.isfile():
-                    problems.append(f"member {info.name!r} is a link or special file, not a regular file")
-                elif match[2] in members:
-                    problems.append(f"member {info.name!r} occurs twice")
+                if match[2] in members:
+                    problems.append(f"member {name!r} occurs twice")
                 else:
                     members[match[2]] = tar.extractfile(info).read()
             check_tar_end(path, tar.offset)
@@ -139,25 +138,6 @@ def _groups(path: Path, sink: Sink) -> Iterator[tuple[str, dict[str, bytes], lis
             raise FormatError(f"{path}: truncated or corrupt tar archive ({e})") from e
         if key is not None:
             yield key, members, problems
-
-
-def strict_data_filter(member: tarfile.TarInfo, dest_path: str) -> tarfile.TarInfo:
-    """tarfile's ``data`` filter, which also refuses absolute member names (it would strip the "/")."""
-    if member.name.startswith(("/", "\\")):
-        raise tarfile.AbsolutePathError(member)
-    return tarfile.data_filter(member, dest_path)
-
-
-def _check_member(path: Path, info: tarfile.TarInfo) -> None:
-    if info.size > MAX_MEMBER_BYTES:
-        raise UnsafeArchiveError(
-            f"{path}: tar member {info.name!r} of {info.size} bytes refused: over the limit of "
-            f"{MAX_MEMBER_BYTES} bytes (MAX_MEMBER_BYTES) for a member read into memory"
-        )
-    try:
-        strict_data_filter(info, _CHECK_DEST)
-    except tarfile.FilterError as e:
-        raise UnsafeArchiveError(f"{path}: unsafe tar member {info.name!r} refused ({type(e).__name__}: {e})") from e
 
 
 def check_tar_end(path: Path, offset: int) -> None:
