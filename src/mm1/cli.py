@@ -224,7 +224,7 @@ def _cmd_acquire(args: argparse.Namespace) -> int:
         raise ConfigError(
             "data.sources is empty: list the datasets to acquire (name, url, sha256, format, role, licence)"
         )
-    manifest = acquire(cfg.sources, args.out, cfg.max_baderrors.fraction)  # AcquireError: one line (main)
+    manifest = acquire(cfg.sources, args.out, cfg.max_bad_fraction)  # AcquireError: one line (main)
     print(f"acquire: {manifest.height} sources, {int(manifest['samples'].sum())} samples -> {args.out}")
     return 0
 
@@ -233,7 +233,7 @@ def _cmd_tokenizer(args: argparse.Namespace) -> int:
     from mm1.data.stages import make_tokenizer
 
     cfg = resolve(args)
-    tok = make_tokenizer(cfg.tokenizer, args.manifest, args.out, cfg.data.max_baderrors.fraction)
+    tok = make_tokenizer(cfg.tokenizer, args.manifest, args.out, cfg.data.max_bad_fraction)
     print(f"tokenizer: {tok.vocab_size} tokens -> {tok.path}")
     return 0
 

@@ -120,7 +120,16 @@ def test_gpu_script_gets_dry_run_without_cuda(tmp_path, monkeypatch):
 
 
 def test_script_order_is_the_issues():
-    assert run.NAMES == ["loader", "generate", "train_throughput", "scaling", "workflow", "dvc_hash", "gpu_mfu"]
+    assert run.NAMES == [
+        "loader",
+        "generate",
+        "train_throughput",
+        "scaling",
+        "workflow",
+        "dvc_hash",
+        "checksum_cost",
+        "gpu_mfu",
+    ]
 
 
 def test_headline_rows_are_checked():
