@@ -152,8 +152,14 @@ def digest(path: Path) -> str:
 
 
 def digests(project: Path) -> dict[str, str]:
+    """sha256 of every output under results/; the output locks beside them (``.<out>.lock``, which
+    name the last holder: pid, host, time) are no outputs and are left out."""
     results = project / "results"
-    return {str(p.relative_to(project)): digest(p) for p in sorted(results.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(project)): digest(p)
+        for p in sorted(results.rglob("*"))
+        if p.is_file() and not (p.name.startswith(".") and p.name.endswith(".lock"))  # mm1.outlock.lock_path
+    }
 
 
 def differences(project: Path, reference: Reference) -> list[str]:

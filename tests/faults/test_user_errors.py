@@ -81,6 +81,7 @@ CASES = {
         2,
         "--init-encoder {missing}",
     ),
+    "manifest-is-a-folder": ("tokenizer --manifest {dir} --out {out}", 1, "{dir} is a folder"),
     "pilot-seeds-are-empty": ("power --seeds {empty} --metric m --effects 1 --study-seeds 3 --out {out}", 1, "{empty}"),
     "pilot-seeds-are-garbage": (
         "power --seeds {garbage} --metric m --effects 1 --study-seeds 3 --out {out}",

@@ -32,6 +32,8 @@ class ChecksumError(ValueError):
 
 def read_manifest(path: Path) -> pl.DataFrame:
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"data manifest {path} is a folder; give its manifest.parquet")
     if not path.is_file():
         raise FileNotFoundError(f"data manifest {path} does not exist; run the world or acquire stage first")
     try:

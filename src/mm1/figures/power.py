@@ -149,7 +149,7 @@ def markdown(table: pl.DataFrame, cells: list[str], effects: Sequence[float], se
 def read_seeds(path: Path) -> pl.DataFrame:
     """The pilot figure's <fig>.seeds.csv; errors name the file and how to remake it."""
     remake = "run mm1 compare for the pilot figure first"
-    frame = read_table(path, SEEDS_COLUMNS, f"--seeds {path}", remake)
+    frame = read_table(path, SEEDS_COLUMNS, "--seeds", remake)
     return frame.with_columns(pl.col("cell", "metric").cast(pl.String))
 
 
