@@ -25,3 +25,13 @@ def raw_tar():
         return path
 
     return make
+
+
+@pytest.fixture
+def loopback_downloads(monkeypatch):
+    """Downloads from a test's loopback server: no proxy for 127.0.0.1, no waits between retries."""
+    from mm1.data import download
+
+    for var in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(var, "127.0.0.1,localhost")
+    monkeypatch.setattr(download, "RETRY_WAITS_S", (0.0, 0.0, 0.0))

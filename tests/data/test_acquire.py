@@ -17,7 +17,6 @@ from PIL import Image
 from mm1.config import ConfigError, from_dict
 from mm1.config.data import SourceSpec
 from mm1.data import acquire as acquire_module
-from mm1.data import download
 from mm1.data.acquire import AcquireError, acquire
 from mm1.data.download import ChecksumError
 from mm1.data.formats import (
@@ -61,10 +60,8 @@ def symlink(name, target):
 
 
 @pytest.fixture(autouse=True)
-def _no_proxy_no_wait(monkeypatch):
-    for var in ("no_proxy", "NO_PROXY"):
-        monkeypatch.setenv(var, "127.0.0.1,localhost")
-    monkeypatch.setattr(download, "RETRY_WAITS_S", (0.0, 0.0, 0.0))
+def _loopback(loopback_downloads):
+    """Every test here downloads from its own loopback server (tests/data/conftest.py)."""
 
 
 @pytest.fixture

@@ -29,10 +29,8 @@ def source(url: str, data: bytes = V1, **limits) -> SourceSpec:
 
 
 @pytest.fixture(autouse=True)
-def _no_proxy_no_wait(monkeypatch):
-    for var in ("no_proxy", "NO_PROXY"):
-        monkeypatch.setenv(var, "127.0.0.1,localhost")
-    monkeypatch.setattr(download_module, "RETRY_WAITS_S", (0.0, 0.0, 0.0))
+def _loopback(loopback_downloads):
+    """Every test here downloads from its own loopback server (tests/data/conftest.py)."""
 
 
 @pytest.fixture
