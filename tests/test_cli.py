@@ -142,3 +142,29 @@ def test_console_script_reports_config_errors_with_exit_2() -> None:
     assert out.returncode == 2
     assert "train.stepz" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_version_is_the_installed_packages(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"mm1 {version('mm1')}"
+
+
+@pytest.mark.parametrize(
+    ("flags", "level"),
+    [([], "WARNING"), (["-v"], "INFO"), (["-vv"], "DEBUG"), (["-vvv"], "DEBUG"), (["--log-level", "error"], "ERROR"),
+     (["-vv", "--log-level", "warning"], "WARNING")],
+)  # fmt: skip
+def test_verbosity_flags_set_the_log_level(flags: list[str], level: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    root = logging.getLogger()
+    before = root.level
+    try:
+        assert main([*flags, "config", "show"]) == 0
+        assert logging.getLevelName(root.level) == level
+    finally:
+        root.setLevel(before)

@@ -26,7 +26,8 @@ Every stage takes the config as ``--preset NAME`` (applied first), ``--config FI
 ``--config-json TEXT``, then ``--set`` (each merged over the one before).
 A user error (a bad flag, path, file or config value) is one line on stderr,
 ``mm1 <cmd>: error: <what>; <fix>``, exit 2 for usage and config errors, 1 for the others;
-``mm1 --debug <cmd> ...`` (or MM1_DEBUG=1) also prints its traceback. Any other exception is a bug:
+``mm1 --debug <cmd> ...`` (or MM1_DEBUG=1) also prints its traceback; ``mm1 -v``/``-vv`` or
+``--log-level LEVEL`` sets how much is logged; ``mm1 --version`` prints the version. Any other exception is a bug:
 its traceback and a line asking to report it.
 """
 
@@ -34,13 +35,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import traceback
 from pathlib import Path
 
+from mm1 import __version__, outlock
 from mm1 import cli_errors as errors
-from mm1 import outlock
 from mm1.config import ConfigError, RunConfig
 from mm1.config.load import apply_overrides, from_dict, read_yaml
 from mm1.config.presets import deep_merge, preset_data
@@ -404,9 +406,21 @@ STAGES = {
 }
 
 
+LOG_LEVELS = ("ERROR", "WARNING", "INFO", "DEBUG")  # -v: INFO, -vv: DEBUG; the default WARNING
+
+
+def set_log_level(level: str) -> None:
+    """The level of mm1's log lines (downloads, retries, warnings), written to stderr."""
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)
+
+
 def parser() -> argparse.ArgumentParser:
     p = errors.Parser(prog="mm1", description="Reproduce the MM1 study, stage by stage.")
     p.add_argument("--debug", action="store_true", help="on an error, also print its traceback (or MM1_DEBUG=1)")
+    p.add_argument("--version", action="version", version=f"mm1 {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="log more: -v info, -vv debug")
+    p.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, help="the log level (overrides -v)")
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("config", help="show the resolved config or the JSON schema")
@@ -521,6 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{exc.prog}: error: {exc}", file=sys.stderr)
         return 2
     args.argv = argv  # a multi-process stage relaunches itself with them
+    set_log_level(args.log_level or LOG_LEVELS[min(args.verbose + 1, len(LOG_LEVELS) - 1)])
     prog = " ".join(["mm1", args.command, *([args.eval_command] if getattr(args, "eval_command", None) else [])])
     debug = args.debug or bool(os.environ.get("MM1_DEBUG"))
     try:
