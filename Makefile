@@ -2,13 +2,15 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(abspath $(VENV))/bin
-# torch 2.13.0 is pinned to its CPU build (constraints.txt). Where pip's indexes do not carry
-# it, point pip at PyTorch's CPU wheels: make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# torch 2.13.0 is pinned by version (constraints.txt), so the default index serves it (on Linux
+# PyPI's build is the CUDA one). For the CPU-only build (no CUDA libraries, ~5x smaller):
+#   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# For a GPU cluster, the index of the CUDA version its driver supports, e.g. .../whl/cu128.
 TORCH_INDEX ?=
 PIP    := $(BIN)/python -m pip
 RUN    := PATH="$(BIN):$$PATH"
 
-.PHONY: install study test test-fast lint schema lock clean dvc plots-template bench
+.PHONY: install study test test-packages test-fast lint schema lock clean dvc plots-template bench
 
 install: $(VENV)/.installed
 
@@ -24,9 +26,14 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 study: install
 	$(RUN) snakemake --cores all
 
-## The whole test suite (what CI runs), slow and multi-process tests included.
-test: install lint
-	$(RUN) pytest
+## The whole test suite (what CI runs), slow and multi-process tests included. As root it installs the
+## system packages and starts the local SLURM cluster itself; without root it skips what needs them
+## (one summary line names what and how to enable it). PYTEST_ARGS="-x -k dvc" narrows it.
+test: test-packages install lint
+	$(RUN) scripts/test-env run pytest $(PYTEST_ARGS)
+
+test-packages:
+	@scripts/test-env packages
 
 ## The tests without the slow end-to-end runs.
 test-fast: install
@@ -38,8 +45,9 @@ bench: install
 	$(RUN) python bench/run.py $(BENCH_ARGS)
 
 lint: install
-	$(RUN) ruff check src tests
-	$(RUN) ruff format --check src tests
+	$(RUN) ruff check src tests bench scripts workflow
+	$(RUN) ruff format --check src tests bench scripts workflow
+	$(RUN) snakefmt --check workflow
 	$(RUN) mm1 config schema --check workflow/schemas/config.schema.json
 	$(RUN) python -m mm1.dvc_stages --check dvc.yaml
 
@@ -59,7 +67,7 @@ plots-template: install
 lock: install
 	{ echo "# Exact versions of every package in the project environment: \`make install\` installs with"; \
 	  echo "# \`-c constraints.txt\`, so two installs get the same versions. Regenerate with \`make lock\`."; \
-	  $(PIP) freeze --exclude-editable | grep -v '^mm1'; } > constraints.txt
+	  $(PIP) freeze --exclude-editable | grep -v '^mm1' | sed -E 's/^(torch[a-z]*==[^+]*)\+.*/\1/'; } > constraints.txt
 
 clean:
 	rm -rf results logs benchmarks .snakemake

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -71,7 +72,10 @@ def _official_cider(refs_path: Path, pred_path: Path) -> tuple[float, dict[int, 
     import pycocoevalcap.tokenizer.ptbtokenizer as ptb_module
     import pycocotools.coco as coco_module
 
-    assert shutil.which("java"), "pycocoevalcap's PTB tokenizer needs java: apt-get install default-jre-headless"
+    if not shutil.which("java"):
+        if os.environ.get("MM1_NO_JAVA") == "1":  # scripts/test-env sets it where java cannot be installed
+            pytest.skip("pycocoevalcap's PTB tokenizer needs java (MM1_NO_JAVA=1 skips it)")
+        pytest.fail("pycocoevalcap's PTB tokenizer needs java: apt-get install default-jre-headless", pytrace=False)
     with contextlib.redirect_stdout(io.StringIO()):
         coco = coco_module.COCO(str(refs_path))
         coco_res = coco.loadRes(str(pred_path))

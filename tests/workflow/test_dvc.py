@@ -8,6 +8,7 @@ fresh clones) are in test_dvc_remote.py; the offline plots page is checked at th
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -212,7 +213,9 @@ new ctx.vega.View(ctx.vega.parse(compiled), {renderer: 'none'}).toSVG().then(svg
 
 def test_dvc_plots_show_renders_offline_with_the_inlined_template(tmp_path: Path):
     if shutil.which("npm") is None or shutil.which("node") is None:
-        pytest.fail("the offline plots template needs node and npm: apt-get install nodejs npm (.ci/run does)")
+        if os.environ.get("MM1_NO_NPM") == "1":  # scripts/test-env sets it where node/npm cannot be installed
+            pytest.skip("the offline plots template needs node and npm (MM1_NO_NPM=1 skips it)")
+        pytest.fail("the offline plots template needs node and npm: apt-get install nodejs npm", pytrace=False)
     template = tmp_path / "offline.html"
     run(
         [

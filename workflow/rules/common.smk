@@ -65,6 +65,7 @@ except (WorkflowError, TypeError):
 def job_threads(w):
     return ALL_CORES if w.exp == "base" else HALF_CORES
 
+
 # Data and evaluation jobs: one process. Training jobs: the parallel layout of their stage config;
 # on a GPU cluster (config gpu=...) nodes, GPUs, memory and time come from the layout planner.
 def light(mem_mb=2000, runtime=30):

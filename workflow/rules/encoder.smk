@@ -9,17 +9,17 @@ rule encoder:
         summary="results/encoder/{exp}/metrics.json",
         figure="results/encoder/{exp}/encoder.png",
         provenance="results/encoder/{exp}/provenance.json",
-    params:
-        cfg=cfg("encoder"),
-    threads: job_threads
-    resources:
-        **training("encoder"),
     log:
         "logs/encoder/{exp}.log",
     benchmark:
         "benchmarks/encoder/{exp}.tsv"
     conda:
         "../../envs/mm1.yaml"
+    threads: job_threads
+    resources:
+        **training("encoder"),
+    params:
+        cfg=cfg("encoder"),
     shell:
         "mm1 encoder --config-json {params.cfg:q} --manifest {input.manifest:q} "
-        "--tokenizer {input.tokenizer:q} --out \"$(dirname {output.metrics:q})\" > {log:q} 2>&1"
+        '--tokenizer {input.tokenizer:q} --out "$(dirname {output.metrics:q})" > {log:q} 2>&1'

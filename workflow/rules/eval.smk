@@ -10,21 +10,21 @@ rule eval:
         summary="results/eval/{exp}/summary.csv",
         metrics="results/eval/{exp}/metrics.json",
         provenance="results/eval/{exp}/provenance.json",
-    params:
-        cfg=cfg("eval"),
-    threads: job_threads
-    resources:
-        **light(mem_mb=4000, runtime=60),
     log:
         "logs/eval/{exp}.log",
     benchmark:
         "benchmarks/eval/{exp}.tsv"
     conda:
         "../../envs/mm1.yaml"
+    threads: job_threads
+    resources:
+        **light(mem_mb=4000, runtime=60),
+    params:
+        cfg=cfg("eval"),
     shell:
-        "mm1 eval run --config-json {params.cfg:q} --data \"$(dirname {input.benchmarks:q})\" "
+        'mm1 eval run --config-json {params.cfg:q} --data "$(dirname {input.benchmarks:q})" '
         "--tokenizer {input.tokenizer:q} --checkpoint {input.checkpoint:q} "
-        "--out \"$(dirname {output.scores:q})\" > {log:q} 2>&1"
+        '--out "$(dirname {output.scores:q})" > {log:q} 2>&1'
 
 
 rule sft_eval:
@@ -40,18 +40,18 @@ rule sft_eval:
         summary="results/sft_eval/{exp}/summary.csv",
         metrics="results/sft_eval/{exp}/metrics.json",
         provenance="results/sft_eval/{exp}/provenance.json",
-    params:
-        cfg=cfg("sft_eval"),
-    threads: job_threads
-    resources:
-        **light(mem_mb=4000, runtime=60),
     log:
         "logs/sft_eval/{exp}.log",
     benchmark:
         "benchmarks/sft_eval/{exp}.tsv"
     conda:
         "../../envs/mm1.yaml"
+    threads: job_threads
+    resources:
+        **light(mem_mb=4000, runtime=60),
+    params:
+        cfg=cfg("sft_eval"),
     shell:
-        "mm1 eval run --sft --config-json {params.cfg:q} --data \"$(dirname {input.benchmarks:q})\" "
+        'mm1 eval run --sft --config-json {params.cfg:q} --data "$(dirname {input.benchmarks:q})" '
         "--tokenizer {input.tokenizer:q} --checkpoint {input.checkpoint:q} "
-        "--out \"$(dirname {output.scores:q})\" > {log:q} 2>&1"
+        '--out "$(dirname {output.scores:q})" > {log:q} 2>&1'

@@ -7,18 +7,18 @@ rule figure:
         png=report("results/figures/tiny_study.png", caption="../report/tiny_study.rst", category="Base recipe"),
         table=report("results/figures/tiny_study.csv", caption="../report/tiny_study.rst", category="Base recipe"),
         provenance="results/figures/tiny_study.provenance.json",
-    threads: 1
-    resources:
-        **light(),
     log:
         "logs/figures/tiny_study.log",
     benchmark:
         "benchmarks/figures/tiny_study.tsv"
     conda:
         "../../envs/mm1.yaml"
+    threads: 1
+    resources:
+        **light(),
     shell:
         "mm1 figure --metrics {input.metrics:q} --scores {input.scores:q} "
-        "--out \"$(dirname {output.png:q})\" > {log:q} 2>&1"
+        '--out "$(dirname {output.png:q})" > {log:q} 2>&1'
 
 
 rule compare:
@@ -41,22 +41,22 @@ rule compare:
         ),
         seeds="results/figures/{fig}.seeds.csv",
         provenance="results/figures/{fig}.provenance.json",
-    params:
-        spec=lambda w: StageConfig(RUN.study.figures[w.fig].model_dump_json()),
-        meta=lambda w: StageConfig(figure_meta(w.fig)),
-        cells=lambda w: [arg for exp, folder in figure_runs(w.fig) for arg in ("--cell", f"{exp}={folder}")],
-    threads: 1
-    resources:
-        **light(),
     log:
         "logs/figures/{fig}.log",
     benchmark:
         "benchmarks/figures/{fig}.tsv"
     conda:
         "../../envs/mm1.yaml"
+    threads: 1
+    resources:
+        **light(),
+    params:
+        spec=lambda w: StageConfig(RUN.study.figures[w.fig].model_dump_json()),
+        meta=lambda w: StageConfig(figure_meta(w.fig)),
+        cells=lambda w: [arg for exp, folder in figure_runs(w.fig) for arg in ("--cell", f"{exp}={folder}")],
     shell:
         "mm1 compare --id {wildcards.fig:q} --spec {params.spec:q} --meta {params.meta:q} {params.cells:q} "
-        "--out \"$(dirname {output.png:q})\" > {log:q} 2>&1"
+        '--out "$(dirname {output.png:q})" > {log:q} 2>&1'
 
 
 rule lessons:
@@ -67,20 +67,20 @@ rule lessons:
         md=report("results/figures/lessons.md", caption="../report/lessons.rst", category="Lessons"),
         table=report("results/figures/lessons.csv", caption="../report/lessons.rst", category="Lessons"),
         provenance="results/figures/lessons.provenance.json",
-    params:
-        lessons=StageConfig(json.dumps({k: v.model_dump(mode="json") for k, v in RUN.study.lessons.items()})),
-        seeds=[arg for fig in LESSON_FIGURES for arg in ("--seeds", f"{fig}=results/figures/{fig}.seeds.csv")],
-    threads: 1
-    resources:
-        **light(),
     log:
         "logs/figures/lessons.log",
     benchmark:
         "benchmarks/figures/lessons.tsv"
     conda:
         "../../envs/mm1.yaml"
+    threads: 1
+    resources:
+        **light(),
+    params:
+        lessons=StageConfig(json.dumps({k: v.model_dump(mode="json") for k, v in RUN.study.lessons.items()})),
+        seeds=[arg for fig in LESSON_FIGURES for arg in ("--seeds", f"{fig}=results/figures/{fig}.seeds.csv")],
     shell:
-        "mm1 lessons --lessons {params.lessons:q} {params.seeds:q} --out \"$(dirname {output.md:q})\" > {log:q} 2>&1"
+        'mm1 lessons --lessons {params.lessons:q} {params.seeds:q} --out "$(dirname {output.md:q})" > {log:q} 2>&1'
 
 
 rule power:
@@ -91,19 +91,19 @@ rule power:
         md=report("results/figures/power.md", caption="../report/power.rst", category="Lessons"),
         table="results/figures/power.csv",
         provenance="results/figures/power.provenance.json",
-    params:
-        metrics=[arg for m in (RUN.study.pilot.metrics if RUN.study.pilot else []) for arg in ("--metric", m)],
-        effects=",".join(f"{e:g}" for e in (RUN.study.pilot.effects if RUN.study.pilot else [])),
-        seeds=RUN.study.seeds,
-    threads: 1
-    resources:
-        **light(),
     log:
         "logs/figures/power.log",
     benchmark:
         "benchmarks/figures/power.tsv"
     conda:
         "../../envs/mm1.yaml"
+    threads: 1
+    resources:
+        **light(),
+    params:
+        metrics=[arg for m in (RUN.study.pilot.metrics if RUN.study.pilot else []) for arg in ("--metric", m)],
+        effects=",".join(f"{e:g}" for e in (RUN.study.pilot.effects if RUN.study.pilot else [])),
+        seeds=RUN.study.seeds,
     shell:
         "mm1 power --seeds {input:q} {params.metrics:q} --effects {params.effects:q} --study-seeds {params.seeds:q} "
-        "--out \"$(dirname {output.md:q})\" > {log:q} 2>&1"
+        '--out "$(dirname {output.md:q})" > {log:q} 2>&1'

@@ -14,20 +14,20 @@ rule llm_pack:
         mixture="results/llm_pack/{exp}/mixture.csv",
         quarantine="results/llm_pack/{exp}/quarantine.parquet",
         provenance="results/llm_pack/{exp}/provenance.json",
-    params:
-        cfg=cfg("llm_pack"),
-    threads: 1
-    resources:
-        **light(mem_mb=4000),
     log:
         "logs/llm_pack/{exp}.log",
     benchmark:
         "benchmarks/llm_pack/{exp}.tsv"
     conda:
         "../../envs/mm1.yaml"
+    threads: 1
+    resources:
+        **light(mem_mb=4000),
+    params:
+        cfg=cfg("llm_pack"),
     shell:
         "mm1 pack --config-json {params.cfg:q} --manifest {input.manifest:q} "
-        "--tokenizer {input.tokenizer:q} --out \"$(dirname {output.packed:q})\" > {log:q} 2>&1"
+        '--tokenizer {input.tokenizer:q} --out "$(dirname {output.packed:q})" > {log:q} 2>&1'
 
 
 rule llm:
@@ -39,17 +39,17 @@ rule llm:
         checkpoint=directory("results/llm/{exp}/checkpoint"),
         metrics="results/llm/{exp}/metrics.csv",
         provenance="results/llm/{exp}/provenance.json",
-    params:
-        cfg=cfg("llm"),
-    threads: job_threads
-    resources:
-        **training("llm"),
     log:
         "logs/llm/{exp}.log",
     benchmark:
         "benchmarks/llm/{exp}.tsv"
     conda:
         "../../envs/mm1.yaml"
+    threads: job_threads
+    resources:
+        **training("llm"),
+    params:
+        cfg=cfg("llm"),
     shell:
         "mm1 train --config-json {params.cfg:q} --packed {input.packed:q} "
-        "--tokenizer {input.tokenizer:q} --out \"$(dirname {output.metrics:q})\" > {log:q} 2>&1"
+        '--tokenizer {input.tokenizer:q} --out "$(dirname {output.metrics:q})" > {log:q} 2>&1'

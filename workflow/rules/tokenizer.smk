@@ -5,17 +5,17 @@ rule tokenizer:
     output:
         tokenizer="results/tokenizer/{exp}/tokenizer.json",
         provenance="results/tokenizer/{exp}/provenance.json",
-    params:
-        cfg=cfg("tokenizer"),
-    threads: 1
-    resources:
-        **light(),
     log:
         "logs/tokenizer/{exp}.log",
     benchmark:
         "benchmarks/tokenizer/{exp}.tsv"
     conda:
         "../../envs/mm1.yaml"
+    threads: 1
+    resources:
+        **light(),
+    params:
+        cfg=cfg("tokenizer"),
     shell:
         "mm1 tokenizer --config-json {params.cfg:q} --manifest {input.manifest:q} "
-        "--out \"$(dirname {output.tokenizer:q})\" > {log:q} 2>&1"
+        '--out "$(dirname {output.tokenizer:q})" > {log:q} 2>&1'

@@ -9,16 +9,16 @@ rule world:
         samples="results/world/{exp}/samples.png",
         manifest="results/world/{exp}/manifest.parquet",
         provenance="results/world/{exp}/provenance.json",
-    params:
-        cfg=cfg("world"),
-    threads: 1
-    resources:
-        **light(),
     log:
         "logs/world/{exp}.log",
     benchmark:
         "benchmarks/world/{exp}.tsv"
     conda:
         "../../envs/mm1.yaml"
+    threads: 1
+    resources:
+        **light(),
+    params:
+        cfg=cfg("world"),
     shell:
-        "mm1 world --config-json {params.cfg:q} --out \"$(dirname {output.manifest:q})\" > {log:q} 2>&1"
+        'mm1 world --config-json {params.cfg:q} --out "$(dirname {output.manifest:q})" > {log:q} 2>&1'
