@@ -22,9 +22,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) check
 	touch $@
 
-## The miniature MM1 study: data -> tokenizer -> train -> eval -> figure (results/figures/).
+## The miniature MM1 study: data -> tokenizer -> train -> eval -> figure (results/figures/); then its
+## stages are recorded in dvc.lock, so `dvc status` is clean for them and `dvc repro` redoes nothing.
 study: install
 	$(RUN) snakemake --cores all
+	$(RUN) python -m mm1.dvc_stages --commit
 
 ## The whole test suite (what CI runs), slow and multi-process tests included. As root it installs the
 ## system packages and starts the local SLURM cluster itself; without root it skips what needs them
@@ -59,9 +61,10 @@ schema: install
 dvc: install
 	$(RUN) python -m mm1.dvc_stages --write dvc.yaml
 
-## The offline `dvc plots show` template: vega/vega-lite/vega-embed inlined (needs npm; into build/).
+## The offline `dvc plots show` template: vega/vega-lite/vega-embed inlined (needs npm; into build/),
+## then used by this clone's `dvc plots show` (.dvc/config.local). Without it DVC's own page loads them from a CDN.
 plots-template: install
-	$(RUN) python workflow/scripts/plots_template.py
+	$(RUN) python workflow/scripts/plots_template.py --use
 
 ## Re-pin every package after changing pyproject.toml.
 lock: install

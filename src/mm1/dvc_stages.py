@@ -25,6 +25,7 @@ rules, as ``--forceall`` sees them) and writes the DVC stages that version and r
 
     python -m mm1.dvc_stages --write dvc.yaml   # regenerate after changing rules or the study
     python -m mm1.dvc_stages --check dvc.yaml   # exit 1 when dvc.yaml is stale (CI, tests)
+    python -m mm1.dvc_stages --commit [--target T]  # after `snakemake [T]`: its stages into dvc.lock
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import re
 import shlex
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,7 @@ class Dag:
     targets: dict[str, tuple[str, ...]]  # target rule (no outputs, no command) -> its inputs
     sources: tuple[str, ...]  # the config files, base first, relative to the root
     config: dict  # the workflow's config, as the Snakefile resolved it
+    pending: tuple[str, ...] = ()  # with_pending: the jobs Snakemake would run now ("rule {wildcards}")
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,8 @@ class Invocation:
 
     configfiles: tuple[str, ...] = ()
     config: tuple[str, ...] = ()  # KEY=VALUE, as snakemake --config
-    targets: tuple[str, ...] = field(default=())  # default: every target rule
+    targets: tuple[str, ...] = field(default=())  # default: every target rule ...
+    default_only: bool = False  # ... or, when set, the Snakefile's default target (what `snakemake` builds)
 
     def args(self) -> list[str]:
         return [
@@ -112,8 +115,9 @@ def _restoring_cwd() -> Iterator[None]:
         os.chdir(old)
 
 
-def read_dag(root: Path, how: Invocation = Invocation()) -> Dag:
-    """Every job the target rules need (default: every rule without outputs or command, e.g. all)."""
+def read_dag(root: Path, how: Invocation = Invocation(), with_pending: bool = False) -> Dag:
+    """Every job the target rules need (default: every rule without outputs or command, e.g. all);
+    ``with_pending`` also asks Snakemake which of them it would run now (as its dry run does)."""
     from snakemake.api import SnakemakeApi
     from snakemake.cli import parse_config
     from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, Quietness, ResourceSettings
@@ -125,7 +129,15 @@ def read_dag(root: Path, how: Invocation = Invocation()) -> Dag:
         workflow_api = api.workflow(ResourceSettings(cores=1), settings, snakefile=root / SNAKEFILE, workdir=root)
         workflow = workflow_api._workflow  # the API lists no jobs; the workflow it wraps does
         target_rules = [r.name for r in workflow.rules if not r.output and r.norun and not r.has_wildcards()]
-        workflow_api.dag(DAGSettings(targets=set(how.targets or target_rules), forceall=True))
+        default = [workflow.default_target] if how.default_only and workflow.default_target else target_rules
+        targets = set(how.targets or default)
+        pending = ()
+        if with_pending:
+            workflow_api.dag(DAGSettings(targets=targets))
+            workflow._prepare_dag(forceall=False, ignore_incomplete=False, lock_warn_only=True, nolock=True)
+            workflow._build_dag()
+            pending = tuple(f"{j.rule.name} {dict(j.wildcards)}" for j in workflow.dag.needrun_jobs() if j.output)
+        workflow_api.dag(DAGSettings(targets=targets, forceall=True))
         workflow._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True, nolock=True)
         workflow._build_dag()
         order = {rule.name: i for i, rule in enumerate(workflow.rules)}
@@ -147,7 +159,7 @@ def read_dag(root: Path, how: Invocation = Invocation()) -> Dag:
                 )
             )
         sources = _config_sources(workflow, root)
-        return Dag(jobs=jobs, targets=goals, sources=sources, config=dict(workflow.config))
+        return Dag(jobs=jobs, targets=goals, sources=sources, config=dict(workflow.config), pending=pending)
 
 
 def _config_sources(workflow: Any, root: Path) -> tuple[str, ...]:
@@ -387,6 +399,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode.add_argument("--write", metavar="DVC_YAML", type=Path, help="write the generated dvc.yaml here")
     mode.add_argument("--check", metavar="DVC_YAML", type=Path, help="exit 1 if this file differs from the DAG")
     mode.add_argument("--print", action="store_true", help="print the generated dvc.yaml")
+    mode.add_argument(
+        "--commit",
+        action="store_true",
+        help="record in dvc.lock the outputs of the stages of --target (default: Snakemake's default target), "
+        "once Snakemake has built them: `dvc status` is then clean for them",
+    )
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="the project root (default: .)")
     parser.add_argument("--target", action="append", default=[], help="Snakemake target (default: every target rule)")
     parser.add_argument(
@@ -397,6 +415,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     how = Invocation(configfiles=tuple(args.configfile), config=tuple(args.config), targets=tuple(args.target))
+    if args.commit:
+        from mm1.dvc_commit import commit
+
+        return commit(args.root, replace(how, default_only=True))
     text = generate(args.root, how)
     if args.print:
         sys.stdout.write(text)

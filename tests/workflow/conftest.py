@@ -11,6 +11,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = Path(__file__).with_name("smoke.yaml")
+GIT_ID = ["-c", "user.name=mm1 tests", "-c", "user.email=tests@mm1.invalid"]  # commits in throw-away repos
 
 
 def project_files() -> list[str]:

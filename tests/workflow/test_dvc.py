@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, run
+from conftest import REPO, copy_project, run
 
 from mm1.dvc_stages import Dag, Invocation, Job, ParamsResolver, command, stage_names
 
@@ -192,8 +192,8 @@ def test_params_name_the_config_file_sections_and_the_overrides_that_changed_the
 
 # -- dvc plots show, offline -------------------------------------------------------------------------
 TEMPLATE_SCRIPT = REPO / "workflow" / "scripts" / "plots_template.py"
-# Evaluates the page's inline scripts in node (no browser, no network), compiles the first plot's
-# vega-lite spec with the inlined vega-lite and renders it to SVG with the inlined vega.
+# Evaluates the page's inline scripts in node (no browser, no network), compiles the first plot with data's
+# non-empty vega-lite spec with the inlined vega-lite and renders it to SVG with the inlined vega.
 RENDER_JS = r"""
 const fs = require('fs'), vm = require('vm');
 const html = fs.readFileSync(process.argv[process.argv.length - 1], 'utf8');
@@ -202,7 +202,8 @@ ctx.globalThis = ctx; ctx.window = ctx; ctx.self = ctx;
 vm.createContext(ctx);
 const inline = [...html.matchAll(/<script type="text\/javascript">([\s\S]*?)<\/script>/g)].map(m => m[1]);
 for (const code of inline.filter(c => c.includes('/* vega'))) vm.runInContext(code, ctx);
-const spec = JSON.parse(html.match(/var spec = (\{[\s\S]*?\});\s*vegaEmbed/)[1]);
+const specs = [...html.matchAll(/var spec = (\{[\s\S]*?\});\s*vegaEmbed/g)].map(m => JSON.parse(m[1]));
+const spec = specs.find(s => Object.keys(s).length);  // plots whose file is absent get an empty spec
 const compiled = ctx.vegaLite.compile(spec).spec;
 new ctx.vega.View(ctx.vega.parse(compiled), {renderer: 'none'}).toSVG().then(svg => {
   console.log(JSON.stringify({embed: typeof ctx.vegaEmbed, svg_bytes: svg.length,
@@ -211,32 +212,31 @@ new ctx.vega.View(ctx.vega.parse(compiled), {renderer: 'none'}).toSVG().then(svg
 """
 
 
+def test_dvc_plots_show_works_in_a_fresh_clone(tmp_path: Path):
+    """No template is built in a fresh clone: the committed config names none, and DVC uses its own page."""
+    assert "html_template" not in (REPO / ".dvc" / "config").read_text()
+    clone = copy_project(tmp_path / "mm1")
+    run(["git", "init", "-q"], clone)
+    run(["dvc", "plots", "show", "-o", "plots"], clone)
+    assert "vegaEmbed(" in (clone / "plots" / "index.html").read_text()
+
+
 def test_dvc_plots_show_renders_offline_with_the_inlined_template(tmp_path: Path):
     if shutil.which("npm") is None or shutil.which("node") is None:
         if os.environ.get("MM1_NO_NPM") == "1":  # scripts/test-env sets it where node/npm cannot be installed
             pytest.skip("the offline plots template needs node and npm (MM1_NO_NPM=1 skips it)")
         pytest.fail("the offline plots template needs node and npm: apt-get install nodejs npm", pytrace=False)
-    template = tmp_path / "offline.html"
-    run(
-        [
-            sys.executable,
-            str(TEMPLATE_SCRIPT),
-            "--out",
-            str(template),
-            "--cache",
-            str(REPO / "build/plots_template/npm"),
-        ],
-        REPO,
-    )
-    config = (REPO / ".dvc" / "config").read_text()
-    assert re.search(r"html_template = \.\./build/plots_template/offline\.html", config), config
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
-        run(cmd, repo)
-    (repo / "metrics.csv").write_text("step,loss\n" + "".join(f"{i},{5 / (i + 1):.3f}\n" for i in range(20)))
-    (repo / "dvc.yaml").write_text("plots:\n  - metrics.csv:\n      x: step\n      y: loss\n")
-    run(["dvc", "plots", "show", "--html-template", str(template), "-o", "plots"], repo)
+    clone = copy_project(tmp_path / "mm1")
+    run(["git", "init", "-q"], clone)
+    script = clone / TEMPLATE_SCRIPT.relative_to(REPO)  # make plots-template, in this clone
+    run([sys.executable, str(script), "--use", "--cache", str(REPO / "build/plots_template/npm")], clone)
+    local = (clone / ".dvc" / "config.local").read_text()
+    assert re.search(r"html_template = \.\./build/plots_template/offline\.html", local), local
+    loss = "step,loss\n" + "".join(f"{i},{5 / (i + 1):.3f}\n" for i in range(20))
+    (clone / "results/train/base").mkdir(parents=True)
+    (clone / "results/train/base/metrics.csv").write_text(loss)  # one stage's plot output
+    run(["dvc", "plots", "show", "-o", "plots"], clone)
+    repo = clone
     page = (repo / "plots" / "index.html").read_text()
     assert not re.search(r"<script[^>]*\bsrc\s*=\s*[\"']?(https?:)?//", page), "a script still loads from the network"
     assert "vegaEmbed(" in page and "/* vega@" in page and "/* vega-lite@" in page and "/* vega-embed@" in page
@@ -245,3 +245,16 @@ def test_dvc_plots_show_renders_offline_with_the_inlined_template(tmp_path: Path
     assert node.returncode == 0, "\n".join(line[:300] for line in node.stderr.splitlines()[-20:])
     drawn = json.loads(node.stdout)
     assert drawn["embed"] == "function" and drawn["paths"] >= 1, drawn  # a non-blank SVG with the loss line
+
+
+# -- make study's second step: what Snakemake built goes into dvc.lock -------------------------------
+# (the full-scale test in test_snakemake.py commits the default target after it ran and checks `dvc status`)
+def test_commit_refuses_while_snakemake_has_work_left_and_outside_a_clone_records_nothing(tmp_path: Path):
+    project = copy_project(tmp_path / "mm1")
+    commit = [sys.executable, "-m", "mm1.dvc_stages", "--commit"]
+    outside = run(commit, project)  # a copy, not a git clone: DVC cannot version it
+    assert "not a git clone" in outside.stdout and not (project / "dvc.lock").exists()
+    run(["git", "init", "-q"], project)
+    fresh = subprocess.run(commit, cwd=project, capture_output=True, text=True)
+    assert fresh.returncode == 1 and "job(s) left for the default target" in fresh.stderr, fresh.stderr[-2000:]
+    assert "run `snakemake --cores all` first" in fresh.stderr and not (project / "dvc.lock").exists()

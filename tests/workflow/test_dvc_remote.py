@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import copy_project, smoke_config
+from conftest import GIT_ID, copy_project, smoke_config
 from test_dvc import dry_run_jobs, stage_io, target_rules
 
 pytestmark = pytest.mark.slow
@@ -40,7 +40,6 @@ FAST_STUDY = {
         },
     }
 }
-GIT_ID = ["-c", "user.name=t", "-c", "user.email=t@t"]
 
 
 def merge(a: dict, b: dict) -> dict:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
 import yaml
-from conftest import SMOKE, run
+from conftest import GIT_ID, SMOKE, run
 
 from mm1.config.presets import deep_merge
 from mm1.study import Study
@@ -186,11 +187,25 @@ def test_smoke_study_end_to_end(project: Path):
 @pytest.mark.timeout(2400)
 def test_default_target_and_a_paper_figure_at_full_scale(project: Path):
     """What the README's first command runs (the default target), then one paper figure with all its
-    cells and seeds at the study's real ablation scale, then the HTML report of both."""
+    cells and seeds at the study's real ablation scale, then the HTML report of both. The project is
+    a git clone, as make study finds it: DVC must know the default target's stages afterwards."""
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", *GIT_ID, "commit", "-qm", "clone"]):
+        run(cmd, project)
     run(["snakemake", "--cores", "2"], project, timeout=1500)
     results = project / "results"
     scores = pl.read_csv(results / "figures/tiny_study.csv")
     assert set(scores["shots"]) == {0, 4, 8} and scores["final_train_loss"][0] < 0.5 * scores["first_train_loss"][0]
+
+    # make study's second step: the stages that ran go into dvc.lock, and DVC then sees them as done.
+    run([sys.executable, "-m", "mm1.dvc_stages", "--commit"], project)
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    locked = set(yaml.safe_load((project / "dvc.lock").read_text())["stages"])
+    assert "figure" in locked and {s.split("-")[0] for s in locked} >= {"world", "tokenizer", "pack", "train", "eval"}
+    assert locked < set(stages), "only the default target's stages, not the whole study"
+    status = run(["dvc", "status", "--with-deps", *sorted(locked)], project)
+    assert "up to date" in status.stdout, status.stdout[-2000:]
+    repro = run(["dvc", "repro", "--dry", "figure"], project)
+    assert "Running stage" not in repro.stdout, repro.stdout[-2000:]
 
     run(["snakemake", "fig5d", "--cores", "2"], project, timeout=1500)
     study = Study(snakemake_config(project))

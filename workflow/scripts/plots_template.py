@@ -8,9 +8,10 @@ build product: it goes to build/ (git-ignored), never into the repository.
 
 DVC fills a template's placeholders {plot_divs} (the plots), {refresh_tag} and {scripts}. {scripts}
 is where DVC puts its CDN <script src> tags, so this template leaves it out and inlines instead.
-.dvc/config points at the result (plots.html_template, relative to .dvc/).
+With --use (make plots-template), this clone's .dvc/config.local points at the result
+(plots.html_template, relative to .dvc/); without it, `dvc plots show` uses DVC's own page.
 
-    python workflow/scripts/plots_template.py        # or: make plots-template (needs npm)
+    python workflow/scripts/plots_template.py --use  # or: make plots-template (needs npm)
     dvc plots show                                   # dvc_plots/index.html, no network needed
 """
 
@@ -20,6 +21,7 @@ import argparse
 import base64
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -115,10 +117,19 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=OUT, help=f"the template (default: {OUT.relative_to(ROOT)})")
     p.add_argument("--cache", type=Path, default=None, help="where the npm tarballs go (default: next to --out)")
+    p.add_argument(
+        "--use", action="store_true", help="point this clone's `dvc plots show` at it (.dvc/config.local)"
+    )
     args = p.parse_args(argv)
     out = build(args.out, args.cache or args.out.parent / "npm")
     versions = {name: version for name, (version, _) in PACKAGES.items()}
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB; {json.dumps(versions)})")
+    if args.use:
+        # This clone only (.dvc/config.local is git-ignored): a fresh clone has no build/, and a template
+        # named in the shared .dvc/config but absent makes `dvc plots show` fail instead of using DVC's own.
+        where = os.path.relpath(out.resolve(), ROOT / ".dvc")
+        subprocess.run([sys.executable, "-m", "dvc", "config", "--local", "plots.html_template", where], check=True)
+        print(f"dvc plots show now uses it (.dvc/config.local: plots.html_template = {where})")
     return 0
 
 
