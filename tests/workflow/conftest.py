@@ -15,11 +15,14 @@ GIT_ID = ["-c", "user.name=mm1 tests", "-c", "user.email=tests@mm1.invalid"]  # 
 
 
 def project_files() -> list[str]:
-    """Tracked files plus untracked ones git does not ignore: what a clean clone would hold."""
+    """Tracked files plus untracked ones git does not ignore: what a clean clone would hold; but not an
+    untracked dvc.lock (what `make study` recorded of this checkout's own runs)."""
     out = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
     )
-    return [line for line in out.stdout.splitlines() if (REPO / line).is_file()]
+    tracked = subprocess.run(["git", "ls-files", "dvc.lock"], cwd=REPO, capture_output=True, text=True).stdout
+    files = [line for line in out.stdout.splitlines() if (REPO / line).is_file()]
+    return [f for f in files if f != "dvc.lock" or tracked.strip()]
 
 
 def copy_project(dest: Path) -> Path:
