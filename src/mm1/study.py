@@ -166,6 +166,7 @@ class Study:
         self.sft_only: dict[str, dict[str, Any]] = {BASE: {}}  # overrides only the SFT stages apply
         self._seeds: dict[str, list[str]] = {}
         self._signatures: dict[tuple[str, str], str] = {}
+        self._stage_configs: dict[tuple[str, str], RunConfig] = {}
         problems: list[str] = []  # every experiment is checked; one ConfigError lists them all
         for name, overrides in study.experiments.items():
             rest = {k: v for k, v in overrides.items() if k != SFT_ONLY}
@@ -260,12 +261,14 @@ class Study:
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
         data["name"] = exp
-        from_dict(data, where)
+        self._stage_configs[stage, exp] = from_dict(data, where)  # validated once, kept (configs are frozen)
         return data
 
     def stage_config(self, stage: str, exp: str) -> RunConfig:
         """The config the stage's command runs with for this experiment."""
-        return from_dict(self._stage_data(stage, exp), f"stage {stage} of experiment {exp!r}")
+        if (stage, exp) not in self._stage_configs:
+            self._stage_data(stage, exp)
+        return self._stage_configs[stage, exp]
 
     def stage_json(self, stage: str, exp: str) -> str:
         """The sections the stage's command reads, as the JSON its ``--config-json`` gets."""

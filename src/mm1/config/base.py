@@ -7,6 +7,7 @@ number, ``1`` is not a bool; an int is accepted where a float is meant. Floats m
 
 from __future__ import annotations
 
+import functools
 import re
 import types
 import typing
@@ -35,6 +36,12 @@ def _kinds(annotation: Any) -> set[Any]:
     return {typing.get_origin(option) or option for option in options}
 
 
+@functools.cache
+def _field_kinds(model: type, name: str) -> frozenset[Any]:
+    """_kinds of a model's field, once per field (the validator below runs on every field of every load)."""
+    return frozenset(_kinds(model.model_fields[name].annotation))
+
+
 def _check_ints(value: Any, depth: int = 0) -> None:
     if isinstance(value, int) and not isinstance(value, bool) and not -INT64 <= value < INT64:
         raise ValueError("the value does not fit in a 64-bit integer (torch and numpy hold |n| < 2**63)")
@@ -57,7 +64,7 @@ class Section(BaseModel):
         list field, and ``"1e-3"`` a float field (YAML 1.2 reads it as a number, YAML 1.1 as text);
         integers out of 64-bit range are refused before anything downstream sees them."""
         _check_ints(value)
-        kinds = _kinds(cls.model_fields[info.field_name].annotation) if info.field_name else set()
+        kinds = _field_kinds(cls, info.field_name) if info.field_name else set()
         if tuple in kinds and isinstance(value, list):
             return tuple(value)
         if list in kinds and isinstance(value, tuple):
