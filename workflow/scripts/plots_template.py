@@ -117,9 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=OUT, help=f"the template (default: {OUT.relative_to(ROOT)})")
     p.add_argument("--cache", type=Path, default=None, help="where the npm tarballs go (default: next to --out)")
-    p.add_argument(
-        "--use", action="store_true", help="point this clone's `dvc plots show` at it (.dvc/config.local)"
-    )
+    p.add_argument("--use", action="store_true", help="point this clone's `dvc plots show` at it (.dvc/config.local)")
     args = p.parse_args(argv)
     out = build(args.out, args.cache or args.out.parent / "npm")
     versions = {name: version for name, (version, _) in PACKAGES.items()}
