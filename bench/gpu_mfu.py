@@ -86,8 +86,7 @@ SPEC_NOTES = {
     "local": "megatron's local spec with mm1's SDPA core attention (mm1.models.attention): on CUDA torch runs "
     "it as a fused flash / memory-efficient kernel that keeps no S x S scores; norms, RoPE and SwiGLU run as "
     "separate PyTorch kernels. Transformer Engine would also fuse the norms into the next GEMM and use cuDNN "
-    "attention; the ViT stays on the local spec (with SDPA) either way (mm1.models.encoder). mm1.plan still "
-    "budgets stored scores for the local spec, so the planned micro-batch is conservative.",
+    "attention; the ViT stays on the local spec (with SDPA) either way (mm1.models.encoder).",
     "transformer_engine": "Transformer Engine for the decoder: fused causal attention without stored scores, "
     "norms fused into the GEMMs. The local spec would store the S x S scores (62 GB of activations for one "
     "sequence with 16 images, bench/results/plan_memory.json), which forces recomputation or a smaller "
@@ -140,7 +139,7 @@ def peak_tflops(device_name: str) -> float | None:
 
 def planned_micro_batches(cfg: RunConfig, memory_gb: float) -> dict[str, dict]:
     """mm1.plan's memory per GPU for each micro-batch size and recompute level, and the largest
-    micro-batch that fits ``memory_gb`` (0: none). The planner assumes the local spec (stored scores)."""
+    micro-batch that fits ``memory_gb`` (0: none)."""
     f = facts(cfg)
     out = {}
     for rc in RECOMPUTE:

@@ -461,7 +461,12 @@ def parser() -> argparse.ArgumentParser:
         "--nodes", type=errors.positive_int, metavar="N", help="search the fastest fitting layout on N nodes"
     )
     pl.add_argument("--all", action="store_true", help="a Markdown table of the paper presets' own layouts")
-    pl.add_argument("--mfu", type=errors.fraction, default=0.4, help="assumed utilisation of the matmuls (default 0.4)")
+    pl.add_argument(
+        "--mfu",
+        type=errors.fraction,
+        default=None,
+        help="assumed utilisation of the matmuls (default: the config's parallel.plan_mfu, 0.31 measured on an H100)",
+    )
     pl.add_argument(
         "--images-per-sequence",
         type=errors.non_negative,

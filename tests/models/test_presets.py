@@ -16,7 +16,7 @@ NAMES = available()
 def test_the_expected_presets_exist() -> None:
     expected = {
         "mini", "mini-s", "mini-m", "mini-l",
-        "llm-1.2b", "llm-2.9b", "llm-3b", "llm-7b", "llm-30b", "llm-3b-moe", "llm-7b-moe",
+        "llm-9m", "llm-85m", "llm-302m", "llm-1.2b", "llm-2.9b", "llm-3b", "llm-7b", "llm-30b", "llm-3b-moe", "llm-7b-moe",
         "vit-l14-224", "vit-l14-336", "vit-l14-378", "vit-h14-224", "vit-h14-336", "vit-h14-378",
         "aim-600m", "aim-1b", "aim-3b",
         "mm1-ablation", "mm1-3b", "mm1-7b", "mm1-30b", "mm1-3b-moe", "mm1-7b-moe",
@@ -54,7 +54,16 @@ def test_decoder_presets_land_on_mm1s_learning_rates(name: str, lr: float) -> No
 
 @pytest.mark.parametrize(
     ("name", "nominal"),
-    [("llm-1.2b", 1.2e9), ("llm-2.9b", 2.9e9), ("llm-3b", 3e9), ("llm-7b", 7e9), ("llm-30b", 30e9)],
+    [
+        ("llm-9m", 9e6),
+        ("llm-85m", 85e6),
+        ("llm-302m", 302e6),
+        ("llm-1.2b", 1.2e9),
+        ("llm-2.9b", 2.9e9),
+        ("llm-3b", 3e9),
+        ("llm-7b", 7e9),
+        ("llm-30b", 30e9),
+    ],
 )
 def test_decoder_presets_are_close_to_their_nominal_size(name: str, nominal: float) -> None:
     cfg = load_preset(name)

@@ -54,8 +54,9 @@ def test_lr_law_falls_with_size_and_rejects_zero() -> None:
 def test_optimizer_hparams_take_the_config_when_set_and_the_law_otherwise() -> None:
     cfg = RunConfig()
     n = decoder_params(cfg.model.decoder, cfg.model.moe, cfg.tokenizer.vocab_size).active
-    assert optimizer_hparams(cfg) == pytest.approx((peak_lr(n), 0.1 * peak_lr(n)))
-    assert optimizer_hparams(load(None, ["train.lr=0.01"])) == pytest.approx((0.01, 0.001))  # wd = 0.1 x the lr used
+    # weight decay in torch terms (shrink = wd x lr(t)): MM1's lambda = 0.1 x peak LR is wd = 0.1 at any LR
+    assert optimizer_hparams(cfg) == pytest.approx((peak_lr(n), 0.1))
+    assert optimizer_hparams(load(None, ["train.lr=0.01"])) == pytest.approx((0.01, 0.1))
     assert optimizer_hparams(load(None, ["train.lr=0.01", "train.weight_decay=0"])) == (0.01, 0.0)
     small_vocab = optimizer_hparams(cfg, vocab_size=261)[0]  # fewer parameters -> a higher LR
     assert small_vocab > optimizer_hparams(cfg)[0]

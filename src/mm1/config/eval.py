@@ -19,6 +19,26 @@ GENERATION_METRIC: dict[str, str] = {"captioning": "CIDEr", "vqa": "accuracy"}
 """Each task's scores.csv metric of decoded answers (CIDEr-D x 100, VQA accuracy %)."""
 LIKELIHOOD_METRIC: dict[str, str] = {"captioning": "ref_prob", "vqa": "ll_accuracy"}
 """Each task's 0-100 likelihood score in scores.csv (captioning also writes "ref_nll", its source)."""
+TASK_FORMATS: dict[str, tuple[str, ...]] = {
+    "captioning": ("coco",),
+    "vqa": ("vqav2",),
+    "multiple_choice": ("scienceqa", "mmmu", "mmbench", "seed_bench"),
+    "yes_no": ("pope", "mme"),
+    "math": ("mathvista",),
+}
+"""Each task type's file formats (the first is its default); the last three are MM1's Table 4
+benchmarks that can be scored offline (:mod:`mm1.eval.table4`), 0-shot with ``mm1 eval run --sft``."""
+TABLE4_TASKS: tuple[str, ...] = ("multiple_choice", "yes_no", "math")
+UNSUPPORTED: dict[str, str] = {
+    "llava_bench": "LLaVA-Bench-in-the-Wild",
+    "llava_bench_in_the_wild": "LLaVA-Bench-in-the-Wild",
+    "llava_wild": "LLaVA-Bench-in-the-Wild",
+    "mm_vet": "MM-Vet",
+    "mmvet": "MM-Vet",
+}
+"""Table 4 benchmarks mm1 does not score: their official score is a GPT-4 judge's rating of free-form
+answers (LLaVA-Bench: relative to GPT-4's own answers; MM-Vet: a 0-1 grade per answer), which
+cannot be computed offline or reproduced without that model."""
 
 
 class BenchmarkSpec(Section):
@@ -28,20 +48,70 @@ class BenchmarkSpec(Section):
 
     name: str = Field(pattern=FILE_NAME)
     """Name in results (predictions/<name>_<k>shot.json, scores.csv)."""
-    task: Literal["captioning", "vqa"]
-    """captioning: COCO caption JSON, CIDEr; vqa: VQAv2 questions/annotations, VQA accuracy."""
+    task: Literal["captioning", "vqa", "multiple_choice", "yes_no", "math"]
+    """captioning: COCO caption JSON, CIDEr; vqa: VQAv2 questions/annotations, VQA accuracy;
+    multiple_choice, yes_no, math: MM1's Table 4 benchmarks with their official scores, scored
+    0-shot by ``mm1 eval run --sft`` only (the pre-trained evaluation leaves them out).
+    LLaVA-Bench-in-the-Wild and MM-Vet are not supported (their score is a GPT-4 judge's)."""
+    format: (
+        Literal["coco", "vqav2", "scienceqa", "mmmu", "mmbench", "seed_bench", "pope", "mme", "mathvista"] | None
+    ) = None
+    """The files' official format (see docs/evaluation.md, Table 4): captioning: coco; vqa: vqav2;
+    multiple_choice: scienceqa, mmmu, mmbench, seed_bench; yes_no: pope, mme; math: mathvista.
+    Default: the task's first (required for multiple_choice and yes_no)."""
     val: str
-    """The evaluated split: captions_*.json (captioning) or the questions JSON (vqa)."""
+    """The evaluated split: captions_*.json (captioning), the questions JSON (vqa); scienceqa:
+    problems.json; mmmu: a parquet or JSON file; mmbench: the TSV; seed_bench: SEED-Bench.json;
+    pope: the jsonl; mathvista: testmini.json; mme: the MME_Benchmark_release_version folder."""
     val_annotations: str | None = None
-    """vqa: the annotations JSON; default: ``val`` with "_questions" replaced by "_annotations"."""
+    """vqa: the annotations JSON; default: ``val`` with "_questions" replaced by "_annotations".
+    scienceqa: pid_splits.json (default: beside problems.json)."""
     val_images: str | None = None
-    """Image folder of ``val``; default: images/<split> beside it."""
+    """Image folder of ``val``; default: images/<split> beside it (scienceqa: images/ beside
+    problems.json; seed_bench: SEED-Bench-image/; pope, mathvista: the file's folder)."""
+    split: str | None = None
+    """scienceqa only: the split of pid_splits.json to score; default "test" (ScienceQA-IMG is the
+    test split's questions that have an image)."""
     train: str | None = None
     """The split few-shot demonstrations come from (same format); none: 0-shot only."""
     train_annotations: str | None = None
     """vqa: annotations of ``train`` (default as for val_annotations)."""
     train_images: str | None = None
     """Image folder of ``train`` (default as for val_images)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unsupported(cls, data: object) -> object:
+        if isinstance(data, dict):
+            for key in ("task", "format"):
+                value = str(data.get(key, "")).lower().replace("-", "_")
+                if value in UNSUPPORTED:
+                    raise ValueError(
+                        f"benchmark {data.get('name')}: {key} {data[key]!r}: {UNSUPPORTED[value]} is not supported: "
+                        "its official score is a GPT-4 judge's rating, which cannot be computed offline; "
+                        "remove it from eval.benchmarks (docs/evaluation.md, Table 4)"
+                    )
+        return data
+
+    @model_validator(mode="after")
+    def _format_fits_task(self) -> BenchmarkSpec:
+        formats = TASK_FORMATS[self.task]
+        if self.format is None and len(formats) > 1:
+            raise ValueError(f"benchmark {self.name}: task {self.task} needs a format, one of {list(formats)}")
+        if self.format is not None and self.format not in formats:
+            raise ValueError(
+                f"benchmark {self.name}: format {self.format} is not one of task {self.task}'s {list(formats)}"
+            )
+        if self.task in TABLE4_TASKS and (self.train or self.train_annotations or self.train_images):
+            raise ValueError(f"benchmark {self.name}: Table 4 benchmarks are scored 0-shot; remove its train split")
+        if self.split is not None and self.format != "scienceqa":
+            raise ValueError(f"benchmark {self.name}: split is read only by format scienceqa; remove it")
+        return self
+
+    @property
+    def file_format(self) -> str:
+        """``format``, or the task's only format when it is not set."""
+        return self.format or TASK_FORMATS[self.task][0]
 
     @model_validator(mode="after")
     def _annotations_only_for_vqa(self) -> BenchmarkSpec:
@@ -95,7 +165,11 @@ class SFTEvalConfig(Section):
     caption_instruction: str = "Write a detailed caption for this image."
     """The user's turn for captioning benchmarks (after the image)."""
     vqa_instruction: str = "{question}\nAnswer the question using a single word or phrase."
-    """The user's turn for VQA benchmarks (after the image); {question} is the question."""
+    """The user's turn for VQA benchmarks (after the image); {question} is the question. Also the
+    yes/no questions of POPE and MME (Table 4)."""
+    choice_instruction: str = "Answer with the option's letter from the given choices directly."
+    """Table 4's multiple-choice questions: the last line of the user turn, after the question and its
+    options ("A. ..." lines); the option letters are then ranked by likelihood (LLaVA-1.5's wording)."""
     multiple_choice: str | None = "sft/multiple_choice.jsonl"
     """Multiple-choice items (jsonl: id, image, question, choices, answer), scored by the
     likelihood of each choice as the answer; none: skip."""
@@ -175,7 +249,7 @@ class EvalConfig(Section):
         if len(set(names)) != len(names):
             raise ValueError(f"eval.benchmarks names must be unique, got {names}")
         if max(self.shots) > 0:
-            no_pool = [b.name for b in self.benchmarks if b.train is None]
+            no_pool = [b.name for b in self.benchmarks if b.train is None and b.task not in TABLE4_TASKS]
             if no_pool:
                 raise ValueError(
                     f"eval.shots asks for {max(self.shots)} demonstrations but benchmarks {no_pool} "

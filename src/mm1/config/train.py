@@ -30,7 +30,24 @@ class ParallelConfig(Section):
     recompute: Literal["none", "selective", "full"] = "none"
     """Activation recomputation: none keeps every activation; selective recomputes the attention
     core (softmax, dropout, scores x values) in backward; full keeps only each layer's input and
-    recomputes the whole layer (about one extra forward). Applies to the encoder and the decoder."""
+    recomputes the whole layer (about one extra forward). Applies to the encoder and the decoder.
+    With SDPA attention no scores are stored, so selective saves only the attention output
+    (`mm1 plan` shows the memory of each)."""
+    sequence_parallel: bool = False
+    """Megatron's sequence parallelism in the decoder (needs tp > 1): the norms, residuals and
+    dropout work on 1/tp of the sequence each, so their activations are split over the TP ranks too;
+    the TP all-reduces become reduce-scatters and all-gathers of the same volume. Encoders (the
+    MM1 model's ViT, the CLIP and AIM pre-training stages) run without it, whatever this says."""
+    overlap_grad_reduce: bool = False
+    """Reduce gradients over the data-parallel ranks bucket by bucket during the backward (megatron
+    DDP's overlap_grad_reduce) instead of in one pass after it. A planner-only option: `mm1 plan`
+    estimates what it would hide, but training refuses it (see the error), so it must stay false."""
+    plan_mfu: float = Field(0.31, gt=0, le=1)
+    """Utilisation of the matmuls that `mm1 plan` assumes for step times (training ignores it):
+    model FLOPs per second over the GPU's dense BF16 peak. 0.31 was measured for mm1-ablation on one
+    H100 80GB (bf16, seq 4096, 16 images, megatron's local spec with SDPA, recompute none,
+    micro-batch 1: 30.7%; micro-batch 2 with selective recompute: 36.3%; bench/gpu_mfu.py,
+    bench/results/gpu_mfu*.json). Other GPUs and Transformer Engine have not been measured."""
 
     @model_validator(mode="after")
     def _layout(self) -> ParallelConfig:
@@ -44,6 +61,18 @@ class ParallelConfig(Section):
             raise ValueError(
                 f"world_size={self.world_size} is not divisible by tp*pp={self.tp * self.pp}; "
                 f"use a world_size that is a multiple of {self.tp * self.pp}"
+            )
+        if self.sequence_parallel and self.tp == 1:
+            raise ValueError(
+                "sequence_parallel=true needs tp > 1 (it splits the sequence over the tensor-parallel ranks); "
+                "set sequence_parallel=false or raise tp"
+            )
+        if self.overlap_grad_reduce:
+            raise ValueError(
+                "overlap_grad_reduce=true is not supported: megatron 0.16's DDP starts a bucket's reduction "
+                "once each of its parameters has as many gradients as in the first step, and mm1's steps differ "
+                "(a micro-batch without images gives the ViT and connector none), so it stops with 'Communication "
+                "call has not been issued for this bucket'; set overlap_grad_reduce=false (`mm1 plan` models it only)"
             )
         if self.dp % self.ep:
             raise ValueError(
@@ -84,7 +113,10 @@ class TrainConfig(Section):
     lr_decay: Literal["cosine", "linear", "constant"] = "cosine"
     """Decay shape after warm-up."""
     weight_decay: float | None = Field(None, ge=0)
-    """AdamW weight decay; None = MM1's 0.1 x peak LR."""
+    """AdamW weight decay in torch/megatron terms: each step shrinks every weight matrix by
+    weight_decay x lr(t) (biases and norms are not decayed). None = MM1's lambda = 0.1 x peak LR in
+    the paper's decoupled convention (AXLearn; Loshchilov & Hutter Alg. 2: shrink lambda x lr(t) /
+    peak LR), which is weight_decay = 0.1 here (docs/models.md, "Weight decay")."""
     adam_beta1: float = Field(0.9, gt=0, lt=1)
     """AdamW beta1."""
     adam_beta2: float = Field(0.95, gt=0, lt=1)

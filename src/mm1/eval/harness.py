@@ -10,7 +10,7 @@ template, two kinds of score per (benchmark, shots):
 TextCore by choice likelihood.
 SFT checkpoints (Table 4, Figs 7-8; ``sft=True``): every benchmark 0-shot, the question asked in
 the chat template of the ``sft`` section, and the multiple-choice items by choice likelihood
-(no likelihood scores of the benchmarks).
+(no likelihood scores of the benchmarks); Table 4's benchmarks (:mod:`mm1.eval.table4_run`) too.
 
 Outputs in ``out_dir``:
     predictions/<benchmark>_<k>shot.json     official result formats: [{"image_id", "caption"}] /
@@ -44,7 +44,7 @@ import torch
 
 from mm1 import atomic, provenance
 from mm1.config import EvalConfig, ModelConfig, ParallelConfig, SFTConfig
-from mm1.config.eval import GENERATION_METRIC
+from mm1.config.eval import GENERATION_METRIC, TABLE4_TASKS
 from mm1.data.formats import read_multiple_choice, read_text_tasks
 from mm1.data.image_split import images_per_picture, split_image_bytes
 from mm1.data.images import stack_images
@@ -58,6 +58,7 @@ from mm1.eval.likelihood import Candidate, continuation_logprobs
 from mm1.eval.ll_scores import caption_likelihood, vqa_likelihood
 from mm1.eval.prompts import Prompt, Template, build_prompt, cut_at_stops
 from mm1.eval.scoring import write_caption_predictions, write_vqa_predictions
+from mm1.eval.table4_run import run_table4
 from mm1.eval.tables import metrics_json, summarise
 from mm1.eval.vqa_metric import vqa_scores
 from mm1.models.encoder import patch_features
@@ -118,7 +119,9 @@ def evaluate(
         )
     shots = (0,) if sft is not None else cfg.shots
     likelihood = cfg.likelihood and sft is None
-    benches = [load_benchmark(spec, data_root, with_pool=max(shots) > 0 or likelihood) for spec in cfg.benchmarks]
+    table4 = [spec for spec in cfg.benchmarks if spec.task in TABLE4_TASKS]  # SFT only (Table 4)
+    benches = [load_benchmark(spec, data_root, with_pool=max(shots) > 0 or likelihood)
+               for spec in cfg.benchmarks if spec not in table4]  # fmt: skip
     n_gen = cfg.num_examples or None
     rows: list[dict] = []
     inputs: dict[str, Path] = {"tokenizer": Path(tokenizer_path), "checkpoint": Path(ckpt)}
@@ -146,6 +149,12 @@ def evaluate(
             path = _resolve(data_root, cfg.sft.multiple_choice)
             inputs["multiple_choice"] = path
             rows += _multiple_choice(ctx, path)
+        for spec in table4 if sft is not None else ():
+            more, files = run_table4(ctx, spec, data_root, out_dir if rank.is_main else None,
+                                     lambda turn, image: _sft_prompt(ctx, turn, image),
+                                     lambda groups, desc: _choose(ctx, groups, desc),
+                                     lambda text: _answer_text(ctx, "vqa", text))  # fmt: skip
+            rows, inputs = rows + more, inputs | files
     for r in rows:
         r |= {"run": run_name, "mode": "sft" if sft is not None else "pretrained", "train_steps": meta["steps"]}
     scores = pl.DataFrame(rows).select(

@@ -65,6 +65,6 @@ def metrics_json(scores: pl.DataFrame, summary: pl.DataFrame) -> dict:
     suffix |= {SHUFFLED_METRIC[t]: " ll shuffled" for t in SHUFFLED_METRIC} | {"ref_nll_shuffled": " ref_nll shuffled"}
     for row in scores.filter(pl.col("task").is_in(["captioning", "vqa"])).iter_rows(named=True):
         out[f"{row['shots']}shot"][row["benchmark"] + suffix[row["metric"]]] = row["value"]
-    for row in scores.filter(pl.col("task") == "multiple_choice").iter_rows(named=True):
+    for row in scores.filter(pl.col("task").is_in(["multiple_choice", "yes_no", "math"])).iter_rows(named=True):
         out[row["benchmark"]] = row["value"]
     return out

@@ -26,7 +26,7 @@ import polars as pl  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from mm1.config.study import FigureSpec  # noqa: E402
-from mm1.models.size import LR_INTERCEPT, LR_SLOPE, peak_lr  # noqa: E402
+from mm1.models.size import LR_FIT_SIZES, LR_INTERCEPT, LR_SLOPE, peak_lr  # noqa: E402
 
 Meta = dict[str, dict[str, Any]]
 
@@ -106,11 +106,31 @@ def draw_bars(spec: FigureSpec, table: pl.DataFrame, metrics: list[str], meta: M
 
 
 def _size(n: float) -> str:
-    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
+    """A parameter count in three digits: 349k, 1.23M, 302M, 1.2B."""
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.3g}"
 
 
 def _law(slope: float, intercept: float) -> str:
     return f"ln lr = {slope:.4g} ln N {'-' if intercept < 0 else '+'} {abs(intercept):.4g}"
+
+
+def mm1_law_label(ns: list[float]) -> str:
+    """The legend of MM1's law over decoder sizes ``ns``: where they lie against the sizes MM1 fitted
+    it on (nominal sizes, so a 8.98M decoder counts as MM1's 9M)."""
+    lo, hi = LR_FIT_SIZES[0], LR_FIT_SIZES[-1]
+    fitted = f"fitted on {_size(lo)}-{_size(hi)}"
+    if max(ns) < lo / 1.5:
+        where = f"extrapolated below the sizes it was {fitted}"
+    elif min(ns) > hi * 1.5:
+        where = f"extrapolated above the sizes it was {fitted}"
+    elif min(ns) >= lo / 1.5 and max(ns) <= hi * 1.5:
+        where = f"{fitted}, the sizes here"
+    else:
+        where = f"{fitted}; partly extrapolated here"
+    return f"MM1's law, {where}:\n{_law(LR_SLOPE, LR_INTERCEPT)}"
 
 
 def draw_lr_sweep(spec: FigureSpec, table: pl.DataFrame, metrics: list[str], meta: Meta) -> Figure:
@@ -132,9 +152,8 @@ def draw_lr_sweep(spec: FigureSpec, table: pl.DataFrame, metrics: list[str], met
     if fit[0] is not None:
         slope, intercept = fit[0]["mean"], fit[1]["mean"]
         right.plot(grid, np.exp(slope * np.log(grid) + intercept), label=f"ours: {_law(slope, intercept)}")
-    # MM1 fitted its law on its own decoders (far larger); the miniature's have 0.2-1.3M parameters.
-    mm1 = f"MM1's law, extrapolated far below MM1's model sizes:\n{_law(LR_SLOPE, LR_INTERCEPT)}"
-    right.plot(grid, [peak_lr(n) for n in grid], "k--", label=mm1)
+    # MM1 fitted its law on decoders of 9M-1.2B (s); the miniature's have 0.2-1.3M parameters.
+    right.plot(grid, [peak_lr(n) for n in grid], "k--", label=mm1_law_label(ns))
     right.set(xscale="log", yscale="log", xlabel="decoder parameters N", ylabel="best peak LR", title="best LR vs N")
     for ax in (left, right):
         ax.grid(alpha=0.3, which="both")

@@ -6,8 +6,11 @@ the CPU-only flags come from :func:`mm1.parallel.compat.required_flags`.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +23,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from megatron.core.activations import quick_gelu
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec
-    from megatron.core.transformer import TransformerConfig
+    from megatron.core.transformer import ModuleSpec, TransformerConfig
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,7 @@ class Layout:
     ep: int = 1
     bf16: bool = False  # bf16 weights and activations (train.precision); fp32 main weights live in the optimizer
     recompute: str = "none"  # parallel.recompute: none, selective or full activation recomputation
+    sequence_parallel: bool = False  # parallel.sequence_parallel: the decoder's norms and residuals split over TP
 
 
 # parallel.recompute -> megatron's recomputation fields. selective: the attention core only
@@ -96,6 +101,8 @@ def decoder_config(dec: DecoderConfig, moe: MoEConfig, layout: Layout) -> Transf
         "pipeline_model_parallel_size": layout.pp,
         "pipeline_dtype": torch.bfloat16 if layout.bf16 else torch.float32,
         "expert_model_parallel_size": layout.ep,
+        # the ViT never: its input is not split over the sequence (MM1Model.embed scatters the decoder's)
+        "sequence_parallel": layout.sequence_parallel,
     }
     if moe.enabled:
         kwargs.update(
@@ -132,5 +139,44 @@ def encoder_config(enc: EncoderConfig, layout: Layout) -> TransformerConfig:
 
 
 def decoder_layer_spec(config: TransformerConfig):
-    """The decoder's block spec (dense or MoE per layer), TE or local per :func:`use_transformer_engine`."""
-    return with_sdpa(get_gpt_decoder_block_spec(config, use_transformer_engine=use_transformer_engine()))
+    """The decoder's block spec (dense or MoE per layer), TE or local per :func:`use_transformer_engine`;
+    under sequence parallelism the local spec's norms are :class:`SequenceParallelNorm`."""
+    spec = with_sdpa(get_gpt_decoder_block_spec(config, use_transformer_engine=use_transformer_engine()))
+    return _swap_norms(spec) if config.sequence_parallel else spec
+
+
+class SequenceParallelNorm:
+    """megatron's local norm (torch LayerNorm / RMSNorm) under sequence parallelism.
+
+    megatron 0.16's ``WrappedTorchNorm`` refuses ``sequence_parallel`` ("sequence parallel not
+    supported by torch LayerNorm"), though a norm works per token: what sequence parallelism needs
+    is that its weights, replicated over the TP ranks but each seeing 1/tp of the tokens, have their
+    gradients summed over TP. megatron's ``finalize_model_grads`` does that for every parameter
+    marked ``sequence_parallel``, as its own fused norms are.
+    """
+
+    def __new__(cls, config: TransformerConfig, hidden_size: int, eps: float = 1e-5, **kwargs: Any):
+        plain = copy.copy(config)
+        plain.sequence_parallel = False
+        norm = WrappedTorchNorm(plain, hidden_size, eps, **kwargs)
+        for param in norm.parameters():
+            param.sequence_parallel = True
+        return norm
+
+
+def _swap_norms(node: Any) -> Any:
+    """``node`` with every ``WrappedTorchNorm`` as :class:`SequenceParallelNorm` (in place where mutable)."""
+    if node is WrappedTorchNorm:
+        return SequenceParallelNorm
+    if isinstance(node, ModuleSpec):
+        node.module = _swap_norms(node.module)
+        node.submodules = _swap_norms(node.submodules)
+    elif isinstance(node, list):
+        node[:] = [_swap_norms(item) for item in node]
+    elif dataclasses.is_dataclass(node) and not isinstance(node, type):
+        for field in dataclasses.fields(node):
+            setattr(node, field.name, _swap_norms(getattr(node, field.name)))
+    elif isinstance(node, dict):
+        for key, item in node.items():
+            node[key] = _swap_norms(item)
+    return node

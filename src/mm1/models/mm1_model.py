@@ -19,6 +19,7 @@ from mm1.models.size import padded_vocab_size
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
+    from megatron.core import tensor_parallel
     from megatron.core.enums import ModelType
     from megatron.core.models.gpt import GPTModel
     from megatron.core.transformer.module import MegatronModule
@@ -77,6 +78,7 @@ class MM1Model(MegatronModule):
             position_embedding_type=cfg.decoder.position_embedding,
             share_embeddings_and_output_weights=False,
             rotary_base=cfg.decoder.rotary_base,
+            scatter_embedding_sequence_parallel=False,  # embed() scatters after the images are spliced in
         )
         if pre_process:
             self.encoder = build_encoder(cfg.encoder, layout)
@@ -98,7 +100,10 @@ class MM1Model(MegatronModule):
         position_ids = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0).expand_as(tokens)
         text = self.language_model.embedding(input_ids=tokens, position_ids=position_ids)  # (S, B, H)
         image_tokens = self.encode_images(images) if len(images) else self._no_images(images)
-        return splice_images(text, image_tokens, tokens == self.image_token_id)
+        spliced = splice_images(text, image_tokens, tokens == self.image_token_id)
+        if self.config.sequence_parallel:  # each TP rank keeps its 1/tp of the sequence from here on
+            spliced = tensor_parallel.scatter_to_sequence_parallel_region(spliced)
+        return spliced
 
     def set_input_tensor(self, input_tensor) -> None:
         self.language_model.set_input_tensor(input_tensor)

@@ -17,14 +17,19 @@ import math
 import re
 from dataclasses import dataclass
 
-from mm1.config import DecoderConfig, EncoderConfig, ModelConfig, MoEConfig, RunConfig
+from mm1.config import DecoderConfig, EncoderConfig, ModelConfig, MoEConfig, RunConfig, TrainConfig
 
 # No torch at import time: the workflow and the figures count parameters without building a model.
 
-# MM1 (s): peak LR = exp(LR_SLOPE * ln N + LR_INTERCEPT); weight decay = WD_RATIO * peak LR.
+# MM1 (s): peak LR = exp(LR_SLOPE * ln N + LR_INTERCEPT); weight decay lambda = WD_RATIO * peak LR,
+# decoupled as in AXLearn (Loshchilov & Hutter Alg. 2): each step shrinks a weight by lambda * s(t),
+# s(t) = lr(t) / peak LR. Torch's AdamW shrinks by weight_decay * lr(t), so lambda is
+# weight_decay = lambda / peak LR = WD_RATIO there (docs/models.md, "Weight decay").
 LR_SLOPE = -0.4214
 LR_INTERCEPT = -0.5535
 WD_RATIO = 0.1
+# (s) The decoder sizes MM1 swept the LR on to fit the law (Fig 6): 9M, 85M, 302M, 1.2B.
+LR_FIT_SIZES = (9e6, 85e6, 302e6, 1.2e9)
 
 
 def padded_vocab_size(vocab_size: int, multiple: int = 128) -> int:
@@ -138,23 +143,36 @@ def peak_lr(n: float) -> float:
 
 
 def law_weight_decay(n: float) -> float:
-    """MM1's weight decay: 0.1 x peak LR."""
+    """MM1's weight decay in the paper's (decoupled) convention: lambda = 0.1 x peak LR.
+
+    Each step shrinks a weight by lambda x s(t), s(t) the LR schedule relative to its peak. This
+    is the number the paper quotes, not torch's coefficient (see :func:`torch_weight_decay`).
+    """
     return WD_RATIO * peak_lr(n)
 
 
+def torch_weight_decay(train: TrainConfig) -> float:
+    """The coefficient for torch/megatron AdamW, which shrinks a weight by weight_decay x lr(t) each step.
+
+    ``train.weight_decay`` when set (it has torch's meaning); otherwise MM1's lambda = 0.1 x peak LR
+    expressed in torch terms: lambda / peak LR = 0.1, whatever the peak LR (law or ``train.lr``).
+    """
+    return train.weight_decay if train.weight_decay is not None else WD_RATIO
+
+
 def optimizer_hparams(cfg: RunConfig, vocab_size: int | None = None) -> tuple[float, float]:
-    """(peak lr, weight decay): train.lr / train.weight_decay when set, MM1's law otherwise.
+    """(peak lr, torch weight decay): train.lr / train.weight_decay when set, MM1's law otherwise.
 
     N is the decoder's active parameter count for ``vocab_size`` (default: tokenizer.vocab_size;
     the trainer passes the trained tokenizer's size, so N matches the model as instantiated).
-    A None weight decay is 0.1 x the peak LR in use, whether that came from the law or the config.
+    The weight decay is :func:`torch_weight_decay`: a None weight decay gives a per-step shrink of
+    0.1 x the peak LR in use x the schedule, as MM1 (AXLearn's decoupled AdamW).
     """
     vocab = cfg.tokenizer.vocab_size if vocab_size is None else vocab_size
     lr = cfg.train.lr
     if lr is None:
         lr = peak_lr(decoder_params(cfg.model.decoder, cfg.model.moe, vocab).active)
-    wd = cfg.train.weight_decay if cfg.train.weight_decay is not None else WD_RATIO * lr
-    return lr, wd
+    return lr, torch_weight_decay(cfg.train)
 
 
 # --- the same counts from an instantiated model --------------------------------------------------

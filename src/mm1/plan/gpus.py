@@ -6,7 +6,9 @@ Peaks are NVIDIA's dense (no 2:4 sparsity) BF16 tensor-core figures for the SXM 
 Bandwidths are what collectives achieve, taken as 80% of the link rate: ``nvlink_gbps`` inside a
 node (unidirectional NVLink per GPU: H100/H200 NVLink 4 450 GB/s, A100 NVLink 3 300 GB/s) and
 ``network_gbps`` per GPU between nodes (one InfiniBand NIC per GPU: NDR 400 Gb/s = 50 GB/s on H100
-and H200 nodes, HDR 200 Gb/s = 25 GB/s on A100 nodes).
+and H200 nodes, HDR 200 Gb/s = 25 GB/s on A100 nodes). A node's NICs work side by side: a
+data-parallel group with k ranks on each node moves its traffic between nodes over k NICs at once
+(:mod:`mm1.plan.estimate`), so it sees k x ``network_gbps``.
 """
 
 from __future__ import annotations

@@ -30,6 +30,8 @@ SECTION = {
     "global_batch_size": "train",
     "recompute": "parallel",
     "distributed_optimizer": "parallel",
+    "sequence_parallel": "parallel",
+    "overlap_grad_reduce": "parallel",
 }
 
 
@@ -46,6 +48,8 @@ class Layout:
     global_batch_size: int
     recompute: Recompute
     distributed_optimizer: bool
+    sequence_parallel: bool = False
+    overlap_grad_reduce: bool = False
 
     @classmethod
     def of(cls, cfg: RunConfig) -> Layout:
@@ -81,6 +85,13 @@ def problems(layout: Layout, cfg: RunConfig) -> list[str]:
         out.append(
             f"parallel.tp={lay.tp} must divide parallel.gpus_per_node={lay.gpus_per_node}: "
             "tensor parallelism stays inside a node; lower parallel.tp"
+        )
+    if lay.sequence_parallel and lay.tp == 1:
+        out.append("parallel.sequence_parallel=true needs parallel.tp > 1: set it false or raise parallel.tp")
+    if lay.sequence_parallel and dec.seq_length % lay.tp:
+        out.append(
+            f"parallel.sequence_parallel=true splits model.decoder.seq_length={dec.seq_length} over "
+            f"parallel.tp={lay.tp}: use a tp that divides it or set parallel.sequence_parallel=false"
         )
     for field, value in (
         ("decoder.num_attention_heads", dec.num_attention_heads),

@@ -11,8 +11,13 @@ def _layout_line(plan: Plan) -> str:
     return (
         f"TP {lay.tp}, PP {lay.pp}, EP {lay.ep}, DP {lay.dp}; micro-batch {lay.micro_batch_size} x "
         f"{lay.micro_batches} accumulation x DP {lay.dp} = global batch {lay.global_batch_size}; "
-        f"recompute {lay.recompute}; distributed optimizer {'on' if lay.distributed_optimizer else 'off'}"
+        f"recompute {lay.recompute}; distributed optimizer {_on(lay.distributed_optimizer)}; "
+        f"sequence parallel {_on(lay.sequence_parallel)}; overlapped gradient reduction {_on(lay.overlap_grad_reduce)}"
     )
+
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
 
 
 def describe(plan: Plan) -> str:
@@ -28,6 +33,7 @@ def describe(plan: Plan) -> str:
         f"  gradients    {mem.grads:7.1f}   fp32 grad buffer 4 B",
         f"  optimizer    {mem.optimizer:7.1f}   Adam m, v 8 B {shard}",
         f"  activations  {mem.activations:7.1f}   {min(lay.pp - plan.stage, lay.micro_batches)} micro-batch(es) in flight",
+        f"  (optimizer step {mem.step_temporaries:5.1f}   fp32 temporaries of AdamW, when activations are freed)",
         f"  overhead     {mem.overhead:7.1f}   CUDA context + fragmentation",
         f"  total        {mem.total:7.1f}   of {gpu.memory_gb:g} ({'fits' if plan.fits else 'does NOT fit'})",
         f"step: {fl['total']:.3e} FLOPs (forward: encoder {fl['encoder']:.2e}, connector {fl['connector']:.2e}, "
@@ -40,7 +46,7 @@ def describe(plan: Plan) -> str:
 
 
 HEADER = (
-    "| preset | params (active) | nodes x GPUs | TP | PP | EP | DP | micro x accum | recompute "
+    "| preset | params (active) | nodes x GPUs | TP | PP | EP | DP | micro x accum | recompute | SP | overlap "
     "| params GB | grads GB | optim GB | activ. GB | total GB | step PFLOP | s/step | eff. MFU | hours |"
 )
 
@@ -54,7 +60,8 @@ def table(plans: list[Plan]) -> str:
         params = f"{p.params[0] / 1e9:.2f}B" + (f" ({p.params[1] / 1e9:.2f}B)" if p.params[1] != p.params[0] else "")
         rows.append(
             f"| {p.cfg.name} | {params} | {lay.nodes} x {lay.gpus_per_node} | {lay.tp} | {lay.pp} | {lay.ep} "
-            f"| {lay.dp} | {lay.micro_batch_size} x {lay.micro_batches} | {lay.recompute} | {mem.params:.1f} "
+            f"| {lay.dp} | {lay.micro_batch_size} x {lay.micro_batches} | {lay.recompute} | {_on(lay.sequence_parallel)} "
+            f"| {_on(lay.overlap_grad_reduce)} | {mem.params:.1f} "
             f"| {mem.grads:.1f} | {mem.optimizer:.1f} | {mem.activations:.1f} | {mem.total:.1f}{over} "
             f"| {p.flops['total'] / 1e15:.1f} | {p.step_seconds:.2f} | {p.mfu_effective:.2f} | {p.hours:.0f} |"
         )

@@ -6,7 +6,7 @@ import math
 from dataclasses import replace
 
 from mm1.config import RunConfig
-from mm1.plan.estimate import DEFAULT_MFU, Plan, check_mfu, evaluate, plan_of
+from mm1.plan.estimate import Plan, evaluate, plan_of, resolve_mfu
 from mm1.plan.facts import Facts, facts
 from mm1.plan.gpus import GPU, find_gpu
 from mm1.plan.layout import Layout, PlanError, apply, problems
@@ -38,6 +38,8 @@ def _divisors(n: int) -> list[int]:
 def _alternatives(lay: Layout, cfg: RunConfig) -> list[tuple[str, Layout]]:
     """One-field changes that keep the GPU count: (how to say it, the changed layout)."""
     out = []
+    if not lay.sequence_parallel and lay.tp > 1:
+        out.append(("set parallel.sequence_parallel=true", replace(lay, sequence_parallel=True)))
     if not lay.distributed_optimizer and lay.dp > 1:
         out.append(("set parallel.distributed_optimizer=true", replace(lay, distributed_optimizer=True)))
     for rc in RECOMPUTE[RECOMPUTE.index(lay.recompute) + 1 :]:
@@ -67,11 +69,11 @@ def _fixes(f: Facts, lay: Layout, cfg: RunConfig, gpu: GPU, mfu: float) -> list[
     return [text for _, text in sorted(found.values())][:3]
 
 
-def check(cfg: RunConfig, gpu: GPU | str, mfu: float = DEFAULT_MFU, images_per_sequence: float | None = None) -> Plan:
+def check(cfg: RunConfig, gpu: GPU | str, mfu: float | None = None, images_per_sequence: float | None = None) -> Plan:
     """The plan of ``cfg``'s own layout; PlanError naming the field and the fix if it does not
-    divide or does not fit in ``gpu``'s memory."""
+    divide or does not fit in ``gpu``'s memory. ``mfu`` None: the config's parallel.plan_mfu."""
     gpu, lay = _gpu(gpu), Layout.of(cfg)
-    check_mfu(mfu)
+    mfu = resolve_mfu(cfg, mfu)
     issues = problems(lay, cfg)
     if issues:
         raise PlanError(f"{cfg.name}: " + "; ".join(issues))
@@ -99,24 +101,26 @@ def _candidates(cfg: RunConfig, world: int, gpus_per_node: int):
             dp = world // (tp * pp)
             for ep in _divisors(moe.num_experts) if moe.enabled else [1]:
                 for micro in _divisors(batch // dp):
-                    for rc in RECOMPUTE:
-                        yield Layout(world, gpus_per_node, tp, pp, ep, micro, batch, rc, True)
+                    for rc in RECOMPUTE:  # sequence parallelism wherever it applies: it costs nothing
+                        yield Layout(world, gpus_per_node, tp, pp, ep, micro, batch, rc, True, tp > 1)
 
 
 def choose(
     cfg: RunConfig,
     gpu: GPU | str,
     nodes: int | None = None,
-    mfu: float = DEFAULT_MFU,
+    mfu: float | None = None,
     images_per_sequence: float | None = None,
 ) -> Plan:
     """Without ``nodes``: :func:`check` of the config's own layout. With ``nodes``: the fastest
     layout that fits on that many nodes of parallel.gpus_per_node (default: the GPU's node, 8)
     GPUs, searching TP (within a node), PP, EP (MoE), micro-batch size and recomputation, with the
-    distributed optimizer on and train.global_batch_size kept. Ties (equal estimated time) go to
+    distributed optimizer on, sequence parallelism wherever TP > 1 (less memory, the same traffic)
+    and train.global_batch_size kept; never overlapped gradient reduction, which training refuses
+    (parallel.overlap_grad_reduce). ``mfu`` None: the config's parallel.plan_mfu. Ties (equal estimated time) go to
     fewer model-parallel ranks (tp x pp), then a smaller ep, then less memory."""
     gpu = _gpu(gpu)
-    check_mfu(mfu)
+    mfu = resolve_mfu(cfg, mfu)
     if nodes is None:
         return check(cfg, gpu, mfu, images_per_sequence)
     if nodes < 1:
@@ -146,7 +150,7 @@ def choose(
 def job_resources(
     cfg: RunConfig,
     gpu: str,
-    mfu: float = DEFAULT_MFU,
+    mfu: float | None = None,
     images_per_sequence: float | None = None,
     max_minutes: int = MAX_MINUTES,
 ) -> dict[str, int]:

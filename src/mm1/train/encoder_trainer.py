@@ -34,7 +34,7 @@ from mm1.data.tokenizer import TextTokenizer
 from mm1.models.aim import AimModel
 from mm1.models.clip import ClipModel
 from mm1.models.megatron_config import Layout
-from mm1.models.size import encoder_params, peak_lr
+from mm1.models.size import encoder_params, peak_lr, torch_weight_decay
 from mm1.parallel.setup import Rank, distributed
 from mm1.progress import progress
 from mm1.train import checkpoint, encoder_eval
@@ -70,9 +70,10 @@ def check_layout(cfg: RunConfig) -> None:
 
 
 def _hparams(cfg: RunConfig) -> tuple[float, float]:
-    """train.lr / train.weight_decay, or MM1's law applied to the encoder's parameter count."""
+    """train.lr / train.weight_decay, or MM1's law applied to the encoder's parameter count
+    (weight decay in torch terms: MM1's decoupled 0.1 x peak LR is 0.1, see torch_weight_decay)."""
     lr = cfg.train.lr or peak_lr(encoder_params(cfg.model.encoder).total)
-    wd = cfg.train.weight_decay if cfg.train.weight_decay is not None else 0.1 * lr
+    wd = torch_weight_decay(cfg.train)
     return lr, wd
 
 

@@ -83,7 +83,10 @@ def build_optimizer(model: DistributedDataParallel, cfg: TrainConfig, lr: float,
     """AdamW (torch's, through megatron's optimizer) + a warm-up/decay scheduler.
 
     ``lr`` and ``weight_decay`` are the resolved values (:func:`mm1.models.size.optimizer_hparams`:
-    the config's, or MM1's law where the config leaves them None). Precision and the distributed
+    the config's, or MM1's law where the config leaves them None). ``weight_decay`` has torch's
+    meaning: each step shrinks every weight matrix by ``weight_decay * lr(t)`` (biases and norms are
+    not decayed); the scheduler keeps it constant, so the shrink follows the LR schedule, and
+    ``weight_decay=0.1`` is MM1's decoupled lambda = 0.1 x peak LR. Precision and the distributed
     optimizer follow ``model`` (its config's ``bf16``, its DDP config), so the two cannot disagree.
     Frozen parameters (``requires_grad=False``) are left out.
     """

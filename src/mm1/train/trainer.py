@@ -94,8 +94,9 @@ def build(cfg: RunConfig, tok: TextTokenizer, init: Init | None = None) -> torch
     megatron's Float16Module: bf16 inside, fp32 in and out.
     """
     bf16 = use_bf16(cfg.train.precision)
+    par = cfg.parallel
     layout = Layout(
-        tp=cfg.parallel.tp, pp=cfg.parallel.pp, ep=cfg.parallel.ep, bf16=bf16, recompute=cfg.parallel.recompute
+        tp=par.tp, pp=par.pp, ep=par.ep, bf16=bf16, recompute=par.recompute, sequence_parallel=par.sequence_parallel
     )
     model = MM1Model(
         cfg.model,
