@@ -356,7 +356,7 @@ def layer_spec() -> dict:
 
 
 def headline(value_mfu: float | None, tflops: float | None, matmul: float | None, peak: float | None) -> list[dict]:
-    """The shared headline rows: MFU against the planner's assumed 40%, TFLOP/s against a bare matmul."""
+    """The shared headline rows: MFU against the planner's assumed MFU (parallel.plan_mfu), TFLOP/s against a bare matmul."""
     pct = None if value_mfu is None else 100 * value_mfu
     goal_tflops = None if peak is None else GOAL_MFU * peak
     return [

@@ -532,6 +532,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+FIGURE_FILES = {"figure": "tiny_study", "lessons": "lessons", "power": "power"}  # compare: its --id
+
+
+def _artifact(args: argparse.Namespace) -> str | None:
+    """The name of what a figure command writes into its shared --out folder (None: the folder is its own)."""
+    if args.command == "compare":
+        return str(args.id)
+    return FIGURE_FILES.get(args.command)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -548,7 +558,9 @@ def main(argv: list[str] | None = None) -> int:
         if out is None:
             return args.func(args)
         errors.check_out(out)
-        with outlock.hold(out):  # one run per output folder (the ranks of a job share their launcher's)
+        # One run per output folder (the ranks of a job share their launcher's); the figure commands
+        # share results/figures, each writing its own files: one run per figure there.
+        with outlock.hold(out, _artifact(args)):
             return args.func(args)
     except Exception as exc:
         known = errors.user_error(exc)

@@ -11,6 +11,10 @@ holds the lock and names it in ``MM1_OUT_LOCK`` for its ranks, which then take n
 by a launcher that is not mm1's (a bare torchrun or srun) leave it to rank 0. Processes forked
 while the lock is held (megatron's checkpoint writers, loader workers) close their copy of it, so a
 writer orphaned by a killed trainer does not keep the folder locked.
+
+A folder that several runs share, each writing its own files (results/figures: tiny_study.*,
+<fig>.*, lessons.*, power.*), is locked per artifact: ``hold(out, name)`` locks
+``.<folder>.<name>.lock``, so figure jobs run side by side and two runs of one figure do not.
 """
 
 from __future__ import annotations
@@ -44,10 +48,11 @@ def _close_held_in_child() -> None:
 os.register_at_fork(after_in_child=_close_held_in_child)
 
 
-def lock_path(out: Path) -> Path:
-    """The lock file of output folder ``out``: ``<parent>/.<name>.lock``."""
+def lock_path(out: Path, name: str | None = None) -> Path:
+    """The lock file of output folder ``out`` (``<parent>/.<folder>.lock``), or of the artifact
+    ``name`` that a run writes into a shared folder (``<parent>/.<folder>.<name>.lock``)."""
     out = Path(os.path.abspath(out))
-    return out.parent / f".{out.name}.lock"
+    return out.parent / (f".{out.name}.{name}.lock" if name else f".{out.name}.lock")
 
 
 def job_rank() -> int:
@@ -90,14 +95,14 @@ def _acquire(path: Path, out: Path) -> int:
 
 
 @contextlib.contextmanager
-def hold(out: Path) -> Iterator[Path | None]:
+def hold(out: Path, name: str | None = None) -> Iterator[Path | None]:
     """Hold ``out``'s lock for the block (yield its path), or raise :class:`OutputBusy` naming the holder.
 
     A no-op (yield None) where this process holds it already (a stage's CLI and its library call), in
     a rank whose mm1 launcher holds it for the job, and in ranks other than 0 of a job started by
     another launcher.
     """
-    path = lock_path(out)
+    path = lock_path(out, name)
     if path in _held or os.environ.get(HELD_ENV) == str(path) or job_rank() != 0:
         yield None
         return

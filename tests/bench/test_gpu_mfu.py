@@ -29,6 +29,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from mm1.plan.estimate import DEFAULT_MFU
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "gpu_mfu.py"
 CHECK = ROOT / "bench" / "gpu_check.sh"
@@ -125,7 +127,7 @@ def test_mfu_arithmetic(bench):
     assert data["results"]["run"]["mfu"] == pytest.approx(520 / 989)
     mfu_row, tflops_row = data["headline"]
     assert mfu_row["value"] == pytest.approx(100 * 520 / 989) and mfu_row["met"] is True
-    assert mfu_row["ratio"] == pytest.approx(100 * 520 / 989 / 40)
+    assert mfu_row["ratio"] == pytest.approx(520 / 989 / DEFAULT_MFU)  # against the planner's assumed MFU
     assert tflops_row["ratio"] == pytest.approx(520 / 790) and tflops_row["met"] is True
     slow = bench.report(Args, {}, (cfg, {"step_time_s": 2 * seconds}), "done", 790.0, 989.0)
     assert slow["headline"][0]["met"] is False

@@ -21,7 +21,7 @@ import pytest
 from faultkit import assert_intact, snapshot, wait_for
 from trainkit import TINY
 
-from mm1 import outlock
+from mm1 import cli, outlock
 from mm1.train.preempt import TEST_SIGNAL_ENV
 
 pytestmark = pytest.mark.faults(item=9)
@@ -35,6 +35,7 @@ HOLDER = textwrap.dedent(
         time.sleep(300)
     """
 )
+HOLDER_NAMED = HOLDER.replace("outlock.hold(sys.argv[1])", "outlock.hold(sys.argv[1], sys.argv[2])")
 
 
 def start_holder(out: Path) -> subprocess.Popen:
@@ -60,6 +61,27 @@ def test_a_second_holder_is_refused_naming_the_first_until_a_kill_9_frees_it(tmp
         assert held == outlock.lock_path(out) and not out.exists()  # beside the folder, not in it
         with outlock.hold(out) as again:  # this process already holds it (a CLI and its library call)
             assert again is None
+
+
+def test_figure_commands_share_their_folder_but_not_one_figure(tmp_path):
+    """results/figures holds every figure: two figures are written side by side, one figure once."""
+    figures = tmp_path / "results" / "figures"
+    cmd = [sys.executable, "-c", HOLDER_NAMED, str(figures), "fig5d"]
+    holder = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with outlock.hold(figures, "tiny_study") as other:  # another figure: its own lock
+            assert other == figures.parent / ".figures.tiny_study.lock"
+        with pytest.raises(outlock.OutputBusy) as refused, outlock.hold(figures, "fig5d"):
+            pass
+        assert ".figures.fig5d.lock" in str(refused.value) and f"pid {holder.pid}" in str(refused.value)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    args = cli.parser().parse_args
+    assert cli._artifact(args(["compare", "--id", "fig5d", "--spec", "{}", "--cell", "a=x", "--out", "o"])) == "fig5d"
+    assert cli._artifact(args(["figure", "--metrics", "m", "--scores", "s", "--out", "o"])) == "tiny_study"
+    assert cli._artifact(args(["world", "--out", "o"])) is None  # a stage's folder is its own
 
 
 def test_a_forked_child_does_not_keep_the_lock(tmp_path):

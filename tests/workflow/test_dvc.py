@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -125,8 +126,8 @@ def test_dvc_params_are_the_config_sections_each_job_passes(dag):
     for job in jobs:
         name = by_outs[frozenset(job["outputs"])]
         keys = {k for entry in stages[name].get("params", []) for ks in entry.values() for k in ks or ()}
-        found = re.search(r"--config-json '([^']*)'", job["shell"])
-        passed = json.loads(found.group(1)) if found else {}
+        words = shlex.split(job["shell"])  # the command line, as the shell reads its quoting
+        passed = json.loads(words[words.index("--config-json") + 1]) if "--config-json" in words else {}
         wildcard_values = set(job["wildcards"].values())
         sections = {k for k, v in passed.items() if not (isinstance(v, str) and v in wildcard_values)}
         assert {k for k in keys if not k.startswith("study.")} == sections, f"{name}: {keys} vs {sections}"
