@@ -132,7 +132,8 @@ def test_a_user_error_is_one_line_naming_what_is_wrong(case: str, bad: dict[str,
     assert lines[0].startswith("mm1") and ": error: " in lines[0], lines[0]
     assert named.format(**bad) in lines[0], lines[0]
     assert not (tmp_path / "out").exists()  # refused before it wrote anything
-    beside = {p.name for p in tmp_path.iterdir()} - {".out.lock"}  # the output lock (mm1.outlock): empty, kept
+    locks = {".out.lock"} | {f".out.{name}.lock" for name in ("tiny_study", "lessons", "power", "f")}  # mm1.outlock
+    beside = {p.name for p in tmp_path.iterdir()} - locks  # the output lock (a figure's own in out/): empty, kept
     assert beside == {"dir", "empty", "garbage", "list.yaml", "deep.json", "file.json", "refs.json"}  # nothing else
 
 
