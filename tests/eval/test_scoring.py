@@ -74,7 +74,9 @@ def _official_cider(refs_path: Path, pred_path: Path) -> tuple[float, dict[int, 
 
     if not shutil.which("java"):
         if os.environ.get("MM1_NO_JAVA") == "1":  # scripts/test-env sets it where java cannot be installed
-            pytest.skip("pycocoevalcap's PTB tokenizer needs java (MM1_NO_JAVA=1 skips it)")
+            pytest.skip(
+                "no java for pycocoevalcap's PTB tokenizer: apt-get install default-jre-headless (or make test as root)"
+            )
         pytest.fail("pycocoevalcap's PTB tokenizer needs java: apt-get install default-jre-headless", pytrace=False)
     with contextlib.redirect_stdout(io.StringIO()):
         coco = coco_module.COCO(str(refs_path))

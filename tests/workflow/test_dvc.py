@@ -225,7 +225,7 @@ def test_dvc_plots_show_works_in_a_fresh_clone(tmp_path: Path):
 def test_dvc_plots_show_renders_offline_with_the_inlined_template(tmp_path: Path):
     if shutil.which("npm") is None or shutil.which("node") is None:
         if os.environ.get("MM1_NO_NPM") == "1":  # scripts/test-env sets it where node/npm cannot be installed
-            pytest.skip("the offline plots template needs node and npm (MM1_NO_NPM=1 skips it)")
+            pytest.skip("no node/npm for the offline plots template: apt-get install nodejs npm (or make test as root)")
         pytest.fail("the offline plots template needs node and npm: apt-get install nodejs npm", pytrace=False)
     clone = copy_project(tmp_path / "mm1")
     run(["git", "init", "-q"], clone)
