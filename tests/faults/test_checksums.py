@@ -187,14 +187,17 @@ def test_the_manifest_is_written_before_the_folder_takes_its_name(run, world, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
 
+# Torn down after the error as the CLI's ``distributed()`` does (a live gloo group can abort at exit).
 WORKER = """
 import sys, torch
+from mm1.parallel.setup import shutdown
 from mm1.train import checksums, safe_load
 torch.distributed.init_process_group("gloo")
 try:
     safe_load.verify_on_every_rank(sys.argv[1])
 except checksums.ChecksumError as exc:
-    print("changed:", exc.file)
+    print("changed:", exc.file, flush=True)
+    shutdown(clean=False)
     sys.exit(3)
 """
 

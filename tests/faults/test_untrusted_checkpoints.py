@@ -205,14 +205,18 @@ def test_link_out_of_the_folder_and_item_outside_it_are_refused(run, tmp_path):
         safe_load.verify(ckpt)
 
 
+# Like the CLI's ``distributed()``, the worker tears the process group down after an error before it
+# exits: a gloo group still alive at interpreter exit can abort (SIGABRT) when its peer has gone.
 WORKER = """
 import sys, torch
+from mm1.parallel.setup import shutdown
 from mm1.train import safe_load
 torch.distributed.init_process_group("gloo")
 try:
     safe_load.verify_on_every_rank(sys.argv[1])
 except safe_load.UnsafeCheckpointError as exc:
-    print("refused:", exc.file)
+    print("refused:", exc.file, flush=True)
+    shutdown(clean=False)
     sys.exit(3)
 """
 
