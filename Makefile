@@ -57,7 +57,7 @@ lint: install
 schema: install
 	$(RUN) mm1 config schema --write workflow/schemas/config.schema.json
 
-## Regenerate dvc.yaml from the Snakemake DAG (after changing rules or the study); --check fails if stale.
+## Regenerate dvc.yaml and params/ from the stage registry and the study (after changing the config); --check fails if stale.
 dvc: install
 	$(RUN) python -m mm1.dvc_stages --write dvc.yaml
 

@@ -42,7 +42,7 @@ from run import report, row, write  # noqa: E402  (bench/run.py: the harness's r
 
 from mm1.config import EvalConfig, ParallelConfig, load  # noqa: E402
 from mm1.data.images import stack_images  # noqa: E402
-from mm1.data.stages import make_tokenizer, make_world  # noqa: E402
+from mm1.data.stages import make_tokenizer  # noqa: E402
 from mm1.data.tokenizer import TextTokenizer  # noqa: E402
 from mm1.eval import harness  # noqa: E402
 from mm1.eval.benchmarks import load_benchmark  # noqa: E402
@@ -51,6 +51,7 @@ from mm1.models.init import init_weights  # noqa: E402
 from mm1.models.mm1_model import MM1Model  # noqa: E402
 from mm1.parallel.setup import distributed  # noqa: E402
 from mm1.train import checkpoint  # noqa: E402
+from mm1.world.export import make_world  # noqa: E402
 
 # A world just big enough for the prompts (benchmark val = the prompts, train = the demonstrations)
 # and for a tokenizer near the study's 1024 tokens; the model is the default one.

@@ -47,14 +47,14 @@ from mm1.config.load import apply_overrides, from_dict
 from mm1.config.presets import preset_data
 from mm1.models.flops import step_flops
 from mm1.models.init import init_weights
-from mm1.models.megatron_config import Layout, use_transformer_engine
+from mm1.models.megatron_config import MegatronLayout, use_transformer_engine
 from mm1.models.mm1_model import MM1Model
 from mm1.models.size import count_model, optimizer_hparams
 from mm1.parallel.setup import distributed
 from mm1.plan.estimate import DEFAULT_MFU, stage_memory
 from mm1.plan.facts import facts
 from mm1.plan.gpus import GPUS
-from mm1.plan.layout import Layout as PlanLayout
+from mm1.plan.layout import ClusterLayout
 from mm1.train.optim import build_optimizer, use_bf16, wrap_ddp
 
 with warnings.catch_warnings():
@@ -145,7 +145,7 @@ def planned_micro_batches(cfg: RunConfig, memory_gb: float) -> dict[str, dict]:
     for rc in RECOMPUTE:
         need = {}
         for mb in MICRO_BATCHES:
-            lay = PlanLayout(1, 1, 1, 1, 1, mb, max(mb, cfg.train.global_batch_size), rc, False)
+            lay = ClusterLayout(1, 1, 1, 1, 1, mb, max(mb, cfg.train.global_batch_size), rc, False)
             need[mb] = stage_memory(f, lay, 0).total
         fit = [mb for mb, gb in need.items() if gb <= memory_gb]
         out[rc] = {"memory_gb": {str(mb): round(gb, 1) for mb, gb in need.items()}, "largest": max(fit, default=0)}
@@ -157,7 +157,7 @@ def planned_micro_batches(cfg: RunConfig, memory_gb: float) -> dict[str, dict]:
 
 def build(cfg: RunConfig, device: torch.device):
     """(DDP model, optimizer, scheduler) as mm1.train.trainer builds them for one process."""
-    layout = Layout(bf16=use_bf16(cfg.train.precision), recompute=cfg.parallel.recompute)
+    layout = MegatronLayout(bf16=use_bf16(cfg.train.precision), recompute=cfg.parallel.recompute)
     model = MM1Model(cfg.model, vocab_size=cfg.tokenizer.vocab_size, image_token_id=IMAGE_ID, layout=layout)
     init_weights(model, cfg.train.seed)
     if layout.bf16:
@@ -243,7 +243,7 @@ def matmul_tflops(n: int = 8192, repeats: int = 10) -> float:
     return 2 * n**3 / statistics.median(seconds) / 1e12
 
 
-def _free() -> None:
+def _release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -263,7 +263,7 @@ def try_micro_batch(built, cfg: RunConfig, micro_batch: int, device: torch.devic
     batch = None
     if torch.cuda.is_available():
         row["peak_gb"] = torch.cuda.max_memory_allocated() / GB
-    _free()
+    _release_memory()
     return row
 
 
@@ -290,7 +290,7 @@ def search(levels, candidates, overrides, device, deadline: float, log) -> tuple
         if best:
             return built, bench_config(best, rc, overrides=overrides), trials
         built = None
-        _free()
+        _release_memory()
     raise RuntimeError(f"micro-batch 1 fits under none of the recompute levels {list(levels)}: {trials}")
 
 

@@ -33,12 +33,12 @@ import torch
 
 from mm1.config import ParallelConfig
 from mm1.config.presets import load_preset
-from mm1.models.megatron_config import Layout, use_transformer_engine
+from mm1.models.megatron_config import MegatronLayout, use_transformer_engine
 from mm1.models.mm1_model import MM1Model
 from mm1.parallel.setup import distributed
 from mm1.plan.estimate import GB, layer_activations, stage_memory
 from mm1.plan.facts import facts
-from mm1.plan.layout import Layout as PlanLayout
+from mm1.plan.layout import ClusterLayout
 
 CASES = ["mm1-ablation:none", "mm1-ablation:selective", "mm1-ablation:full", "mm1-3b:selective", "mm1-3b:full"]
 IMAGE_ID = 3
@@ -70,7 +70,7 @@ def planned(name: str, recompute: str, images: int | None = None) -> dict[str, f
         parts["planned_gb"] += max(layers) / GB
     parts["grads_gb"] = 2 * f.total / GB  # bf16 gradients: part of the measured peak, not of the activations
     if n == f.images:  # the same number by the planner's own path
-        lay = PlanLayout(1, 1, 1, 1, 1, 1, cfg.train.global_batch_size, recompute, False)
+        lay = ClusterLayout(1, 1, 1, 1, 1, 1, cfg.train.global_batch_size, recompute, False)
         assert abs(stage_memory(f, lay, 0).activations - parts["planned_gb"]) < 1e-9
     return parts
 
@@ -82,7 +82,9 @@ def measure(name: str, recompute: str, images: int | None = None) -> dict[str, f
     images = cfg.data.mixture.max_images_per_sequence if images is None else images
     with distributed(ParallelConfig(), seed=0):
         # megatron draws the weights on the CPU (use_cpu_initialization), in bf16
-        model = MM1Model(m, vocab_size=vocab, image_token_id=IMAGE_ID, layout=Layout(bf16=True, recompute=recompute))
+        model = MM1Model(
+            m, vocab_size=vocab, image_token_id=IMAGE_ID, layout=MegatronLayout(bf16=True, recompute=recompute)
+        )
         model = model.to(torch.bfloat16).cuda().train()
         g = torch.Generator().manual_seed(0)
         tokens = torch.randint(IMAGE_ID + 1, vocab, (1, seq), generator=g)

@@ -272,7 +272,7 @@ def test_the_checker_reports_what_is_missing(tmp_path):
             "python -m mm1.no_such_module --commit",
             "pytest tests/nowhere/test_x.py -m slowest",
             "```",
-            "`config/presets/*.yaml`, `results/never/made.csv`, `mm1.train.safe_load`, `mm1.train.nothing_here`",
+            "`src/mm1/config/preset_files/*.yaml`, `results/never/made.csv`, `mm1.train.safe_load`, `mm1.train.nothing_here`",
         ]
     )
     problems = check_markdown(snippet, doc, known)
@@ -290,5 +290,5 @@ def test_the_checker_reports_what_is_missing(tmp_path):
     ]
     assert sorted(problems) == sorted(expected)
     # and what exists passes
-    ok = "`make test`, `mm1 train`, `snakemake fig4 --cores all`, `python -m mm1.dvc_stages`, `config/presets/*.yaml`"
+    ok = "`make test`, `mm1 train`, `snakemake fig4 --cores all`, `python -m mm1.dvc_stages`, `src/mm1/config/preset_files/*.yaml`"
     assert check_markdown(ok, doc, known) == []

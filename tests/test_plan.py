@@ -14,7 +14,7 @@ import yaml
 from mm1.cli import main
 from mm1.config import ParallelConfig, RunConfig, load
 from mm1.config.presets import load_preset
-from mm1.plan import GPUS, PAPER_PRESETS, Layout, PlanError, check, choose, estimate, find_gpu, job_resources
+from mm1.plan import GPUS, PAPER_PRESETS, ClusterLayout, PlanError, check, choose, estimate, find_gpu, job_resources
 from mm1.plan.estimate import plan_of
 from mm1.plan.facts import facts
 from mm1.plan.layout import apply, problems
@@ -145,7 +145,7 @@ def test_every_paper_preset_has_a_layout_that_fits_on_h100(name: str) -> None:
     assert par.gpus_per_node == 8 and par.world_size == par.nodes * 8 and par.distributed_optimizer
     assert (tr.global_batch_size, tr.steps, cfg.model.decoder.seq_length) == (512, 200_000, 4096)
     assert cfg.data.mixture.max_images_per_sequence == 16
-    assert plan.layout == Layout.of(cfg)
+    assert plan.layout == ClusterLayout.of(cfg)
 
 
 def _apply_fix(cfg: RunConfig, fix: str) -> RunConfig:
@@ -198,7 +198,7 @@ def test_a_model_too_big_for_its_gpus_is_told_to_add_nodes() -> None:
 )
 def test_indivisible_layouts_are_refused_naming_the_field(change: dict, named: str) -> None:
     cfg = load_preset("mm1-ablation")
-    lay = replace(Layout.of(cfg), **change)
+    lay = replace(ClusterLayout.of(cfg), **change)
     assert any(named in p for p in problems(lay, cfg)), problems(lay, cfg)
     # check() refuses the same layout in a config that skipped validation
     par = {k: v for k, v in change.items() if k != "micro_batch_size"}
@@ -214,7 +214,7 @@ def test_indivisible_layouts_are_refused_naming_the_field(change: dict, named: s
 
 def test_moe_experts_must_divide_over_ep() -> None:
     cfg = load_preset("mm1-7b-moe")
-    assert any("model.moe.num_experts=32" in p for p in problems(replace(Layout.of(cfg), ep=3), cfg))
+    assert any("model.moe.num_experts=32" in p for p in problems(replace(ClusterLayout.of(cfg), ep=3), cfg))
 
 
 def test_gpus_per_node_must_divide_world_size() -> None:
@@ -234,7 +234,7 @@ def test_nodes_search_returns_the_fastest_fitting_layout() -> None:
     # the preset's own per-node layout on 4 nodes is no faster
     own = cfg.model_copy(update={"parallel": cfg.parallel.model_copy(update={"world_size": 32})})
     assert plan.step_seconds <= estimate(own, "h100-80gb").step_seconds
-    assert choose(cfg, "h100-80gb").layout == Layout.of(cfg)  # no --nodes: the preset's own
+    assert choose(cfg, "h100-80gb").layout == ClusterLayout.of(cfg)  # no --nodes: the preset's own
 
 
 def test_gpu_names_are_checked() -> None:
@@ -297,7 +297,7 @@ def _measured(name: str) -> dict:
 
 def _one_gpu(recompute: str, micro_batch: int, sequences: int) -> RunConfig:
     """mm1-ablation as bench/gpu_mfu.py measured it: one GPU, bf16, no distributed optimizer."""
-    layout = Layout(1, 1, 1, 1, 1, micro_batch, sequences, recompute, False)
+    layout = ClusterLayout(1, 1, 1, 1, 1, micro_batch, sequences, recompute, False)
     return apply(load_preset("mm1-ablation"), layout)
 
 

@@ -1,6 +1,6 @@
 """mm1: a workflow-managed reproduction of Apple's MM1 multimodal LLM pre-training study."""
 
-from mm1.parallel import jit_hook
+from mm1 import jit_hook
 
 __version__ = "0.1.0"
 

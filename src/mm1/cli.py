@@ -2,7 +2,7 @@
 
     mm1 config show   [--preset NAME] [--config FILE] [--study FILE] [--set section.field=value ...]
     mm1 config schema [--write PATH | --check PATH]
-    mm1 presets [NAME ...] [--check]              (sizes and LR law of config/presets/*.yaml)
+    mm1 presets [NAME ...] [--check]              (sizes and LR law of the packaged presets)
     mm1 flops   [--preset NAME] [--config FILE] [--set ...] [--images-per-sequence N]  (FLOPs of one step)
     mm1 plan    --preset NAME [--gpu h100-80gb] [--nodes N] [--set ...] | --all   (cluster layout, memory, time)
     mm1 world     --out DIR                         (the synthetic MM1 world, as datasets)
@@ -39,14 +39,17 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from mm1 import __version__, outlock
+from mm1 import __version__, cli_args, outlock
 from mm1 import cli_errors as errors
 from mm1.config import ConfigError, RunConfig
 from mm1.config.load import apply_overrides, from_dict, read_yaml
 from mm1.config.presets import deep_merge, preset_data
 from mm1.eval import cli as eval_cli
+from mm1.stages import STAGES
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -54,10 +57,16 @@ def _config_args(p: argparse.ArgumentParser) -> None:
         "--preset",
         metavar="NAME",
         type=errors.plain_name,
-        help="start from config/presets/NAME.yaml (see `mm1 presets`)",
+        help="start from the preset NAME (see `mm1 presets`)",
     )
     p.add_argument("--config", type=Path, help="YAML config file merged over the preset (default: built-in defaults)")
     p.add_argument("--config-json", help="config as a JSON object, merged over --config")
+    p.add_argument(
+        "--config-from",
+        nargs=2,
+        metavar=("FILE", "RUN"),
+        help="the config of RUN in a JSON file of runs (dvc.yaml's params/<stage>.json), merged like --config-json",
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -90,10 +99,50 @@ def config_data(args: argparse.Namespace) -> tuple[dict, str]:
             raise ConfigError(f"--config-json must be a JSON object of sections, not {type(extra).__name__}")
         data = deep_merge(data, extra)
         source += " + --config-json"
+    if getattr(args, "config_from", None):
+        path, run = args.config_from
+        data = deep_merge(data, run_config(Path(path), run))
+        source += f" + {path} ({run})"
     if args.overrides:
         data = apply_overrides(data, args.overrides)
         source += " + " + " ".join(args.overrides)
     return data, source
+
+
+def run_config(path: Path, run: str) -> dict:
+    """The entry ``run`` of a JSON file of run configs (``python -m mm1.dvc_stages --write`` makes them)."""
+    try:
+        runs = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"--config-from {path}: cannot read it as JSON ({exc})") from None
+    if not isinstance(runs, dict) or not isinstance(runs.get(run), dict):
+        raise ConfigError(
+            f"--config-from {path}: no run {run!r} in it; it is stale or for another study: "
+            "regenerate it with `python -m mm1.dvc_stages --write` (make dvc)"
+        )
+    return runs[run]
+
+
+def expand_args_from(argv: list[str]) -> list[str]:
+    """``--args-from FILE KEY`` replaced by the argument list ``FILE[KEY]`` holds (a JSON object of
+    argument lists: dvc.yaml's params/reports.json gives each report's command line this way)."""
+    if "--args-from" not in argv:
+        return argv
+    at = argv.index("--args-from")
+    if len(argv) < at + 3:
+        raise errors.UsageError("--args-from needs FILE KEY", "mm1")
+    path, key = Path(argv[at + 1]), argv[at + 2]
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise errors.UsageError(f"--args-from {path}: cannot read it as JSON ({exc})", "mm1") from None
+    listed = table.get(key) if isinstance(table, dict) else None
+    if not isinstance(listed, list) or not all(isinstance(a, str) for a in listed):
+        raise errors.UsageError(
+            f"--args-from {path}: no argument list {key!r} in it; regenerate it with `python -m mm1.dvc_stages --write`",
+            "mm1",
+        )
+    return [*argv[:at], *listed, *argv[at + 3 :]]
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -129,7 +178,7 @@ def _check_study(args: argparse.Namespace) -> int:
     """``config show --study FILE``: the base config, once every experiment's run and every stage's
     config of it is valid (a ConfigError names the file, the experiment, the stage and the field)."""
     from mm1.config import dump
-    from mm1.study import STAGES, check_study
+    from mm1.study import check_study
 
     study = check_study(*config_data(args))
     for exp in study.names:
@@ -142,7 +191,7 @@ def _check_study(args: argparse.Namespace) -> int:
 
 def _cmd_presets(args: argparse.Namespace) -> int:
     from mm1.config.presets import available, load_preset
-    from mm1.models.size import count_mismatches, count_model, decoder_params, law_weight_decay, peak_lr
+    from mm1.models.size import count_model, decoder_params, law_weight_decay, peak_lr
 
     names = args.names or available()
     configs = {name: load_preset(name) for name in names}
@@ -155,6 +204,7 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     if not args.check:
         return 0
     from mm1.config import ParallelConfig
+    from mm1.models.mm1_model import count_mismatches
     from mm1.parallel.setup import distributed
 
     failed = 0
@@ -211,7 +261,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_world(args: argparse.Namespace) -> int:
-    from mm1.data.stages import make_world
+    """write the synthetic MM1 world as datasets + manifest"""
+    from mm1.world.export import make_world
 
     manifest = make_world(resolve(args).world, args.out)
     print(f"world: {manifest.height} files, {int(manifest['samples'].sum())} records -> {args.out}")
@@ -219,6 +270,7 @@ def _cmd_world(args: argparse.Namespace) -> int:
 
 
 def _cmd_acquire(args: argparse.Namespace) -> int:
+    """download and verify the datasets in data.sources"""
     from mm1.data.acquire import acquire
 
     cfg = resolve(args).data
@@ -232,6 +284,7 @@ def _cmd_acquire(args: argparse.Namespace) -> int:
 
 
 def _cmd_tokenizer(args: argparse.Namespace) -> int:
+    """train the BPE tokenizer on the text of the pre-training sources"""
     from mm1.data.stages import make_tokenizer
 
     cfg = resolve(args)
@@ -241,6 +294,7 @@ def _cmd_tokenizer(args: argparse.Namespace) -> int:
 
 
 def _cmd_pack(args: argparse.Namespace) -> int:
+    """draw and pack the run's pre-training sequences from the mixture"""
     from mm1.data.stages import pack
 
     mixture = pack(resolve(args), args.manifest, args.tokenizer, args.out)
@@ -249,6 +303,7 @@ def _cmd_pack(args: argparse.Namespace) -> int:
 
 
 def _cmd_sft_pack(args: argparse.Namespace) -> int:
+    """turn the instruction conversations into SFT sequences (loss on answers; image splitting)"""
     from mm1.data.stages import sft_pack
 
     print(sft_pack(resolve(args), args.manifest, args.tokenizer, args.out))
@@ -260,7 +315,9 @@ INIT_FLAGS = {"--init": None, "--init-encoder": "encoder", "--init-decoder": "la
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    """pre-training (text-only LLM or multimodal) or SFT with megatron-core"""
     from mm1.parallel.launch import relaunch_if_needed
+    from mm1.train.loop import RESUME
 
     cfg = resolve(args)
     init = []  # (folder, the parts it loads or None for all), checked before any process starts
@@ -273,7 +330,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             )
         if path is not None:
             init.append((path, (part,) if part else None))
-    code = relaunch_if_needed(cfg.parallel, args.argv)
+    code = relaunch_if_needed(cfg.parallel, args.argv, out=args.out, resume=args.out / RESUME)
     if code is not None:
         return code
     from mm1.train.trainer import train
@@ -288,15 +345,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_encoder(args: argparse.Namespace) -> int:
+    """image-encoder pre-training with the CLIP or AIM head (model.encoder.objective)"""
     from mm1.parallel.launch import relaunch_if_needed
     from mm1.train.encoder_trainer import check_layout, train_encoder
+    from mm1.train.loop import RESUME
 
     cfg = resolve(args)
     try:
         check_layout(cfg)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    code = relaunch_if_needed(cfg.parallel, args.argv)
+    code = relaunch_if_needed(cfg.parallel, args.argv, out=args.out, resume=args.out / RESUME)
     if code is not None:
         return code
     metrics = train_encoder(cfg, args.manifest, args.tokenizer, args.out)
@@ -307,8 +366,9 @@ def _cmd_encoder(args: argparse.Namespace) -> int:
 
 
 def _cmd_upcycle(args: argparse.Namespace) -> int:
-    from mm1.models.upcycle import upcycle_checkpoint
+    """build an MoE checkpoint from a dense one (each FFN copied into its experts; model.moe from the config)"""
     from mm1.train.checkpoint import read_meta
+    from mm1.train.upcycle import upcycle_checkpoint
 
     cfg = resolve(args)
     if not cfg.model.moe.enabled:
@@ -325,6 +385,7 @@ def _cmd_upcycle(args: argparse.Namespace) -> int:
 
 
 def _cmd_figure(args: argparse.Namespace) -> int:
+    """the miniature study's figure and results table"""
     from mm1.figures.tiny_study import tiny_study
 
     result = tiny_study(args.metrics, args.scores, args.out)
@@ -357,53 +418,64 @@ def _cmd_power(args: argparse.Namespace) -> int:
     return 0
 
 
-# Stage commands: name -> (help, function, takes the config, (path option, help) ...); every stage has --out.
-STAGES = {
-    "world": ("write the synthetic MM1 world as datasets + manifest", _cmd_world, True, ()),
-    "acquire": ("download and verify the datasets in data.sources", _cmd_acquire, True, ()),
-    "tokenizer": (
-        "train the BPE tokenizer on the text of the pre-training sources",
-        _cmd_tokenizer,
-        True,
-        (("--manifest", "manifest.parquet of the world or acquire stage"),),
-    ),
-    "pack": (
-        "draw and pack the run's pre-training sequences from the mixture",
-        _cmd_pack,
-        True,
-        (("--manifest", "manifest.parquet of the world or acquire stage"), ("--tokenizer", "tokenizer.json")),
-    ),
-    "sft-pack": (
-        "turn the instruction conversations into SFT sequences (loss on answers; image splitting)",
-        _cmd_sft_pack,
-        True,
-        (("--manifest", "manifest.parquet of the world or acquire stage"), ("--tokenizer", "tokenizer.json")),
-    ),
-    "encoder": (
-        "image-encoder pre-training with the CLIP or AIM head (model.encoder.objective)",
-        _cmd_encoder,
-        True,
-        (("--manifest", "manifest.parquet of the world or acquire stage"), ("--tokenizer", "tokenizer.json")),
-    ),
-    "train": (
-        "multimodal pre-training with megatron-core",
-        _cmd_train,
-        True,
-        (("--packed", "train.parquet of the pack stage"), ("--tokenizer", "tokenizer.json")),
-    ),
-    "upcycle": (
-        "build an MoE checkpoint from a dense one (each FFN copied into its experts; model.moe from the config)",
-        _cmd_upcycle,
-        True,
-        (("--checkpoint", "dense checkpoint folder (e.g. of the train stage)"),),
-    ),
-    "figure": (
-        "the miniature study's figure and results table",
-        _cmd_figure,
-        False,
-        (("--metrics", "metrics.csv of the train stage"), ("--scores", "scores.csv of the eval stage")),
-    ),
-}
+@dataclass(frozen=True)
+class Command:
+    """One ``mm1`` subcommand: its name, help, function, arguments, and whether it takes the config flags."""
+
+    name: str
+    help: str
+    run: Callable[[argparse.Namespace], int] | None
+    arguments: Callable[[argparse.ArgumentParser], None]
+    configured: bool = False
+
+
+def commands() -> list[Command]:
+    """Every subcommand, registered the same way. The stage commands come from the stage registry
+    (mm1.stages): one per command its stages run, with their inputs as options; each runs
+    ``_cmd_<name>`` of this module, whose docstring is its help."""
+    table = [
+        Command("config", "show the resolved config or the JSON schema", _cmd_config, cli_args.config, True),
+        Command(
+            "presets",
+            "CSV of the presets: parameters (total, active) and the MM1 LR law",
+            _cmd_presets,
+            cli_args.presets,
+        ),
+        Command("flops", "matmul FLOPs of one training step (one global batch)", _cmd_flops, cli_args.flops, True),
+        Command(
+            "plan",
+            "cluster layout of a run: memory per GPU, FLOPs and time per step; or search one",
+            _cmd_plan,
+            cli_args.plan,
+            True,
+        ),
+        Command(
+            "compare",
+            "a paper figure or table: each cell's mean +- 95%% CI over its seed runs",
+            _cmd_compare,
+            cli_args.compare,
+        ),
+        Command(
+            "lessons",
+            "the paper's lessons: each check's effect over seeds, 95%% CI, MDE, Holm p and verdict",
+            _cmd_lessons,
+            cli_args.lessons,
+        ),
+        Command(
+            "power", "the pilot: per-run sd of the metrics and the seeds per arm they imply", _cmd_power, cli_args.power
+        ),
+        Command("eval", eval_cli.HELP, None, lambda p: eval_cli.add_subcommands(p, _config_args, resolve)),
+    ]
+    for name in dict.fromkeys(s.command[0] for s in STAGES.values() if len(s.command) == 1):  # not `eval run`
+        run = globals()[f"_cmd_{name.replace('-', '_')}"]
+        table.append(Command(name, _help(run), run, cli_args.stage_inputs(name), True))
+    table.append(Command("upcycle", _help(_cmd_upcycle), _cmd_upcycle, cli_args.upcycle, True))
+    table.append(Command("figure", _help(_cmd_figure), _cmd_figure, cli_args.figure))
+    return table
+
+
+def _help(run: Callable[[argparse.Namespace], int]) -> str:
+    return (run.__doc__ or "").split("\n")[0]
 
 
 LOG_LEVELS = ("ERROR", "WARNING", "INFO", "DEBUG")  # -v: INFO, -vv: DEBUG; the default WARNING
@@ -422,113 +494,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="count", default=0, help="log more: -v info, -vv debug")
     p.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, help="the log level (overrides -v)")
     sub = p.add_subparsers(dest="command", required=True)
-
-    c = sub.add_parser("config", help="show the resolved config or the JSON schema")
-    c.add_argument("action", choices=["show", "schema"])
-    c.add_argument("--write", metavar="PATH", help="schema: write it to PATH")
-    c.add_argument("--check", metavar="PATH", help="schema: exit 1 if PATH differs from the models")
-    c.add_argument(
-        "--study",
-        type=Path,
-        metavar="FILE",
-        help="show: a study file (e.g. config/study.yaml) merged over --config; every experiment of it is validated",
-    )
-    _config_args(c)
-    c.set_defaults(func=_cmd_config)
-
-    pr = sub.add_parser("presets", help="CSV of the presets: parameters (total, active) and the MM1 LR law")
-    pr.add_argument(
-        "names", nargs="*", metavar="NAME", type=errors.plain_name, help="only these presets (default: all)"
-    )
-    pr.add_argument(
-        "--check", action="store_true", help="also build each model on the meta device; exit 1 on any count mismatch"
-    )
-    pr.set_defaults(func=_cmd_presets)
-
-    fl = sub.add_parser("flops", help="matmul FLOPs of one training step (one global batch)")
-    fl.add_argument(
-        "--images-per-sequence",
-        type=errors.non_negative,
-        metavar="N",
-        help="average images per sequence (data-dependent; default: data.mixture.max_images_per_sequence)",
-    )
-    _config_args(fl)
-    fl.set_defaults(func=_cmd_flops)
-
-    pl = sub.add_parser("plan", help="cluster layout of a run: memory per GPU, FLOPs and time per step; or search one")
-    pl.add_argument("--gpu", default="h100-80gb", help="GPU model (h100-80gb, h200-141gb, a100-80gb, a100-40gb)")
-    pl.add_argument(
-        "--nodes", type=errors.positive_int, metavar="N", help="search the fastest fitting layout on N nodes"
-    )
-    pl.add_argument("--all", action="store_true", help="a Markdown table of the paper presets' own layouts")
-    pl.add_argument(
-        "--mfu",
-        type=errors.fraction,
-        default=None,
-        help="assumed utilisation of the matmuls (default: the config's parallel.plan_mfu, 0.31 measured on an H100)",
-    )
-    pl.add_argument(
-        "--images-per-sequence",
-        type=errors.non_negative,
-        metavar="N",
-        help="average images per sequence for the time (default: data.mixture.max_images_per_sequence)",
-    )
-    _config_args(pl)
-    pl.set_defaults(func=_cmd_plan)
-
-    cm = sub.add_parser("compare", help="a paper figure or table: each cell's mean +- 95%% CI over its seed runs")
-    cm.add_argument(
-        "--id", required=True, type=errors.plain_name, help="figure id (file names: ID.png, ID.csv, ID.seeds.csv)"
-    )
-    cm.add_argument("--spec", required=True, metavar="JSON", help="the figure's FigureSpec as JSON (study.figures.ID)")
-    cm.add_argument(
-        "--cell",
-        dest="cells",
-        action="append",
-        default=[],
-        metavar="NAME=RUN_DIR",
-        help="a seed run's stage output folder (repeat a NAME for its next seed)",
-    )
-    cm.add_argument(
-        "--meta", metavar="JSON", help='[{"cell": NAME, key: value}]: the x/hue keys and decoder_params per cell'
-    )
-    cm.add_argument("--out", type=Path, required=True, help="output folder")
-    cm.set_defaults(func=_cmd_compare)
-
-    ls = sub.add_parser(
-        "lessons", help="the paper's lessons: each check's effect over seeds, 95%% CI, MDE, Holm p and verdict"
-    )
-    ls.add_argument("--lessons", required=True, help="JSON {lesson id: {statement, checks}} (study.lessons)")
-    ls.add_argument(
-        "--seeds", action="append", default=[], metavar="FIG=SEEDS", help="a figure's <fig>.seeds.csv (mm1 compare)"
-    )
-    ls.add_argument("--out", type=Path, required=True, help="output folder (lessons.csv, lessons.md)")
-    ls.set_defaults(func=_cmd_lessons)
-
-    pw = sub.add_parser("power", help="the pilot: per-run sd of the metrics and the seeds per arm they imply")
-    pw.add_argument("--seeds", type=Path, required=True, help="the pilot figure's <fig>.seeds.csv (mm1 compare)")
-    pw.add_argument("--metric", action="append", required=True, help="a metric to analyse (repeat)")
-    pw.add_argument(
-        "--effects", required=True, type=errors.effects, help="target effects, comma-separated (e.g. 1,2,3)"
-    )
-    pw.add_argument(
-        "--study-seeds", type=errors.positive_int, required=True, help="the study's seeds per cell (study.seeds)"
-    )
-    pw.add_argument("--out", type=Path, required=True, help="output folder (power.csv, power.md)")
-    pw.set_defaults(func=_cmd_power)
-
-    eval_cli.add_parser(sub, _config_args, resolve)
-    for name, (help_, func, configured, paths) in STAGES.items():
-        stage = sub.add_parser(name, help=help_)
-        if configured:
-            _config_args(stage)
-        for flag, path_help in paths:
-            stage.add_argument(flag, type=Path, required=True, help=path_help)
-        stage.add_argument("--out", type=Path, required=True, help="output folder")
-        stage.set_defaults(func=func)
-        if name == "train":
-            for flag, part in INIT_FLAGS.items():
-                stage.add_argument(flag, type=Path, metavar="CKPT", help=f"start {part or 'the whole model'} from CKPT")
+    for command in commands():
+        cp = sub.add_parser(command.name, help=command.help)
+        if command.configured:
+            _config_args(cp)
+        command.arguments(cp)
+        if command.run is not None:  # mm1 eval: its subcommands set their own
+            cp.set_defaults(func=command.run)
     return p
 
 
@@ -545,6 +517,7 @@ def _artifact(args: argparse.Namespace) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        argv = expand_args_from(argv)
         args = parser().parse_args(argv)
     except errors.UsageError as exc:
         print(f"{exc.prog}: error: {exc}", file=sys.stderr)

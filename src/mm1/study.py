@@ -1,12 +1,7 @@
 """Which stage runs an experiment needs, and which of them it shares with other experiments.
 
-Every workflow stage (a rule in ``workflow/rules/``) has
-
-* ``reads``: the config sections its command gets (``--config-json``), and
-* ``honors``: the dotted prefixes of experiment overrides it applies; the others keep the base
-  value. A connector ablation changes ``model.connector``: the pack and train stages honour it,
-  the LLM and encoder stages do not, so every connector cell starts from the same LLM and encoder.
-* ``after``: the stages whose outputs it reads.
+Every stage of the registry (:mod:`mm1.stages`) reads some config sections, honours some of an
+experiment's overrides and reads the runs of the stages before it (``after``).
 
 A stage's config for an experiment is: the base config, then the experiment's honoured overrides,
 then the stage's own overrides (``study.stages``), then, at the SFT stages (``SFT_STAGES``), the
@@ -27,7 +22,6 @@ pre-training (and SFT); the LLM and encoder stages do not read it, so the seeds 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -35,66 +29,7 @@ from mm1.config import ConfigError, RunConfig
 from mm1.config.load import from_dict
 from mm1.config.presets import deep_merge, preset_data
 from mm1.config.study import BASE, SFT_ONLY
-
-
-@dataclass(frozen=True)
-class Stage:
-    reads: tuple[str, ...]
-    honors: tuple[str, ...]
-    after: tuple[str, ...] = ()
-
-
-DATA = "data"  # stands for the world or the acquire stage, per data.source
-PACKING = ("model.decoder.seq_length", "model.connector.num_tokens")  # what sequence packing reads of the model
-STAGES: dict[str, Stage] = {
-    "world": Stage(reads=("world",), honors=("world",)),
-    "acquire": Stage(reads=("data",), honors=("data.source", "data.sources", "data.max_bad_fraction")),
-    "tokenizer": Stage(reads=("tokenizer", "data"), honors=("tokenizer",), after=(DATA,)),
-    # The LLM is the paper's fixed pre-trained LLM: only the decoder's shape and layout reach it.
-    "llm_pack": Stage(
-        reads=("data", "model", "train"), honors=("model.decoder.seq_length",), after=(DATA, "tokenizer")
-    ),
-    "llm": Stage(
-        reads=("model", "parallel", "train"),
-        honors=("model.decoder", "model.moe", "parallel"),
-        after=("llm_pack", "tokenizer"),
-    ),
-    # One encoder per encoder setting (Table 1: objective, size, resolution).
-    "encoder": Stage(
-        reads=("data", "model", "parallel", "train"), honors=("model.encoder",), after=(DATA, "tokenizer")
-    ),
-    "pack": Stage(
-        reads=("data", "model", "train"),
-        honors=(
-            "data.mixture",
-            "data.max_bad_fraction",
-            *PACKING,
-            "train.seed",
-            "train.steps",
-            "train.warmup_steps",  # not read, but it must stay below train.steps for the config to validate
-            "train.global_batch_size",
-        ),
-        after=(DATA, "tokenizer"),
-    ),
-    "train": Stage(
-        reads=("model", "parallel", "train"),
-        honors=("model", "parallel", "train"),
-        after=("pack", "tokenizer", "llm", "encoder"),
-    ),
-    "eval": Stage(reads=("eval", "sft"), honors=("eval",), after=("world", "tokenizer", "train")),
-    "sft_pack": Stage(
-        reads=("data", "model", "sft"),
-        honors=("data.max_bad_fraction", "sft", *PACKING, "model.encoder.image_size"),
-        after=(DATA, "tokenizer"),
-    ),
-    "sft": Stage(
-        reads=("model", "parallel", "train"),
-        honors=("model", "parallel", "train", "sft"),
-        after=("sft_pack", "tokenizer", "train"),
-    ),
-    "sft_eval": Stage(reads=("eval", "sft"), honors=("eval", "sft"), after=("world", "tokenizer", "sft")),
-}
-SFT_STAGES = ("sft_pack", "sft", "sft_eval")  # the stages that apply an experiment's sft_only overrides
+from mm1.stages import DATA, SFT_STAGES, STAGES
 
 
 def _honored(key: str, prefixes: tuple[str, ...]) -> bool:

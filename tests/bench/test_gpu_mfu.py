@@ -10,7 +10,7 @@ CPU-tested model computes, and TP=2 / EP=2 on CUDA tensors give the one-process 
 machine with ONE GPU the two ranks share it: NCCL refuses two ranks on one device ("Duplicate GPU
 detected"), so those two run their collectives over gloo (which stages CUDA tensors through host
 memory), with both ranks on cuda:0. PP=2 is not covered on one GPU: megatron's batched p2p needs
-NCCL, and gloo would need the CPU-only flags of compat.required_flags. The one-process check runs
+NCCL, and gloo would need the CPU-only flags of mm1.models.megatron_config.required_flags. The one-process check runs
 NCCL (a group of one).
 
 This file is also the GPU workers: ``python test_gpu_mfu.py one OUT`` (one process on whatever
@@ -257,7 +257,7 @@ def run_two(job: str, out: Path) -> None:
 
     from mm1.config import ParallelConfig
     from mm1.models.init import init_weights
-    from mm1.models.megatron_config import Layout
+    from mm1.models.megatron_config import MegatronLayout
     from mm1.models.mm1_model import MM1Model
     from mm1.parallel.setup import distributed
 
@@ -267,7 +267,7 @@ def run_two(job: str, out: Path) -> None:
     cfg = _models()["dense" if job == "tp2" else "moe"]
     parallel = ParallelConfig(world_size=2, tp=tp, ep=ep, backend="gloo")
     with distributed(parallel, seed=0) as rank:
-        model = MM1Model(cfg, vocab_size=VOCAB, image_token_id=IMAGE_ID, layout=Layout(tp=tp, ep=ep))
+        model = MM1Model(cfg, vocab_size=VOCAB, image_token_id=IMAGE_ID, layout=MegatronLayout(tp=tp, ep=ep))
         init_weights(model, SEED)  # the full tensors do not depend on the layout
         result = _outputs(model, share(make_batch(cfg), rank.dp_rank, rank.dp_size), rank.device)
         result["logits"] = torch.cat(_gather_tp(result["logits"], -1), dim=-1)

@@ -93,10 +93,18 @@ def test_every_configured_command_takes_preset() -> None:
     p = cli.parser()
     assert p.parse_args(["config", "show", "--preset", "mini"]).preset == "mini"
     assert p.parse_args(["flops", "--preset", "mini"]).preset == "mini"
-    for name, (_, _, configured, paths) in cli.STAGES.items():
-        if configured:
-            argv = [name, "--preset", "mini", "--out", "o", *(x for flag, _ in paths for x in (flag, "p"))]
-            assert p.parse_args(argv).preset == "mini", name
+    configured = [c for c in cli.commands() if c.configured and c.name not in ("config", "flops", "plan")]
+    assert {"world", "pack", "train", "encoder", "upcycle"} <= {c.name for c in configured}
+    for command in configured:
+        options = {a.option_strings[0] for a in command_parser(p, command.name)._actions if a.required}
+        argv = [command.name, "--preset", "mini", *(x for flag in sorted(options) for x in (flag, "p"))]
+        assert p.parse_args(argv).preset == "mini", command.name
+
+
+def command_parser(p, name: str):
+    """The argparse parser of one subcommand (to list its required options)."""
+    sub = next(a for a in p._actions if a.__class__.__name__ == "_SubParsersAction")
+    return sub.choices[name]
 
 
 def test_flops_prints_the_step_flops(capsys: pytest.CaptureFixture[str]) -> None:

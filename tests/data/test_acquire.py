@@ -18,7 +18,7 @@ from mm1.config import ConfigError, from_dict
 from mm1.config.data import SourceSpec
 from mm1.data import acquire as acquire_module
 from mm1.data.acquire import AcquireError, acquire
-from mm1.data.download import ChecksumError
+from mm1.data.download import DownloadChecksumError
 from mm1.data.formats import (
     FormatError,
     UnsafeArchiveError,
@@ -161,7 +161,7 @@ def test_server_that_ignores_range_restarts(tmp_path, server):
 def test_bad_hash_is_an_error_and_leaves_no_file(tmp_path, server):
     shard = caption_shard(server.root)
     wrong = "0" * 64
-    with pytest.raises(ChecksumError) as e:
+    with pytest.raises(DownloadChecksumError) as e:
         acquire([spec("caps", f"{server.url}/{shard.name}", shard, sha=wrong)], tmp_path / "out", 0.0)
     assert "'caps'" in str(e.value) and wrong in str(e.value) and sha256(shard) in str(e.value)
     assert [p for p in (tmp_path / "out").rglob("*") if p.is_file()] == [tmp_path / "out" / "quarantine.parquet"]

@@ -13,7 +13,7 @@ import pytest
 
 from mm1.config.data import SourceSpec
 from mm1.data import download as download_module
-from mm1.data.download import AcquireError, ChecksumError, fetch
+from mm1.data.download import AcquireError, DownloadChecksumError, fetch
 
 V1 = b"".join(b'{"id": "d%d", "text": "first version"}\n' % i for i in range(400))
 V2 = b"".join(b'{"id": "d%d", "text": "second version!"}\n' % i for i in range(400))
@@ -155,7 +155,7 @@ def test_the_next_run_resumes_a_kept_partial_download_only_if_the_file_is_the_sa
     assert files(tmp_path) == ["c.jsonl.partial", "c.jsonl.partial.json"]
     if changed:  # the remote file changed between the runs: If-Range gets the whole new file
         server.versions["/c.jsonl"] = [(V2, {"ETag": '"v1"'})]
-        with pytest.raises(ChecksumError) as e:
+        with pytest.raises(DownloadChecksumError) as e:
             fetch(source(f"{server.url}/c.jsonl"), tmp_path / "corpus")
         assert f"has sha256 {sha(V2)}, expected {sha(V1)}; the download was deleted" in str(e.value)
         assert files(tmp_path) == []
@@ -180,7 +180,7 @@ def test_the_hash_is_computed_while_streaming_not_by_reading_the_file_again(tmp_
 def test_a_hash_mismatch_after_a_resume_without_a_validator_says_so(tmp_path, server):
     server.versions["/c.jsonl"] = [(V1, {}), (V2, {})]  # changed between the two parts, and no way to tell
     server.cut_first = True
-    with pytest.raises(ChecksumError) as e:
+    with pytest.raises(DownloadChecksumError) as e:
         fetch(source(f"{server.url}/c.jsonl"), tmp_path / "corpus")
     assert f"expected {sha(V1)}" in str(e.value) and "downloaded in 2 parts" in str(e.value)
     assert "no ETag or Last-Modified" in str(e.value) and files(tmp_path) == []

@@ -15,8 +15,8 @@ from mm1.data.image_split import encode_png
 from mm1.data.images import stack_images
 from mm1.data.quarantine import Quarantine
 from mm1.data.records import CaptionSample
-from mm1.data.stages import make_world
 from mm1.data.tokenizer import TextTokenizer, train_tokenizer
+from mm1.world.export import make_world
 
 ALT, SYN = "a red circle", "a large red circle above two small blue squares on a white background"
 T, SIZE = 12, 8

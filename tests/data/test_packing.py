@@ -11,8 +11,8 @@ import pytest
 from mm1.config import TokenizerConfig
 from mm1.data.packed_io import read_packed, read_packed_indexed, write_packed
 from mm1.data.packing import (
-    Layout,
     PackedSequence,
+    PackLayout,
     caption_sequence,
     captions_that_fit,
     document_size,
@@ -33,15 +33,15 @@ def tok(tmp_path_factory: pytest.TempPathFactory) -> TextTokenizer:
     return TextTokenizer(train_tokenizer(TokenizerConfig(vocab_size=300, min_frequency=2), WORDS, path))
 
 
-def _layout(tok: TextTokenizer, seq_length: int = 24, max_images: int = 4) -> Layout:
-    return Layout.from_tokenizer(tok, seq_length, N, max_images)
+def _layout(tok: TextTokenizer, seq_length: int = 24, max_images: int = 4) -> PackLayout:
+    return PackLayout.from_tokenizer(tok, seq_length, N, max_images)
 
 
 def _ids(tok: TextTokenizer, text: str) -> np.ndarray:
     return np.asarray(tok.encode(text), dtype=np.int32)
 
 
-def _expected(tok: TextTokenizer, lay: Layout, ids: list[int], loss: list[int]) -> tuple[np.ndarray, np.ndarray]:
+def _expected(tok: TextTokenizer, lay: PackLayout, ids: list[int], loss: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """Pad ``ids`` to seq_length + 1; ``loss`` lists the token positions whose prediction has loss."""
     tokens = np.array(ids + [tok.pad_id] * (lay.budget - len(ids)), dtype=np.int32)
     mask = np.zeros(lay.seq_length, dtype=np.uint8)
@@ -271,7 +271,7 @@ def test_literal_special_tokens_in_text_stay_text(tok: TextTokenizer) -> None:
 
 def test_layout_without_room_for_an_image_is_rejected(tok: TextTokenizer) -> None:
     with pytest.raises(ValueError, match="seq_length"):
-        Layout.from_tokenizer(tok, 5, 4, 16)
+        PackLayout.from_tokenizer(tok, 5, 4, 16)
 
 
 def test_packed_sequence_checks_its_arrays() -> None:

@@ -1,4 +1,4 @@
-"""mm1.data.safe_tar: extraction that trusts neither the archive nor tarfile's filters.
+"""mm1.data.formats.safe_tar: extraction that trusts neither the archive nor tarfile's filters.
 
 The hostile shapes (links out, CVE-2025-4517 and its family, devices, sparse bombs) are in
 tests/faults/test_hostile_archives.py; here: what is extracted, and what an existing folder cannot
@@ -15,7 +15,7 @@ import tarfile
 import pytest
 
 from mm1.data.formats import UnsafeArchiveError
-from mm1.data.safe_tar import extract
+from mm1.data.formats.safe_tar import extract
 
 
 def make_tar(path, members):

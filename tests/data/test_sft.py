@@ -18,8 +18,8 @@ from mm1.data.packing import PackedSequence
 from mm1.data.quarantine import Quarantine
 from mm1.data.records import Conversation
 from mm1.data.sft import build_sft, conversation_sequence, load_conversations, sft_layout, sft_sequences
-from mm1.data.stages import make_world
 from mm1.data.tokenizer import TextTokenizer, train_tokenizer
+from mm1.world.export import make_world
 
 N = 4  # image slots per image
 CORPUS = ["User: what colour is the circle? Assistant: the circle is red.", "How many shapes are there? two"] * 5

@@ -11,8 +11,9 @@ import pytest
 from tokenizers import Tokenizer, models
 
 from mm1.config import load
-from mm1.data.stages import make_tokenizer, make_world, pack
+from mm1.data.stages import make_tokenizer, pack
 from mm1.data.tokenizer import TextTokenizer
+from mm1.world.export import make_world
 
 SMALL = [
     "world.n_captions=40",

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]  # test_generate; tinykit
 
 from test_generate import prompts_and_images  # noqa: E402
 
@@ -14,7 +14,7 @@ from mm1.config import ParallelConfig  # noqa: E402
 from mm1.data.images import stack_images  # noqa: E402
 from mm1.data.tokenizer import TextTokenizer  # noqa: E402
 from mm1.eval.generate import greedy  # noqa: E402
-from mm1.models.megatron_config import Layout  # noqa: E402
+from mm1.models.megatron_config import MegatronLayout  # noqa: E402
 from mm1.models.mm1_model import MM1Model  # noqa: E402
 from mm1.parallel.setup import distributed  # noqa: E402
 from mm1.train import checkpoint  # noqa: E402
@@ -26,7 +26,9 @@ def main(root: Path, out: Path) -> None:
     meta = checkpoint.read_meta(run["ckpt"])
     prompts, images = prompts_and_images(run)
     with distributed(ParallelConfig(world_size=2, tp=2), seed=0) as rank:
-        model = MM1Model(meta["model"], vocab_size=tok.vocab_size, image_token_id=tok.image_id, layout=Layout(tp=2))
+        model = MM1Model(
+            meta["model"], vocab_size=tok.vocab_size, image_token_id=tok.image_id, layout=MegatronLayout(tp=2)
+        )
         checkpoint.load_into(model, run["ckpt"])
         model.eval()
         x = stack_images(images, meta["model"].encoder.image_size)

@@ -1,6 +1,7 @@
 """A tiny world, its tokenizer and an untrained tiny checkpoint for the eval tests.
 
-Tests import from here (``from evalkit import ...``), not from conftest (see tests/train/trainkit.py).
+Tests import from here (``from evalkit import ...``), not from conftest (see tests/tinykit.py, which
+holds the configs: :data:`tinykit.EVAL_WORLD` and :data:`tinykit.EVAL_MODEL`).
 """
 
 from __future__ import annotations
@@ -10,45 +11,20 @@ from pathlib import Path
 import torch
 
 from mm1.config import ParallelConfig, RunConfig, load
-from mm1.data.stages import make_tokenizer, make_world
 from mm1.data.tokenizer import TextTokenizer
-from mm1.models.mm1_model import MM1Model
 from mm1.parallel.setup import distributed
 from mm1.train import checkpoint
-
-WORLD = [
-    "world.n_captions=64",
-    "world.n_documents=16",
-    "world.n_text=32",
-    "world.n_bench_val=6",
-    "world.n_bench_train=10",
-    "world.n_textcore=12",
-    "world.n_sft=4",
-    "world.n_multiple_choice=6",
-    "tokenizer.vocab_size=320",
-]
-MODEL = [
-    "model.encoder.hidden_size=32",
-    "model.encoder.num_layers=1",
-    "model.encoder.ffn_hidden_size=64",
-    "model.connector.num_tokens=4",
-    "model.decoder.num_layers=2",
-    "model.decoder.hidden_size=64",
-    "model.decoder.ffn_hidden_size=128",
-    "model.decoder.seq_length=160",
-]
+from tinykit import EVAL_MODEL, EVAL_WORLD, build_model, write_world
 
 
 def config(*overrides: str) -> RunConfig:
-    return load(None, WORLD + MODEL + list(overrides))
+    return load(None, EVAL_WORLD + EVAL_MODEL + list(overrides))
 
 
 def make(root: Path, *overrides: str) -> dict[str, Path]:
     """World, tokenizer and a randomly initialised checkpoint (seeded) under ``root``."""
-    cfg = config(*overrides)
-    make_world(cfg.world, root / "world")
-    tok_path = make_tokenizer(cfg.tokenizer, root / "world" / "manifest.parquet", root / "tokenizer", 0.01).path
-    run = {"root": root, "data": root / "world", "tokenizer": tok_path}
+    paths = write_world(root, EVAL_WORLD + EVAL_MODEL + list(overrides), packed=False)
+    run = {"root": root, "data": paths["world"], "tokenizer": paths["tokenizer"]}
     return run | {"ckpt": make_checkpoint(run, root / "ckpt", *overrides)}
 
 
@@ -58,7 +34,7 @@ def make_checkpoint(run: dict[str, Path], out: Path, *overrides: str) -> Path:
     tok = TextTokenizer(run["tokenizer"])
     with distributed(ParallelConfig(), seed=0):
         torch.manual_seed(0)
-        model = MM1Model(cfg.model, vocab_size=tok.vocab_size, image_token_id=tok.image_id)
+        model = build_model(cfg, tok)
         with torch.no_grad():  # sharper logits than the init's: greedy choices are not near-ties
             for p in model.language_model.output_layer.parameters():
                 p.mul_(20)

@@ -17,6 +17,7 @@ from mm1.config import ParallelConfig, SFTConfig
 from mm1.data.tokenizer import TextTokenizer
 from mm1.eval import harness
 from mm1.eval.benchmarks import Benchmark, load_benchmark
+from mm1.eval.context import EvalContext
 from mm1.eval.likelihood import Candidate, continuation_logprobs
 from mm1.eval.scoring import score_captions, score_vqa
 from mm1.models.mm1_model import MM1Model
@@ -129,13 +130,13 @@ def test_summary_holds_the_paper_averages(pretrained: Path) -> None:
     assert weighted == pytest.approx(textcore["value"].item())
 
 
-def _context(run: dict[str, Path], **eval_overrides) -> harness._Context:
+def _context(run: dict[str, Path], **eval_overrides) -> EvalContext:
     cfg = config(*[f"eval.{k}={v}" for k, v in eval_overrides.items()])
     tok = TextTokenizer(run["tokenizer"])
     mc = checkpoint.read_meta(run["ckpt"])["model"]
     model = MM1Model(mc, vocab_size=tok.vocab_size, image_token_id=tok.image_id)
     checkpoint.load_into(model, run["ckpt"])
-    return harness._Context(cfg.eval, None, model.eval(), mc, tok, torch.device("cpu"))
+    return EvalContext(cfg.eval, None, model.eval(), mc, tok, torch.device("cpu"))
 
 
 def test_random_demonstrations_are_seeded_distinct_and_shared_across_shot_counts(tiny_run) -> None:

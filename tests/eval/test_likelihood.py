@@ -15,6 +15,7 @@ from mm1.config.eval import BenchmarkSpec
 from mm1.data.tokenizer import TextTokenizer
 from mm1.eval import harness, ll_scores
 from mm1.eval.benchmarks import Benchmark, Item
+from mm1.eval.context import EvalContext
 from mm1.eval.likelihood import Candidate, Prefixed, continuation_logprobs, prefix_logprobs
 from mm1.eval.prompts import Prompt, Template
 from mm1.models.mm1_model import MM1Model
@@ -30,13 +31,13 @@ def learned_ckpt(tiny_run, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ctx(tiny_run, learned_ckpt) -> harness._Context:  # learned_ckpt first: saving opens its own process group
+def ctx(tiny_run, learned_ckpt) -> EvalContext:  # learned_ckpt first: saving opens its own process group
     tok = TextTokenizer(tiny_run["tokenizer"])
     mc = checkpoint.read_meta(tiny_run["ckpt"])["model"]
     with distributed(ParallelConfig(), seed=0):
         model = MM1Model(mc, vocab_size=tok.vocab_size, image_token_id=tok.image_id)
         checkpoint.load_into(model, tiny_run["ckpt"])
-        yield harness._Context(config().eval, None, model.eval(), mc, tok, torch.device("cpu"))
+        yield EvalContext(config().eval, None, model.eval(), mc, tok, torch.device("cpu"))
 
 
 def _prompt(tok: TextTokenizer, n: int, images: int, question: str) -> list[int]:

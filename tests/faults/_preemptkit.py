@@ -17,11 +17,11 @@ from pathlib import Path
 import polars as pl
 import psutil
 from faultkit import wait_for
-from trainkit import TINY
 
 from mm1.train import state
-from mm1.train.preempt import TEST_SIGNAL_ENV
-from mm1.train.trainer import RESUME
+from mm1.train.loop import RESUME
+from mm1.train.signals import TEST_SIGNAL_ENV
+from tinykit import TINY
 
 STEPS = 24
 LAYOUT = ["parallel.world_size=2", f"train.steps={STEPS}", "train.save_interval=2"]
@@ -44,7 +44,7 @@ class Launch:
     """One launch of a training command in its own process group (what SLURM and terminals signal)."""
 
     def __init__(self, cmd: list[str], log: Path, signal_at: str | None = None) -> None:
-        """``signal_at``: the trainer raises a signal itself at that point (:class:`~mm1.train.preempt.SignalAt`)."""
+        """``signal_at``: the trainer raises a signal itself at that point (:class:`~mm1.train.signals.SignalAt`)."""
         self.log = log
         env = {**os.environ, TEST_SIGNAL_ENV: signal_at} if signal_at else None
         with log.open("w") as sink:

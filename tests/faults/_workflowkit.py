@@ -29,7 +29,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
-from faultkit import TESTS, load_conftest, sha256
+from faultkit import sha256
+
+from tinykit import TESTS, load_conftest
 
 TARGET = "results/pack/base/train.parquet"
 STAGES = ("world", "tokenizer", "pack")  # TARGET's DAG, in order

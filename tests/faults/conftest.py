@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 import pytest
-from faultkit import TESTS, DataLost, load_conftest
+from faultkit import DataLost
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -42,10 +42,6 @@ ITEMS = {
     9: "concurrency (Snakemake, DVC, output lock)",
 }
 _RESULTS: dict[str, dict] = {}
-
-
-# The tiny world, tokenizer and packed data of the training tests, reused: the `world` fixture.
-world = load_conftest(TESTS / "train").world
 
 
 def pytest_collection_modifyitems(items):

@@ -13,30 +13,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 
-TESTS = Path(__file__).resolve().parents[1]
-ROOT = TESTS.parent
-sys.path.insert(0, str(TESTS / "train"))  # trainkit: the tiny training run
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 
 
 class DataLost(AssertionError):
     """Something that existed before the fault changed or vanished: the one outcome never allowed."""
-
-
-def load_conftest(folder: Path) -> ModuleType:
-    """Another test folder's conftest, as a module of its own name."""
-    spec = importlib.util.spec_from_file_location(f"mm1_faults_{folder.name}_conftest", folder / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def sha256(path: Path) -> str:

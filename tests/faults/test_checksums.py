@@ -18,16 +18,14 @@ from pathlib import Path
 import pytest
 import torch
 from faultkit import assert_intact, snapshot
-from trainkit import TINY, tiny
 
 from mm1 import cli
 from mm1.config import ParallelConfig
-from mm1.data.tokenizer import TextTokenizer
-from mm1.models.mm1_model import MM1Model
 from mm1.parallel.setup import distributed
 from mm1.train import checkpoint, checksums, safe_load
-from mm1.train.checksums import MANIFEST, ChecksumError
+from mm1.train.checksums import MANIFEST, CheckpointChecksumError
 from mm1.train.trainer import train
+from tinykit import TINY, tiny, train_inputs
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -40,10 +38,10 @@ STEP = "step_000002"
 
 
 @pytest.fixture(scope="module")
-def run(world, tmp_path_factory) -> Path:
+def run(tiny_world, tmp_path_factory) -> Path:
     """A finished tiny run: ``checkpoint/`` and ``resume/step_000002``."""
     out = tmp_path_factory.mktemp("checksums") / "run"
-    train(tiny(*SETS), world["packed"], world["tokenizer"], out)
+    train(tiny(*SETS), tiny_world["packed"], tiny_world["tokenizer"], out)
     return out
 
 
@@ -61,11 +59,6 @@ def flip(file: Path, at: int | None = None) -> None:
     file.write_bytes(bytes(data))
 
 
-def model_of(world) -> MM1Model:
-    tok = TextTokenizer(world["tokenizer"])
-    return MM1Model(tiny(*SETS).model, vocab_size=tok.vocab_size, image_token_id=tok.image_id)
-
-
 def test_every_checkpoint_file_is_recorded_and_checks(run):
     for ckpt in (run / "checkpoint", run / "resume" / STEP):
         recorded = json.loads((ckpt / MANIFEST).read_text())["files"]
@@ -79,16 +72,16 @@ def test_every_checkpoint_file_is_recorded_and_checks(run):
     )
 
 
-def test_a_flipped_byte_in_any_file_of_a_model_checkpoint_is_refused_naming_it(run, world, tmp_path):
+def test_a_flipped_byte_in_any_file_of_a_model_checkpoint_is_refused_naming_it(run, tiny_model, tmp_path):
     names = checksums.recorded_files(run / "checkpoint")
     with distributed(ParallelConfig(), seed=0):
-        model = model_of(world)
+        model = tiny_model(*SETS)
         before = {k: v.clone() for k, v in model.state_dict().items() if torch.is_tensor(v)}
         for name in names:
             ckpt = tmp_path / name.replace(".", "_")
             shutil.copytree(run / "checkpoint", ckpt)
             flip(ckpt / name)
-            with pytest.raises(ChecksumError) as excinfo:
+            with pytest.raises(CheckpointChecksumError) as excinfo:
                 checkpoint.load_into(model, ckpt)
             assert excinfo.value.file == str(ckpt / name), name
             assert "contents changed after the checkpoint was saved" in str(excinfo.value)
@@ -108,12 +101,12 @@ def test_control_megatron_alone_loads_the_flipped_weight_silently(run, tmp_path)
     assert changed == [key]
 
 
-def test_mm1_train_init_refuses_a_flipped_weight_in_one_line(run, world, tmp_path, capsys):
+def test_mm1_train_init_refuses_a_flipped_weight_in_one_line(run, tiny_world, tmp_path, capsys):
     """The case found in the issue: ``mm1 train --init`` trained on a flipped byte with exit 0."""
     shutil.copytree(run / "checkpoint", tmp_path / "ckpt")
     shard, _ = flip_in_a_weight(tmp_path / "ckpt")
     sets = [a for s in [*TINY, *SETS] for a in ("--set", s)]
-    args = ["train", "--packed", str(world["packed"]), "--tokenizer", str(world["tokenizer"])]
+    args = ["train", *train_inputs(tiny_world)]
     code = cli.main([*args, "--out", str(tmp_path / "out"), "--init", str(tmp_path / "ckpt"), *sets])
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1, err
@@ -121,13 +114,13 @@ def test_mm1_train_init_refuses_a_flipped_weight_in_one_line(run, world, tmp_pat
     assert not (tmp_path / "out" / "checkpoint").exists()
 
 
-def test_a_flipped_byte_in_a_resumable_checkpoint_stops_the_resume_and_keeps_it(run, world, tmp_path):
+def test_a_flipped_byte_in_a_resumable_checkpoint_stops_the_resume_and_keeps_it(run, tiny_world, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(run / "resume", out / "resume")
     shard, _ = flip_in_a_weight(out / "resume" / STEP)
     before = snapshot(out / "resume")
-    with pytest.raises(ChecksumError) as excinfo:
-        train(tiny(*SETS, "train.steps=4"), world["packed"], world["tokenizer"], out)
+    with pytest.raises(CheckpointChecksumError) as excinfo:
+        train(tiny(*SETS, "train.steps=4"), tiny_world["packed"], tiny_world["tokenizer"], out)
     assert excinfo.value.file == str(shard)
     assert_intact(out / "resume", before)  # neither moved aside nor cleared for a fresh start
 
@@ -139,38 +132,40 @@ def test_truncated_missing_and_unrecorded_files_are_named_and_tool_markers_ignor
     checksums.check(ckpt)
     common = (ckpt / "common.pt").read_bytes()
     (ckpt / "common.pt").write_bytes(common[:-7])
-    with pytest.raises(ChecksumError, match=rf"common\.pt: {len(common) - 7} bytes, but {len(common)} were recorded"):
+    with pytest.raises(
+        CheckpointChecksumError, match=rf"common\.pt: {len(common) - 7} bytes, but {len(common)} were recorded"
+    ):
         checksums.check(ckpt)
     (ckpt / "common.pt").unlink()
-    with pytest.raises(ChecksumError, match=r"common\.pt: missing, but recorded"):
+    with pytest.raises(CheckpointChecksumError, match=r"common\.pt: missing, but recorded"):
         checksums.check(ckpt)
     (ckpt / "common.pt").write_bytes(common)
     (ckpt / "extra.distcp").write_bytes(b"x")
-    with pytest.raises(ChecksumError, match=r"extra\.distcp: not one of the files recorded"):
+    with pytest.raises(CheckpointChecksumError, match=r"extra\.distcp: not one of the files recorded"):
         checksums.check(ckpt)
     (ckpt / "extra.distcp").unlink()
     (ckpt / MANIFEST).write_text("{not json")
-    with pytest.raises(ChecksumError, match=rf"{MANIFEST}: not a readable checksum manifest"):
+    with pytest.raises(CheckpointChecksumError, match=rf"{MANIFEST}: not a readable checksum manifest"):
         checksums.check(ckpt)
 
 
-def test_a_checkpoint_without_checksums_is_refused_with_the_command_that_records_them(run, world, tmp_path):
+def test_a_checkpoint_without_checksums_is_refused_with_the_command_that_records_them(run, tiny_model, tmp_path):
     """Policy for checkpoints written before checksums: refused, naming the folder; a user who trusts
     it records its checksums with the command the message gives, and it loads."""
     ckpt = tmp_path / "old"
     shutil.copytree(run / "checkpoint", ckpt)
     (ckpt / MANIFEST).unlink()
-    with pytest.raises(ChecksumError, match="written before mm1 recorded checksums") as excinfo:
+    with pytest.raises(CheckpointChecksumError, match="written before mm1 recorded checksums") as excinfo:
         checkpoint.read_meta(ckpt)
     command = str(excinfo.value).split("record them with: ", 1)[1]
     assert command.startswith("python -c "), command
     done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     with distributed(ParallelConfig(), seed=0):
-        checkpoint.load_into(model_of(world), ckpt)
+        checkpoint.load_into(tiny_model(*SETS), ckpt)
 
 
-def test_the_manifest_is_written_before_the_folder_takes_its_name(run, world, tmp_path, monkeypatch):
+def test_the_manifest_is_written_before_the_folder_takes_its_name(run, tiny_model, tmp_path, monkeypatch):
     """A save whose manifest cannot be written leaves no folder under the final name (the old one stays)."""
     shutil.copytree(run / "checkpoint", tmp_path / "ckpt")
     before = snapshot(tmp_path / "ckpt")
@@ -182,7 +177,7 @@ def test_the_manifest_is_written_before_the_folder_takes_its_name(run, world, tm
     meta = json.loads((run / "checkpoint" / "model.json").read_text())
     with distributed(ParallelConfig(), seed=0):
         with pytest.raises(checkpoint.CheckpointWriteError, match="No space left on device.*previous .* is intact"):
-            checkpoint.save(model_of(world), meta, tmp_path / "ckpt")
+            checkpoint.save(tiny_model(*SETS), meta, tmp_path / "ckpt")
     assert_intact(tmp_path / "ckpt", before)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
@@ -195,7 +190,7 @@ from mm1.train import checksums, safe_load
 torch.distributed.init_process_group("gloo")
 try:
     safe_load.verify_on_every_rank(sys.argv[1])
-except checksums.ChecksumError as exc:
+except checksums.CheckpointChecksumError as exc:
     print("changed:", exc.file, flush=True)
     shutdown(clean=False)
     sys.exit(3)

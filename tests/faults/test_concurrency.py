@@ -100,19 +100,19 @@ def test_two_queued_dvc_experiments_under_two_workers_both_complete(reference, t
     env = {**os.environ, **GIT_ID, "DVC_SITE_CACHE_DIR": str(tmp_path / "site-cache"), "DVC_NO_ANALYTICS": "1"}
     sh([sys.executable, "-m", "mm1.dvc_stages", "--write", "dvc.yaml", "--target", UPSTREAM], project, env)
     stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
-    assert set(stages) == {"world-base", "tokenizer-base"}, stages
+    assert set(stages) == {"world", "tokenizer"}, stages  # foreach stages: world@base, tokenizer@base
     sh(["git", "init", "-q"], project, env)
     # The world is the reference run's, committed to DVC's cache: the experiments check it out and
     # run the tokenizer only.
     shutil.copytree(reference.done / "results" / "world", project / "results" / "world", symlinks=True)
-    sh(["dvc", "commit", "-f", "world-base"], project, env)
+    sh(["dvc", "commit", "-f", "world@base"], project, env)
     sh(["git", "add", "-A"], project, env)
     sh(["git", "commit", "-qm", "smoke"], project, env)
     workspace = snapshot(project / "results")
 
     for vocab in VOCABS:
-        override = f"config/default.yaml:tokenizer.vocab_size={vocab}"
-        sh(["dvc", "exp", "run", "--queue", "-S", override, "tokenizer-base"], project, env)
+        override = f"params/tokenizer.json:base.tokenizer.vocab_size={vocab}"  # the run's config, as DVC tracks it
+        sh(["dvc", "exp", "run", "--queue", "-S", override, "tokenizer@base"], project, env)
     try:
         sh(["dvc", "queue", "start", "--jobs", "2"], project, env)
         started, deadline = time.monotonic(), time.monotonic() + 600

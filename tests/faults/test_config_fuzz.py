@@ -390,7 +390,7 @@ def rank_groups(tp: int, pp: int, ep: int, world: int) -> None:
 @settings(max_examples=100)
 @given(data=layouts())
 def test_random_layouts_are_refused_naming_the_field_or_build_megatron(data: dict):
-    from mm1.models.megatron_config import Layout, decoder_config, encoder_config
+    from mm1.models.megatron_config import MegatronLayout, decoder_config, encoder_config
     from mm1.models.size import count_model
     from mm1.plan import layout as plan_layout
     from mm1.plan.estimate import DEFAULT_MFU, plan_of
@@ -401,12 +401,12 @@ def test_random_layouts_are_refused_naming_the_field_or_build_megatron(data: dic
     if cfg is None:
         return
     par, model = cfg.parallel, cfg.model
-    lay = Layout(tp=par.tp, pp=par.pp, ep=par.ep, recompute=par.recompute)
+    lay = MegatronLayout(tp=par.tp, pp=par.pp, ep=par.ep, recompute=par.recompute)
     decoder_config(model.decoder, model.moe, lay)
     encoder_config(model.encoder, lay)
     rank_groups(par.tp, par.pp, par.ep, par.world_size)
     assert count_model(model, cfg.tokenizer.vocab_size)["decoder"].total > 0
-    planned = plan_layout.Layout.of(cfg)
+    planned = plan_layout.ClusterLayout.of(cfg)
     assert plan_layout.problems(planned, cfg) == []
     plan = plan_of(cfg, facts(cfg), planned, find_gpu("h100-80gb"), DEFAULT_MFU)
     assert plan.memory.total > 0

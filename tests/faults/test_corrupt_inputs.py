@@ -3,7 +3,7 @@ nothing is dropped silently.
 
 Two kinds of corruption. A file damaged *after* the world or acquire stage wrote it (a flipped bit on
 disk, a hand edit) no longer has the sha256 its manifest records: every reader that goes through the
-manifest refuses it with ChecksumError. A file that is already bad at its origin (its hash is what
+manifest refuses it with DataChecksumError. A file that is already bad at its origin (its hash is what
 the source says) is read by the real readers: a file that cannot be read at all is a FormatError
 naming it, a bad sample a quarantine record naming file, key and reason, and every sample written is
 either accepted or quarantined.
@@ -24,9 +24,7 @@ from faultkit import sha256
 from hypothesis import event, given
 from hypothesis import strategies as st
 from PIL import Image
-from trainkit import TINY, WORLD
 
-from mm1.config import load
 from mm1.config.data import SourceSpec
 from mm1.data import formats
 from mm1.data.acquire import AcquireError, acquire
@@ -34,8 +32,7 @@ from mm1.data.formats import FormatError
 from mm1.data.quarantine import Quarantine
 from mm1.data.records import CaptionSample, InterleavedDoc, TextDoc
 from mm1.data.sft import load_conversations
-from mm1.data.sources import ChecksumError, load_pretraining_sources
-from mm1.data.stages import make_world
+from mm1.data.sources import DataChecksumError, load_pretraining_sources
 
 pytestmark = pytest.mark.faults(item=4)
 
@@ -46,17 +43,10 @@ def png(i: int = 0) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture(scope="module")
-def pristine_world(tmp_path_factory) -> Path:
-    """The tiny world's datasets and manifest, written once; tests corrupt copies of it."""
-    root = tmp_path_factory.mktemp("corrupt-world") / "world"
-    make_world(load(None, WORLD + TINY).world, root)
-    return root
-
-
 @pytest.fixture
-def world(pristine_world, tmp_path) -> Path:
-    return Path(shutil.copytree(pristine_world, tmp_path / "world"))
+def world(tiny_world, tmp_path) -> Path:
+    """A copy of the shared tiny world's datasets and manifest, for the test to corrupt."""
+    return Path(shutil.copytree(tiny_world["world"], tmp_path / "world"))
 
 
 # ---- damaged after it was written: the manifest's sha256 catches it -------------------------------
@@ -86,7 +76,7 @@ def test_a_byte_flipped_after_writing_is_a_checksum_error_naming_the_file(world,
         q = Quarantine()
         read = formats.read_caption_shards([path], q) if role == "caption" else formats.read_text(path, q)
         assert sum(1 for _ in read) == row["samples"] and len(q) == 0
-    with pytest.raises(ChecksumError) as e:
+    with pytest.raises(DataChecksumError) as e:
         if role == "sft":
             load_conversations(manifest, Quarantine())
         else:

@@ -19,10 +19,10 @@ pytestmark = pytest.mark.faults(item=4)
 
 
 @pytest.fixture(scope="module")
-def packed(world, tmp_path_factory):
+def packed(tiny_world, tmp_path_factory):
     """The tiny packed file, its sequences and its bytes."""
     path = tmp_path_factory.mktemp("packed") / "train.parquet"
-    shutil.copy(world["packed"], path)
+    shutil.copy(tiny_world["packed"], path)
     return path, read_packed(path), path.read_bytes()
 
 

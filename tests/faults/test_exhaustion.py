@@ -22,14 +22,14 @@ import polars as pl
 import pytest
 from faultkit import assert_intact, snapshot, wait_for
 from faultkit import small_fs as faultkit_small_fs
-from trainkit import TINY, tiny
 
 from mm1 import atomic
 from mm1.cli import main as mm1
 from mm1.data.batches import PackedData
 from mm1.train import state
-from mm1.train.preempt import Preempted
+from mm1.train.signals import Preempted
 from mm1.train.trainer import train
+from tinykit import TINY, tiny, train_inputs
 
 pytestmark = [pytest.mark.faults(item=8)]
 
@@ -37,9 +37,9 @@ SETS = ["train.save_interval=2", "train.keep_last=2"]
 CURVE = ["step", "loss", "lr", "grad_norm"]
 
 
-def train_args(world, out: Path, *overrides: str) -> list[str]:
+def train_args(tiny_world, out: Path, *overrides: str) -> list[str]:
     sets = [arg for s in TINY + list(overrides) for arg in ("--set", s)]
-    return ["train", "--packed", str(world["packed"]), "--tokenizer", str(world["tokenizer"]), "--out", str(out), *sets]
+    return ["train", *train_inputs(tiny_world), "--out", str(out), *sets]
 
 
 @pytest.fixture
@@ -59,9 +59,9 @@ def fill(mnt: Path, leave: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(world, tmp_path_factory) -> pl.DataFrame:
+def reference(tiny_world, tmp_path_factory) -> pl.DataFrame:
     out = tmp_path_factory.mktemp("reference")
-    train(tiny(*SETS), world["packed"], world["tokenizer"], out)
+    train(tiny(*SETS), tiny_world["packed"], tiny_world["tokenizer"], out)
     return pl.read_csv(out / "metrics.csv")
 
 
@@ -84,17 +84,17 @@ def test_atomic_write_on_a_full_disk_keeps_the_old_file_and_no_temp(small_fs):
 
 @pytest.mark.root
 def test_disk_full_while_saving_is_a_clear_error_and_the_previous_checkpoint_is_intact(
-    world, reference, small_fs, capsys
+    tiny_world, reference, small_fs, capsys
 ):
     out = small_fs / "run"
     with pytest.raises(Preempted):
-        train(tiny(*SETS), world["packed"], world["tokenizer"], out, stop_after=2)
+        train(tiny(*SETS), tiny_world["packed"], tiny_world["tokenizer"], out, stop_after=2)
     resume = out / "resume"
     before = snapshot(resume)
     filler = fill(small_fs, leave=256 << 10)  # a checkpoint of the tiny model is about 2 MB
 
     capsys.readouterr()
-    assert mm1(train_args(world, out, *SETS)) == 1  # not 75: a requeue would only fill the disk again
+    assert mm1(train_args(tiny_world, out, *SETS)) == 1  # not 75: a requeue would only fill the disk again
     err = capsys.readouterr().err
     lines = re.findall(r"mm1 train: error: .*", err)  # (after the progress bar, on its line)
     assert len(lines) == 1, err[-3000:]
@@ -108,11 +108,11 @@ def test_disk_full_while_saving_is_a_clear_error_and_the_previous_checkpoint_is_
     assert [p.name for p in resume.iterdir() if p.name != state.LATEST] == ["step_000002"]  # no .partial left
 
     filler.unlink()  # space again: the rerun resumes and finishes on the uninterrupted curve
-    assert train(tiny(*SETS), world["packed"], world["tokenizer"], out).resumed_from == 2
+    assert train(tiny(*SETS), tiny_world["packed"], tiny_world["tokenizer"], out).resumed_from == 2
     same_curve(out, reference)
 
 
-def test_memory_error_in_the_loader_fails_with_a_message(world, reference, tmp_path, monkeypatch, capsys):
+def test_memory_error_in_the_loader_fails_with_a_message(tiny_world, reference, tmp_path, monkeypatch, capsys):
     """The loader runs in the training process: an allocation that fails there (numpy's MemoryError)
     ends ``mm1 train`` with exit 1 and one line saying so; the checkpoints stay, the rerun resumes."""
     out = tmp_path / "run"
@@ -125,14 +125,14 @@ def test_memory_error_in_the_loader_fails_with_a_message(world, reference, tmp_p
         return real_batch(self, indices)
 
     monkeypatch.setattr(PackedData, "batch", batch)
-    assert mm1(train_args(world, out, *SETS)) == 1
+    assert mm1(train_args(tiny_world, out, *SETS)) == 1
     err = capsys.readouterr().err
     assert "mm1 train: error: out of memory" in err and "Unable to allocate 1.00 GiB" in err, err[-3000:]
     assert "train.micro_batch_size" in err
     assert [p.name for p in state.complete(out / "resume")] == ["step_000002"]
 
     monkeypatch.setattr(PackedData, "batch", real_batch)
-    assert train(tiny(*SETS), world["packed"], world["tokenizer"], out).resumed_from == 2
+    assert train(tiny(*SETS), tiny_world["packed"], tiny_world["tokenizer"], out).resumed_from == 2
     same_curve(out, reference)
 
 
@@ -161,12 +161,17 @@ def rank_pid(ancestor: int, rank: int) -> int | None:
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_sigkill_of_one_rank_fails_the_job_with_a_message_not_a_hang(world, tmp_path):
+def test_sigkill_of_one_rank_fails_the_job_with_a_message_not_a_hang(tiny_world, tmp_path):
     """The kernel's OOM killer sends SIGKILL to one process: rank 1 of a 2-process job dies between
     steps. torchrun ends the other rank, and ``mm1`` exits non-zero (not 75) within 120 s, saying a
     process died and where the next run resumes."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "mm1.cli", *train_args(world, out, "parallel.world_size=2", "train.steps=200", *SETS)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mm1.cli",
+        *train_args(tiny_world, out, "parallel.world_size=2", "train.steps=200", *SETS),
+    ]
     log = tmp_path / "mm1.log"
     with log.open("w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)

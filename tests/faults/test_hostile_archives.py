@@ -25,9 +25,8 @@ from PIL import Image
 from mm1.config.data import SourceSpec
 from mm1.data import acquire as acquire_module
 from mm1.data import download as download_module
-from mm1.data import safe_tar
 from mm1.data.acquire import AcquireError, acquire
-from mm1.data.formats import UnsafeArchiveError, read_caption_shards
+from mm1.data.formats import UnsafeArchiveError, read_caption_shards, safe_tar
 from mm1.data.formats import webdataset as webdataset_module
 from mm1.data.quarantine import Quarantine
 

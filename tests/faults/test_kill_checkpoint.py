@@ -21,12 +21,12 @@ import polars as pl
 import pytest
 import torch
 from faultkit import assert_intact, snapshot, wait_for
-from trainkit import TINY, tiny
 
 from mm1.config import ParallelConfig
 from mm1.parallel.setup import distributed
 from mm1.train import checkpoint, state
 from mm1.train.trainer import train
+from tinykit import TINY, tiny, train_inputs
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -39,9 +39,9 @@ SETS = ["train.save_interval=1", "train.keep_last=2"]  # 6 steps, a checkpoint a
 CURVE = ["step", "loss", "lr", "grad_norm"]  # deterministic columns (the timings are not)
 
 
-def train_args(world, out: Path, *overrides: str) -> list[str]:
+def train_args(tiny_world, out: Path, *overrides: str) -> list[str]:
     sets = [arg for s in TINY + SETS + list(overrides) for arg in ("--set", s)]
-    return ["train", "--packed", str(world["packed"]), "--tokenizer", str(world["tokenizer"]), "--out", str(out), *sets]
+    return ["train", *train_inputs(tiny_world), "--out", str(out), *sets]
 
 
 def not_a_shard(path: Path) -> bool:
@@ -51,20 +51,20 @@ def not_a_shard(path: Path) -> bool:
 
 
 @pytest.fixture(scope="module")
-def reference(world, tmp_path_factory) -> Path:
+def reference(tiny_world, tmp_path_factory) -> Path:
     """The uninterrupted run, keeping every checkpoint (keep_last may change between runs)."""
     out = tmp_path_factory.mktemp("reference")
-    train(tiny(*SETS, "train.keep_last=6"), world["packed"], world["tokenizer"], out)
+    train(tiny(*SETS, "train.keep_last=6"), tiny_world["packed"], tiny_world["tokenizer"], out)
     return out
 
 
-def kill_at(world, out: Path, point: str, step: int = 3, orphan: bool = False) -> tuple[int, str]:
+def kill_at(tiny_world, out: Path, point: str, step: int = 3, orphan: bool = False) -> tuple[int, str]:
     """Run ``mm1 train`` under ``_inject.py`` until it kills itself; return its exit code and output."""
     cmd = [sys.executable, str(INJECT), "--kill-at", point, "--step", str(step), *(["--orphan"] * orphan)]
     log = out.parent / f"{out.name}.log"
     with log.open("w") as f:  # a file, not a pipe: an orphaned writer would hold a pipe open
         env = {**os.environ, "MM1_ORPHAN_PIDFILE": str(out.parent / f"{out.name}.orphan")}
-        proc = subprocess.Popen([*cmd, "--", *train_args(world, out)], stdout=f, stderr=subprocess.STDOUT, env=env,
+        proc = subprocess.Popen([*cmd, "--", *train_args(tiny_world, out)], stdout=f, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)  # fmt: skip
         try:
             code = proc.wait(timeout=300)
@@ -86,8 +86,8 @@ def check_complete_checkpoints(resume: Path, reference: Path) -> list[int]:
     return [int(p.name.removeprefix("step_")) for p in found]
 
 
-def resume_and_compare(world, out: Path, reference: Path, resumed_from: int):
-    result = train(tiny(*SETS), world["packed"], world["tokenizer"], out)
+def resume_and_compare(tiny_world, out: Path, reference: Path, resumed_from: int):
+    result = train(tiny(*SETS), tiny_world["packed"], tiny_world["tokenizer"], out)
     assert result.resumed_from == resumed_from
     got, want = pl.read_csv(out / "metrics.csv"), pl.read_csv(reference / "metrics.csv")
     for column in CURVE:
@@ -114,9 +114,9 @@ EXPECT = {
 
 
 @pytest.mark.parametrize("point", list(EXPECT))
-def test_kill_at_point_resumes_from_the_previous_checkpoint(world, reference, tmp_path, point):
+def test_kill_at_point_resumes_from_the_previous_checkpoint(tiny_world, reference, tmp_path, point):
     out = tmp_path / "run"
-    code, output = kill_at(world, out, point)
+    code, output = kill_at(tiny_world, out, point)
     assert code == -signal.SIGKILL, output[-3000:]
     resume = out / "resume"
     if point == "in-shard":  # the kill left a shard of step 3 cut short
@@ -127,16 +127,16 @@ def test_kill_at_point_resumes_from_the_previous_checkpoint(world, reference, tm
     assert check_complete_checkpoints(resume, reference) == steps, sorted(p.name for p in resume.iterdir())
     assert state.latest(resume) == state.step_dir(resume, resumed_from)
     assert not (out / "metrics.csv").exists()
-    resume_and_compare(world, out, reference, resumed_from)
+    resume_and_compare(tiny_world, out, reference, resumed_from)
     assert check_complete_checkpoints(resume, reference) == [5, 6]
 
 
-def test_kill_while_the_stage_checkpoint_is_swapped_keeps_a_whole_one(world, reference, tmp_path):
+def test_kill_while_the_stage_checkpoint_is_swapped_keeps_a_whole_one(tiny_world, reference, tmp_path):
     """A finished run run again rewrites ``checkpoint/``; a kill while the old one is deleted leaves
     the new one in place (never a half-deleted folder with its model.json), and the rerun finishes."""
     out = tmp_path / "run"
-    train(tiny(*SETS), world["packed"], world["tokenizer"], out)
-    code, output = kill_at(world, out, "final-swap")
+    train(tiny(*SETS), tiny_world["packed"], tiny_world["tokenizer"], out)
+    code, output = kill_at(tiny_world, out, "final-swap")
     assert code == -signal.SIGKILL, output[-3000:]
     assert list(out.glob("checkpoint.deleting")), "the kill did not happen during the swap"
     want = weights(reference / "checkpoint")
@@ -145,24 +145,24 @@ def test_kill_while_the_stage_checkpoint_is_swapped_keeps_a_whole_one(world, ref
     assert checkpoint.read_meta(out / "checkpoint")["steps"] == 6
     with pytest.raises(ValueError, match="being written or deleted"):
         checkpoint.read_meta(out / "checkpoint.deleting")
-    result = resume_and_compare(world, out, reference, resumed_from=6)
+    result = resume_and_compare(tiny_world, out, reference, resumed_from=6)
     got = weights(result.checkpoint)
     assert all(torch.equal(got[k], want[k]) for k in want)
     assert not list(out.glob("checkpoint.*"))
 
 
-def test_an_orphaned_checkpoint_writer_does_not_break_the_rerun(world, reference, tmp_path):
+def test_an_orphaned_checkpoint_writer_does_not_break_the_rerun(tiny_world, reference, tmp_path):
     """Killing the trainer's PID alone leaves megatron's forked writer process running, still writing
     into ``step_3.partial``; the rerun, started at once, moves that folder aside and resumes."""
     out = tmp_path / "run"
-    code, output = kill_at(world, out, "mid-data", orphan=True)
+    code, output = kill_at(tiny_world, out, "mid-data", orphan=True)
     assert code == -signal.SIGKILL, output[-3000:]
     pidfile = tmp_path / "run.orphan"
     orphan = int(pidfile.read_text())
     try:
         os.kill(orphan, 0)  # still alive and writing while the rerun starts
         assert check_complete_checkpoints(out / "resume", reference) == [1, 2]
-        resume_and_compare(world, out, reference, resumed_from=2)
+        resume_and_compare(tiny_world, out, reference, resumed_from=2)
         wait_for(lambda: not os.path.exists(f"/proc/{orphan}") or _zombie(orphan), 30, "the orphaned writer to end")
     finally:
         if os.path.exists(f"/proc/{orphan}") and not _zombie(orphan):

@@ -19,10 +19,10 @@ import polars as pl
 import psutil
 import pytest
 from faultkit import assert_intact, snapshot, wait_for
-from trainkit import TINY
 
 from mm1 import cli, outlock
-from mm1.train.preempt import TEST_SIGNAL_ENV
+from mm1.train.signals import TEST_SIGNAL_ENV
+from tinykit import TINY, train_inputs
 
 pytestmark = pytest.mark.faults(item=9)
 
@@ -125,28 +125,31 @@ def test_ranks_leave_the_lock_to_their_launcher_or_rank_0(tmp_path, monkeypatch)
         holder.wait()
 
 
-def _train(world, out: Path, *sets: str) -> list[str]:
+def _train(tiny_world, out: Path, *sets: str) -> list[str]:
     args = [a for s in [*TINY, *sets] for a in ("--set", s)]
-    inputs = ["--packed", str(world["packed"]), "--tokenizer", str(world["tokenizer"])]
+    inputs = train_inputs(tiny_world)
     return ["mm1", "train", *inputs, "--out", str(out), *args]
 
 
 @pytest.mark.slow
-def test_a_second_training_on_the_same_out_fails_at_once_and_the_first_completes(world, tmp_path):
+def test_a_second_training_on_the_same_out_fails_at_once_and_the_first_completes(tiny_world, tmp_path):
     """The first training stops itself (SIGSTOP) inside step 2, so the second surely meets it running;
     the second, with another config and 2 processes (its launcher takes the lock), is refused in one
     line naming the first, changes nothing, and the first, continued, ends as a whole run."""
     out = tmp_path / "job"
     log = (tmp_path / "first.log").open("w")
     env = {**os.environ, TEST_SIGNAL_ENV: "step:2:SIGSTOP:0:self"}
-    first = subprocess.Popen(_train(world, out), stdout=log, stderr=subprocess.STDOUT, env=env)
+    first = subprocess.Popen(_train(tiny_world, out), stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         proc = psutil.Process(first.pid)
         wait_for(lambda: first.poll() is not None or proc.status() == psutil.STATUS_STOPPED, 300, "step 2")
         assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         before = snapshot(out)
         second = subprocess.run(
-            _train(world, out, "parallel.world_size=2", "train.lr=0.002"), capture_output=True, text=True, timeout=120
+            _train(tiny_world, out, "parallel.world_size=2", "train.lr=0.002"),
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert second.returncode == 1, second.stdout + second.stderr
         lines = second.stderr.strip().splitlines()

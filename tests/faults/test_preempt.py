@@ -2,7 +2,7 @@
 
 SIGTERM (SLURM's preemption, ``scancel``), SIGUSR1 (``--signal=USR1@120``) or SIGUSR2 (submitit)
 reaches the job at seeded points -- inside a step, or as a save begins. The trainer raises the
-signal itself at that point (:class:`~mm1.train.preempt.SignalAt`, to the launch's process group as
+signal itself at that point (:class:`~mm1.train.signals.SignalAt`, to the launch's process group as
 SLURM would), so a loaded machine changes how long a case takes, never where the signal lands.
 Every time the job must finish the step, save a resumable checkpoint and exit 75 (requeue me); the
 requeued job (the same command again) resumes from it, and in the end the loss curve is the
@@ -36,8 +36,8 @@ from _preemptkit import (
 from faultkit import DataLost, assert_intact, snapshot
 
 from mm1.train import state
-from mm1.train.preempt import REQUEUE_EXIT
-from mm1.train.trainer import RESUME
+from mm1.train.loop import RESUME
+from mm1.train.signals import REQUEUE_EXIT
 
 pytestmark = [pytest.mark.faults(item=1), pytest.mark.slow, pytest.mark.multiprocess]
 
@@ -82,10 +82,10 @@ def draw_points(seed: int, n: int) -> list[Point]:
 
 
 @pytest.fixture(scope="module")
-def reference(world, tmp_path_factory) -> pl.DataFrame:
+def reference(tiny_world, tmp_path_factory) -> pl.DataFrame:
     """The uninterrupted run's metrics."""
     base = tmp_path_factory.mktemp("uninterrupted")
-    run_to_end(train_cmd(world, base / "job"), base / "launch.log")
+    run_to_end(train_cmd(tiny_world, base / "job"), base / "launch.log")
     return pl.read_csv(base / "job" / "metrics.csv")
 
 
@@ -138,12 +138,12 @@ def _startup_signals(cmd: list[str], out: Path, logs: Path, rng: random.Random) 
 
 
 @pytest.fixture(scope="module")
-def one_rank_job(world, tmp_path_factory) -> OneRankJob:
+def one_rank_job(tiny_world, tmp_path_factory) -> OneRankJob:
     """SIGUSR1 to the rank-1 worker alone inside a seeded step; the requeued job is signalled twice
     while it starts; the next launch runs to the end. (Both tests below read it: one job, fewer launches.)"""
     base = tmp_path_factory.mktemp("one-rank")
     out = base / "job"
-    cmd = train_cmd(world, out)
+    cmd = train_cmd(tiny_world, out)
     rng = random.Random(SEED + 1)
     at = rng.randrange(3, 10)
     stop = preempt(cmd, base / "launch1.log", out, f"step:{at}:SIGUSR1:1:self")
@@ -164,10 +164,10 @@ def resumed_from(out: Path) -> str:
     return json.loads((out / "provenance.json").read_text())["resumed_from"]
 
 
-def test_seeded_preemptions_repeat_the_uninterrupted_curve(world, reference, tmp_path):
+def test_seeded_preemptions_repeat_the_uninterrupted_curve(tiny_world, reference, tmp_path):
     """One job preempted at 5 seeded points and requeued 5 times (6 launches)."""
     out = tmp_path / "job"
-    cmd = train_cmd(world, out)
+    cmd = train_cmd(tiny_world, out)
     resume = 0
     for n, point in enumerate(draw_points(SEED, POINTS), start=1):
         stop = preempt(cmd, tmp_path / f"launch{n}.log", out, point.spec)
@@ -219,12 +219,14 @@ def test_signal_during_startup_loses_nothing(one_rank_job, reference):
 
 
 @pytest.mark.faults(item=2)
-def test_kill_9_of_one_rank_as_a_save_begins_resumes_from_the_newest_complete_checkpoint(world, reference, tmp_path):
+def test_kill_9_of_one_rank_as_a_save_begins_resumes_from_the_newest_complete_checkpoint(
+    tiny_world, reference, tmp_path
+):
     """Rank 1 SIGKILLs itself as the save of step 6 begins, while rank 0 is inside it: the job fails
     (not 75: nothing was saved), no partial checkpoint counts, and the next launch resumes from step 4
     and ends on the uninterrupted curve."""
     out = tmp_path / "job"
-    cmd = train_cmd(world, out)
+    cmd = train_cmd(tiny_world, out)
     with Launch(cmd, tmp_path / "killed.log", "save:6:SIGKILL:1:self") as launch:
         code = launch.wait()
     assert code not in (0, REQUEUE_EXIT), f"exit {code}\n{launch.output()}"

@@ -28,17 +28,16 @@ import numpy as np
 import pytest
 import torch
 from faultkit import ROOT, assert_intact, snapshot
-from trainkit import tiny
 
 from mm1.config import ParallelConfig
 from mm1.data.tokenizer import TextTokenizer
-from mm1.models.mm1_model import MM1Model
 from mm1.models.size import optimizer_hparams
 from mm1.parallel.setup import distributed
 from mm1.train import checkpoint, checksums, safe_load, state
 from mm1.train.optim import build_optimizer, wrap_ddp
 from mm1.train.safe_load import UnsafeCheckpointError
 from mm1.train.trainer import _facts, build, train
+from tinykit import build_model, tiny
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -64,10 +63,10 @@ class Payload:
 
 
 @pytest.fixture(scope="module")
-def run(world, tmp_path_factory) -> Path:
+def run(tiny_world, tmp_path_factory) -> Path:
     """A finished tiny run (distributed optimizer): ``checkpoint/`` and ``resume/step_000002``."""
     out = tmp_path_factory.mktemp("untrusted") / "run"
-    train(tiny(*SETS), world["packed"], world["tokenizer"], out)
+    train(tiny(*SETS), tiny_world["packed"], tiny_world["tokenizer"], out)
     return out
 
 
@@ -141,45 +140,41 @@ def refused(excinfo, file: Path) -> None:
     assert excinfo.value.refused == (MKDIR,)
 
 
-def tiny_model(cfg, tok: TextTokenizer) -> MM1Model:
-    return MM1Model(cfg.model, vocab_size=tok.vocab_size, image_token_id=tok.image_id)
-
-
 # --- refused, through every load path ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize("place", ["metadata", "common_pt", "bytes_item"])
-def test_pickled_callable_in_a_model_checkpoint_is_refused_by_load_into(run, world, tmp_path, place):
+def test_pickled_callable_in_a_model_checkpoint_is_refused_by_load_into(run, tiny_world, tmp_path, place):
     file, marker = planted(run / "checkpoint", tmp_path / "checkpoint", place)
     before = snapshot(tmp_path / "checkpoint")
-    cfg, tok = tiny(*SETS), TextTokenizer(world["tokenizer"])
+    cfg, tok = tiny(*SETS), TextTokenizer(tiny_world["tokenizer"])
     with distributed(ParallelConfig(), seed=0), pytest.raises(UnsafeCheckpointError) as excinfo:
-        checkpoint.load_into(tiny_model(cfg, tok), tmp_path / "checkpoint")
+        checkpoint.load_into(build_model(cfg, tok), tmp_path / "checkpoint")
     refused(excinfo, file)
     assert not marker.exists(), "loading the checkpoint ran the pickled callable"
     assert_intact(tmp_path / "checkpoint", before)
 
 
 @pytest.mark.parametrize("place", ["metadata", "common_pt", "bytes_item", "rng"])
-def test_pickled_callable_in_a_resumable_checkpoint_is_refused_by_train_resume(run, world, tmp_path, place):
+def test_pickled_callable_in_a_resumable_checkpoint_is_refused_by_train_resume(run, tiny_world, tmp_path, place):
     out = tmp_path / "run"
     file, marker = planted(run / "resume" / STEP, out / "resume" / STEP, place)
     before = snapshot(out / "resume")
     with pytest.raises(UnsafeCheckpointError) as excinfo:
-        train(tiny(*SETS, "train.steps=4"), world["packed"], world["tokenizer"], out)
+        train(tiny(*SETS, "train.steps=4"), tiny_world["packed"], tiny_world["tokenizer"], out)
     refused(excinfo, file)
     assert not marker.exists(), "resuming ran the pickled callable"
     assert_intact(out / "resume", before)  # refused, neither moved aside nor cleared for a fresh start
 
 
-def test_state_load_refuses_each_planted_place_itself(run, world, tmp_path):
+def test_state_load_refuses_each_planted_place_itself(run, tiny_world, tmp_path):
     """``state.load`` checks too (not only ``resumable``, which picks the checkpoint)."""
-    cfg, tok = tiny(*SETS), TextTokenizer(world["tokenizer"])
+    cfg, tok = tiny(*SETS), TextTokenizer(tiny_world["tokenizer"])
     copies = {place: planted(run / "resume" / STEP, tmp_path / place / STEP, place) for place in PLANT}
     with distributed(cfg.parallel, cfg.train.seed) as rank:
         model = wrap_ddp(build(cfg, tok), cfg.parallel)
         optimizer, scheduler = build_optimizer(model, cfg.train, *optimizer_hparams(cfg, vocab_size=tok.vocab_size))
-        facts = _facts(cfg, rank, {"packed": world["packed"], "tokenizer": world["tokenizer"]})
+        facts = _facts(cfg, rank, {"packed": tiny_world["packed"], "tokenizer": tiny_world["tokenizer"]})
         for place, (file, marker) in copies.items():
             with pytest.raises(UnsafeCheckpointError) as excinfo:
                 state.load(tmp_path / place / STEP, model.module, optimizer, scheduler, facts)
@@ -251,13 +246,13 @@ def test_a_payload_in_one_ranks_rng_file_stops_every_rank(run, tmp_path):
 
 
 @pytest.mark.parametrize("place", ["metadata", "common_pt", "bytes_item"])
-def test_control_without_the_check_megatrons_loader_runs_the_payload(run, world, tmp_path, monkeypatch, place):
+def test_control_without_the_check_megatrons_loader_runs_the_payload(run, tiny_world, tmp_path, monkeypatch, place):
     if place == "common_pt":  # megatron's torch.load() of common.pt is weights-only unless this is set
         monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     _, marker = planted(run / "checkpoint", tmp_path / "checkpoint", place)
-    cfg, tok = tiny(*SETS), TextTokenizer(world["tokenizer"])
+    cfg, tok = tiny(*SETS), TextTokenizer(tiny_world["tokenizer"])
     with distributed(ParallelConfig(), seed=0):
-        model = tiny_model(cfg, tok)
+        model = build_model(cfg, tok)
         with pytest.raises(UnsafeCheckpointError):  # the environment variable does not weaken the check
             checkpoint.load_into(model, tmp_path / "checkpoint")
         assert not marker.exists()
@@ -272,17 +267,17 @@ def test_control_without_the_check_megatrons_loader_runs_the_payload(run, world,
 # --- every checkpoint mm1 writes passes ---------------------------------------------------------------
 
 
-def test_verify_accepts_every_checkpoint_mm1_writes(run, world, tmp_path):
+def test_verify_accepts_every_checkpoint_mm1_writes(run, tiny_world, tmp_path):
     """The model checkpoint, the resumable one (distributed optimizer; the plain optimizer's are
     loaded by tests/train/test_resume.py through the same check) and an MoE model's."""
-    cfg, tok = tiny(*SETS), TextTokenizer(world["tokenizer"])
+    cfg, tok = tiny(*SETS), TextTokenizer(tiny_world["tokenizer"])
     moe = tiny(*SETS, "model.moe.num_experts=4", "model.moe.layer_freq=1", "model.moe.top_k=2")
     with distributed(ParallelConfig(), seed=0):
         meta = {"model": moe.model.model_dump(mode="json"), "vocab_size": tok.vocab_size}
-        checkpoint.save(tiny_model(moe, tok), meta, tmp_path / "moe")
+        checkpoint.save(build_model(moe, tok), meta, tmp_path / "moe")
         for ckpt, model_cfg in [(run / "checkpoint", cfg), (tmp_path / "moe", moe)]:
             safe_load.verify(ckpt)
-            model = tiny_model(model_cfg, tok)
+            model = build_model(model_cfg, tok)
             checkpoint.load_into(model, ckpt)
     safe_load.verify(run / "resume" / STEP)
     assert torch.load(run / "resume" / STEP / state.RNG / "rank_00000.pt", weights_only=True)["format"] == 2

@@ -167,7 +167,9 @@ def test_a_bug_keeps_its_traceback_and_asks_for_a_report(monkeypatch, capsys, er
 def test_a_multi_process_stage_relaunches_itself_with_main_s_argv(bad: dict[str, str], monkeypatch) -> None:
     """Not sys.argv: a wrapper (the fault injector, a notebook) calls main() with its own list."""
     seen = []
-    monkeypatch.setattr("mm1.parallel.launch.relaunch_if_needed", lambda parallel, argv: seen.append(argv) or 0)
+    monkeypatch.setattr(
+        "mm1.parallel.launch.relaunch_if_needed", lambda parallel, argv, **where: seen.append(argv) or 0
+    )
     monkeypatch.setattr("sys.argv", ["wrapper", "--kill-at", "somewhere"])
     argv = ["train", "--packed", bad["missing"], "--tokenizer", bad["missing"], "--out", bad["out"]]
     argv += ["--set", "parallel.world_size=2", "--set", "train.micro_batch_size=4"]

@@ -121,7 +121,7 @@ ALLOWED = (
             "open",
         ): "a resumable download into <name>.partial, renamed after its checks",
         (
-            "train/preempt.py",
+            "train/signals.py",
             "report_exit",
             "write_text",
         ): "the exit status for the launcher, in its temp file; no output",

@@ -62,10 +62,10 @@ def test_what_sdpa_does_not_cover_goes_to_megatrons_path() -> None:
 
 def test_the_projects_specs_use_sdpa_and_no_unfused_attention_is_left() -> None:
     from mm1.config import DecoderConfig, MoEConfig
-    from mm1.models.megatron_config import Layout, decoder_config
+    from mm1.models.megatron_config import MegatronLayout, decoder_config
 
     with distributed(ParallelConfig(), seed=1):
-        block = decoder_layer_spec(decoder_config(DecoderConfig(), MoEConfig(), Layout()))
+        block = decoder_layer_spec(decoder_config(DecoderConfig(), MoEConfig(), MegatronLayout()))
     cores = [layer.submodules.self_attention.submodules.core_attention for layer in block.layer_specs]
     assert cores and all(core is SdpaAttention for core in cores)
     assert vit_layer_spec().submodules.self_attention.submodules.core_attention is SdpaAttention

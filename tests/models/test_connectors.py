@@ -14,8 +14,8 @@ from mm1.models.connector import (
     AvgPoolConnector,
     CAbstractor,
     build_connector,
-    connector_params,
 )
+from mm1.models.size import connector_params
 
 KINDS = sorted(CONNECTORS)
 HV, H = 8, 12  # tiny encoder / decoder widths

@@ -8,14 +8,14 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from tinymodel import TINY_ENCODER, tiny_decoder
 
 from mm1.config import EncoderConfig, ModelConfig, ParallelConfig, load
 from mm1.models.encoder import build_encoder, interpolate_position_embeddings
-from mm1.models.megatron_config import Layout
+from mm1.models.megatron_config import MegatronLayout
 from mm1.models.mm1_model import MM1Model
 from mm1.parallel.setup import distributed
 from mm1.train import checkpoint, checksums
+from tinykit import TINY_ENCODER, tiny_decoder
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -76,7 +76,7 @@ ENC = EncoderConfig(
 
 def test_default_encoder_has_no_causal_mask_and_every_position_sees_every_patch() -> None:
     with distributed(ParallelConfig(), seed=0):
-        vit = build_encoder(ENC, Layout()).eval()
+        vit = build_encoder(ENC, MegatronLayout()).eval()
         attentions = [m for m in vit.modules() if isinstance(m, SelfAttention)]
         assert len(attentions) == ENC.num_layers
         for attn in attentions:

@@ -14,7 +14,7 @@ from mm1.config import EncoderConfig, ParallelConfig
 from mm1.models.aim import AimModel, aim_loss, patchify, prefix_causal_mask
 from mm1.models.clip import ClipModel
 from mm1.models.encoder import build_encoder
-from mm1.models.megatron_config import Layout
+from mm1.models.megatron_config import MegatronLayout
 from mm1.parallel.setup import distributed
 
 with warnings.catch_warnings():
@@ -171,7 +171,7 @@ def test_aim_encoder_applies_the_prefix_causal_mask(group) -> None:
 
 
 def test_patchify_follows_the_vit_patch_order(group) -> None:
-    vit = build_encoder(CFG, Layout())
+    vit = build_encoder(CFG, MegatronLayout())
     images = _images()
     w = vit.conv1.weight.permute(0, 2, 3, 1).reshape(CFG.hidden_size, -1)  # (hidden, p, p, 3) flattened
     conv = vit.conv1(images).flatten(2).transpose(1, 2)  # (B, P, hidden)
@@ -241,7 +241,7 @@ def _shapes(state: dict) -> dict[str, tuple[int, ...]]:
 
 def test_aim_encoder_weights_are_the_mm1_encoders(group) -> None:
     aim = AimModel(CFG).encoder
-    mm1 = build_encoder(CFG, Layout())
+    mm1 = build_encoder(CFG, MegatronLayout())
     assert aim.state_dict().keys() == mm1.state_dict().keys()
     assert _shapes(aim.state_dict()) == _shapes(mm1.state_dict())
     assert _shapes(aim.sharded_state_dict(prefix="encoder.")) == _shapes(mm1.sharded_state_dict(prefix="encoder."))

@@ -10,12 +10,12 @@ import math
 
 import pytest
 import torch
-from tinymodel import TINY_ENCODER, tiny_decoder
 
 from mm1.config import ModelConfig, ParallelConfig, load
 from mm1.models.init import init_weights, shard, slots
 from mm1.models.mm1_model import MM1Model
 from mm1.parallel.setup import distributed
+from tinykit import TINY_ENCODER, tiny_decoder
 
 LAYERS = 2
 MOE = ["model.moe.num_experts=4", "model.moe.layer_freq=2"]  # layer 1 MoE, layer 2 dense

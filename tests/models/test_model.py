@@ -8,12 +8,12 @@ from collections.abc import Iterator
 import pytest
 import torch
 import torch.nn.functional as F
-from tinymodel import TINY_ENCODER, tiny_decoder
 
 from mm1.config import ConnectorConfig, ModelConfig, ParallelConfig, load
 from mm1.models.connector import AvgPoolConnector, build_connector
 from mm1.models.mm1_model import MM1Model, padded_vocab_size, splice_images
 from mm1.parallel.setup import distributed
+from tinykit import TINY_ENCODER, tiny_decoder
 
 # --- splice_images ------------------------------------------------------------------------------
 

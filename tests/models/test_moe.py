@@ -23,13 +23,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from tinymodel import TINY_ENCODER, tiny_decoder
 
 from mm1.config import ModelConfig, ParallelConfig, load
 from mm1.models import upcycle
 from mm1.models.mm1_model import MM1Model
+from mm1.models.size import moe_layer_indices
 from mm1.parallel.setup import distributed
 from mm1.train import checkpoint
+from mm1.train.upcycle import upcycle_checkpoint
+from tinykit import TINY_ENCODER, tiny_decoder
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -69,14 +71,14 @@ def live() -> Iterator[None]:
     get_moe_layer_wise_logging_tracker().clear()
 
 
-def moe_layers(model: MM1Model) -> list[MoELayer]:
+def moe_modules(model: MM1Model) -> list[MoELayer]:
     return [layer.mlp for layer in model.language_model.decoder.layers if isinstance(layer.mlp, MoELayer)]
 
 
 def record_routers(model: MM1Model) -> list[dict]:
     """Per MoE layer, filled on every forward: the router's input (tokens, H), probs and routing map."""
     records: list[dict] = []
-    for moe in moe_layers(model):
+    for moe in moe_modules(model):
         rec: dict = {"router": moe.router}
         records.append(rec)
 
@@ -109,16 +111,20 @@ def test_moe_layers_are_every_layer_freq_th_starting_with_the_first(live, layers
     cfg = config(*MOE, f"model.decoder.num_layers={layers}", f"model.moe.layer_freq={freq}")
     model = MM1Model(cfg, vocab_size=VOCAB, image_token_id=IMAGE_ID)
     kinds = [type(layer.mlp) for layer in model.language_model.decoder.layers]
-    assert [i for i, k in enumerate(kinds) if k is MoELayer] == expected == upcycle.moe_layers(cfg)
+    assert (
+        [i for i, k in enumerate(kinds) if k is MoELayer]
+        == expected
+        == moe_layer_indices(cfg.decoder.num_layers, cfg.moe)
+    )
     assert all(k is MLP for i, k in enumerate(kinds) if i not in expected)
-    for moe in moe_layers(model):
+    for moe in moe_modules(model):
         assert len(moe.experts.local_experts) == 4
         assert moe.router.weight.shape == (4, cfg.decoder.hidden_size)
 
 
 def test_dense_config_has_no_moe_layers(live) -> None:
     model = MM1Model(DENSE, vocab_size=VOCAB, image_token_id=IMAGE_ID)
-    assert not moe_layers(model) and upcycle.moe_layers(DENSE) == []
+    assert not moe_modules(model) and moe_layer_indices(DENSE.decoder.num_layers, DENSE.moe) == []
 
 
 # --- routing ---------------------------------------------------------------------------------------
@@ -169,7 +175,7 @@ def test_aux_losses_are_skipped_in_eval_mode(live) -> None:
     tokens, images, labels = batch(cfg)
     model(tokens, images, labels=labels).sum().backward()
     assert get_moe_layer_wise_logging_tracker() == {}
-    assert all(moe.router.weight.grad.abs().sum() > 0 for moe in moe_layers(model))  # LM loss only
+    assert all(moe.router.weight.grad.abs().sum() > 0 for moe in moe_modules(model))  # LM loss only
 
 
 @pytest.mark.parametrize(("aux", "z"), [(0.01, 0.001), (0.01, 0.0), (0.0, 0.001), (0.0, 0.0)])
@@ -181,9 +187,9 @@ def test_aux_losses_alone_train_the_router_and_coefficient_0_turns_them_off(live
     records = record_routers(model)
     tokens, images, labels = batch(cfg)
     (model(tokens, images, labels=labels) * 0).sum().backward()
-    for moe in moe_layers(model):
+    for moe in moe_modules(model):
         assert (moe.router.weight.grad.abs().sum() > 0) == (aux + z > 0)
-    after = [*moe_layers(model)[-1].experts.parameters(), *model.language_model.output_layer.parameters()]
+    after = [*moe_modules(model)[-1].experts.parameters(), *model.language_model.output_layer.parameters()]
     assert all(p.grad is None or not p.grad.any() for p in after)
     # The last MoE layer's router is downstream of every other aux loss: its gradient is its own
     # layer's aux losses only, which we can write out.
@@ -280,7 +286,7 @@ def test_upcycled_checkpoint_computes_its_dense_parent_function(tmp_path: Path) 
         checkpoint.save(dense, meta, tmp_path / "dense")
         with torch.no_grad():
             expected = dense(tokens, images)
-    upcycle.upcycle_checkpoint(tmp_path / "dense", UPCYCLED, tmp_path / "moe", seed=11)
+    upcycle_checkpoint(tmp_path / "dense", UPCYCLED, tmp_path / "moe", seed=11)
     meta = checkpoint.read_meta(tmp_path / "moe")
     assert meta["model"] == UPCYCLED
     parent = meta["upcycled_from"]
@@ -290,7 +296,7 @@ def test_upcycled_checkpoint_computes_its_dense_parent_function(tmp_path: Path) 
     with distributed(ParallelConfig(), seed=0):
         moe = MM1Model(UPCYCLED, vocab_size=VOCAB, image_token_id=IMAGE_ID).eval()
         checkpoint.load_into(moe, tmp_path / "moe")
-        assert len(moe_layers(moe)) == 1
+        assert len(moe_modules(moe)) == 1
         with torch.no_grad():
             got = moe(tokens, images)
     diff = (got - expected).abs().max().item()

@@ -1,4 +1,4 @@
-"""The presets in config/presets: they validate, derive as documented, and their comments' arithmetic holds."""
+"""The presets (package data in src/mm1/config/preset_files): they validate, derive as documented, and their comments' arithmetic holds."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mm1.config import ConfigError, RunConfig
-from mm1.config.presets import PRESETS_DIR, available, deep_merge, load_preset, preset_data
+from mm1.config.presets import PRESETS_DIR, available, deep_merge, load_preset, preset_data, preset_files
 from mm1.models.size import count_model, decoder_params, peak_lr
 
 NAMES = available()
@@ -120,6 +120,16 @@ def test_a_list_of_bases_merges_in_order_and_the_preset_wins(tmp_path: Path) -> 
         "model": {"decoder": {"num_layers": 5}, "encoder": {"num_layers": 3}},
     }
     assert load_preset("c", d).train.steps == 20
+
+
+def test_preset_files_are_the_bases_in_merge_order_then_the_preset_each_once(tmp_path: Path) -> None:
+    d = _write(tmp_path, a="{}\n", b="base: a\n", c="base: [a, b]\n", x="base: y\n")
+    assert [f.name for f in preset_files("c", d)] == ["a.yaml", "b.yaml", "c.yaml"]
+    assert [f.name for f in preset_files("a", d)] == ["a.yaml"]
+    with pytest.raises(ConfigError, match=r"unknown preset 'y' \(needed by 'x'\)"):
+        preset_files("x", d)
+    named = [f.name for f in preset_files("mm1-3b")]  # the packaged presets
+    assert named[-1] == "mm1-3b.yaml" and {"mm1-ablation.yaml", "llm-3b.yaml", "vit-h14-378.yaml"} <= set(named)
 
 
 def test_unknown_preset_lists_the_available_ones(tmp_path: Path) -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tinymodel import TINY_ENCODER, tiny_decoder
 
 from mm1.config import ParallelConfig, load
 from mm1.models.encoder import build_encoder
-from mm1.models.megatron_config import Layout, decoder_config
+from mm1.models.megatron_config import MegatronLayout, decoder_config
 from mm1.models.mm1_model import MM1Model
 from mm1.parallel.setup import distributed
+from tinykit import TINY_ENCODER, tiny_decoder
 
 TINY = [*TINY_ENCODER, *tiny_decoder(layers=2, hidden=16, heads=2, seq_length=16), "model.moe.num_experts=0"]
 VOCAB, IMAGE_ID = 50, 3
@@ -21,7 +21,9 @@ def _loss_and_grads(recompute: str) -> tuple[torch.Tensor, dict[str, torch.Tenso
     also the bytes autograd saved for backward during the forward (parameters included)."""
     cfg = load(None, TINY).model
     with distributed(ParallelConfig(), seed=1):
-        model = MM1Model(cfg, vocab_size=VOCAB, image_token_id=IMAGE_ID, layout=Layout(recompute=recompute)).train()
+        model = MM1Model(
+            cfg, vocab_size=VOCAB, image_token_id=IMAGE_ID, layout=MegatronLayout(recompute=recompute)
+        ).train()
         g = torch.Generator().manual_seed(0)
         tokens = torch.randint(IMAGE_ID + 1, VOCAB, (2, cfg.decoder.seq_length), generator=g)
         tokens[:, 1 : 1 + cfg.connector.num_tokens] = IMAGE_ID  # one image per sequence
@@ -53,10 +55,10 @@ def test_recompute_gives_the_same_loss_and_grads(recompute: str) -> None:
 def test_recompute_reaches_megatron_configs() -> None:
     cfg = load(None, TINY).model
     with distributed(ParallelConfig(), seed=0):
-        none = decoder_config(cfg.decoder, cfg.moe, Layout())
-        selective = decoder_config(cfg.decoder, cfg.moe, Layout(recompute="selective"))
-        full = decoder_config(cfg.decoder, cfg.moe, Layout(recompute="full"))
-        vit = build_encoder(cfg.encoder, Layout(recompute="full"))
+        none = decoder_config(cfg.decoder, cfg.moe, MegatronLayout())
+        selective = decoder_config(cfg.decoder, cfg.moe, MegatronLayout(recompute="selective"))
+        full = decoder_config(cfg.decoder, cfg.moe, MegatronLayout(recompute="full"))
+        vit = build_encoder(cfg.encoder, MegatronLayout(recompute="full"))
     assert none.recompute_granularity is None
     assert selective.recompute_granularity == "selective" and selective.recompute_modules == ["core_attn"]
     assert (full.recompute_granularity, full.recompute_method, full.recompute_num_layers) == ("full", "uniform", 1)

@@ -13,15 +13,13 @@ from mm1.config import ParallelConfig, RunConfig, load
 from mm1.config.presets import available, load_preset
 from mm1.models.attention import SdpaAttention
 from mm1.models.flops import connector_flops, decoder_flops, encoder_flops, step_flops
-from mm1.models.mm1_model import MM1Model
+from mm1.models.mm1_model import MM1Model, count_mismatches, instantiated_counts
 from mm1.models.size import (
     ParamCount,
-    count_mismatches,
     count_model,
     decoder_params,
-    instantiated_counts,
     law_weight_decay,
-    moe_layers,
+    moe_layer_indices,
     optimizer_hparams,
     peak_lr,
 )
@@ -77,8 +75,8 @@ def test_optimizer_hparams_use_the_active_count_for_moe() -> None:
 )
 def test_moe_layers_follow_megatrons_layer_freq(layers: int, freq: int, expected: list[int]) -> None:
     cfg = load(None, ["model.moe.num_experts=4", f"model.moe.layer_freq={freq}"])
-    assert moe_layers(layers, cfg.model.moe) == expected
-    assert moe_layers(layers, RunConfig().model.moe) == []
+    assert moe_layer_indices(layers, cfg.model.moe) == expected
+    assert moe_layer_indices(layers, RunConfig().model.moe) == []
 
 
 VARIANTS = {

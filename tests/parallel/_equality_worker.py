@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from mm1.config import ParallelConfig
-from mm1.models.megatron_config import Layout
+from mm1.models.megatron_config import MegatronLayout
 from mm1.models.mm1_model import MM1Model
 from mm1.parallel.setup import initialize, shutdown
 from mm1.train import checkpoint
@@ -103,7 +103,7 @@ def run(job: dict) -> None:
             meta["model"],
             vocab_size=meta["vocab_size"],
             image_token_id=meta["image_token_id"],
-            layout=Layout(tp=job["tp"], ep=job["ep"]),
+            layout=MegatronLayout(tp=job["tp"], ep=job["ep"]),
         )
         checkpoint.load_into(model, Path(job["ckpt"]))
         batch = share(torch.load(job["batch"]), rank.dp_rank, rank.dp_size)

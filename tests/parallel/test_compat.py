@@ -10,6 +10,7 @@ import megatron.core
 import pytest
 import torch
 
+from mm1.models.megatron_config import required_flags
 from mm1.parallel import compat
 from mm1.parallel.compat import CpuRNGStatesTracker
 
@@ -121,7 +122,7 @@ def test_reset_forgets_states_and_seeds() -> None:
 
 
 def test_required_flags_match_the_device() -> None:
-    flags = compat.required_flags()
+    flags = required_flags()
     if torch.cuda.is_available():
         assert flags == {}
     else:
@@ -134,7 +135,7 @@ def test_required_flags_are_valid_transformer_config_fields() -> None:
     from megatron.core.transformer import TransformerConfig
 
     fields = set(TransformerConfig.__dataclass_fields__)
-    assert set(compat.required_flags()) <= fields
+    assert set(required_flags()) <= fields
 
 
 def test_apply_is_a_no_op_with_cuda() -> None:
@@ -276,7 +277,7 @@ def test_patched_clip_scales_gradients_by_the_total_norm() -> None:
 
 
 def test_megatron_fusion_kernels_are_plain_functions_on_cpu_and_compiled_on_gpu() -> None:
-    """mm1.parallel.jit_hook: importing mm1 first keeps megatron's jit_fuser from torch.compile on CPU."""
+    """mm1.jit_hook: importing mm1 first keeps megatron's jit_fuser from torch.compile on CPU."""
     import subprocess
     import sys
 

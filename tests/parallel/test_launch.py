@@ -27,7 +27,7 @@ def launched(monkeypatch) -> list[tuple[list[str], dict]]:
         calls.append((cmd, env))
         return 0
 
-    monkeypatch.setattr("mm1.train.preempt.run_supervised", record)
+    monkeypatch.setattr("mm1.parallel.launch.run_supervised", record)
     return calls
 
 

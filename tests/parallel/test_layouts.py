@@ -13,6 +13,7 @@ under torchrun for 2 processes).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -22,13 +23,13 @@ import polars as pl
 import pytest
 import torch
 
-from mm1.config import ParallelConfig, load
+from mm1.config import ParallelConfig
 from mm1.data.batches import PackedData, micro_batches
-from mm1.data.stages import make_tokenizer, make_world, pack
-from mm1.models.megatron_config import Layout
+from mm1.models.megatron_config import MegatronLayout
 from mm1.models.mm1_model import MM1Model
 from mm1.parallel.setup import distributed
 from mm1.train import checkpoint
+from tinykit import TESTS, TINY, tiny
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -37,19 +38,7 @@ with warnings.catch_warnings():
 
 pytestmark = pytest.mark.multiprocess
 
-STEPS = 6
-TINY = [
-    "model.encoder.hidden_size=32",
-    "model.encoder.num_layers=1",
-    "model.encoder.ffn_hidden_size=64",
-    "model.decoder.num_layers=2",
-    "model.decoder.hidden_size=64",
-    "model.decoder.ffn_hidden_size=128",
-    f"train.steps={STEPS}",
-    "train.warmup_steps=1",
-    "train.micro_batch_size=4",
-    "train.global_batch_size=8",
-]
+STEPS = tiny().train.steps
 # MoE's load-balancing and z losses are computed per micro-batch (megatron router.py::_apply_aux_loss),
 # so EP=2, which splits the batch over data-parallel ranks, changes them by definition; at 0 the
 # gradients of EP=2 and one process are the same function of the same tokens.
@@ -78,9 +67,9 @@ def mm1(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
     return run(["mm1", *args], timeout)
 
 
-def run(cmd: list[str], timeout: int) -> subprocess.CompletedProcess:
+def run(cmd: list[str], timeout: int, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired as e:
         out = (e.stdout or b"")[-3000:], (e.stderr or b"")[-3000:]
         pytest.fail(f"{' '.join(cmd)} did not finish in {timeout} s (a collective never matched?):\n{out}")
@@ -88,34 +77,11 @@ def run(cmd: list[str], timeout: int) -> subprocess.CompletedProcess:
     return proc
 
 
-WORLD = [
-    "world.n_captions=64",
-    "world.n_documents=16",
-    "world.n_text=32",
-    "world.n_bench_val=8",
-    "world.n_bench_train=4",
-    "world.n_textcore=4",
-    "world.n_sft=4",
-    "world.n_multiple_choice=4",
-    "tokenizer.vocab_size=320",
-]
-
-
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> dict[str, Path]:
-    """A tiny world, its tokenizer, and the 6 x 8 packed sequences every layout trains on."""
-    root = tmp_path_factory.mktemp("layouts")
-    cfg = load(None, WORLD + TINY)
-    make_world(cfg.world, root / "world")
-    manifest = root / "world" / "manifest.parquet"
-    tok = make_tokenizer(cfg.tokenizer, manifest, root / "tokenizer", cfg.data.max_bad_fraction)
-    pack(cfg, manifest, tok.path, root / "packed")
-    return {
-        "root": root,
-        "packed": root / "packed" / "train.parquet",
-        "benchmark": root / "world" / "benchmarks" / "coco" / "captions_val.json",
-        "tokenizer": tok.path,
-    }
+def world(tiny_world, tmp_path_factory) -> dict[str, Path]:
+    """The shared tiny world (its packed sequences: the 6 x 8 every layout trains on), and a folder
+    of this module's own for the runs' outputs (``root``)."""
+    return {**tiny_world, "root": tmp_path_factory.mktemp("layouts")}
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +191,7 @@ def load_and_evaluate(ckpt: Path, packed: Path, tp: int, pp: int, out: Path) -> 
             mc,
             vocab_size=meta["vocab_size"],
             image_token_id=meta["image_token_id"],
-            layout=Layout(tp=tp, pp=pp),
+            layout=MegatronLayout(tp=tp, pp=pp),
             pre_process=parallel_state.is_pipeline_first_stage(),
             post_process=parallel_state.is_pipeline_last_stage(),
         )
@@ -254,7 +220,8 @@ def loss_under(world, ckpt: Path, tp: int, pp: int) -> float:
     n = tp * pp
     launch = [sys.executable] if n == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     launch += [f"--nproc-per-node={n}"] if n > 1 else []
-    run([*launch, __file__, str(ckpt), str(world["packed"]), str(tp), str(pp), str(out)], timeout=300)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}  # tinykit
+    run([*launch, __file__, str(ckpt), str(world["packed"]), str(tp), str(pp), str(out)], timeout=300, env=env)
     return json.loads(out.read_text())["loss"]
 
 

@@ -30,11 +30,11 @@ import torch
 from _equality_worker import forward_backward
 
 from mm1.config import ModelConfig, ParallelConfig, load
-from mm1.models import upcycle
 from mm1.models.connector import CONNECTORS
 from mm1.models.mm1_model import MM1Model
 from mm1.parallel.setup import distributed
-from mm1.train import checkpoint
+from mm1.train import checkpoint, upcycle
+from tinykit import MICRO
 
 pytestmark = pytest.mark.multiprocess
 
@@ -44,20 +44,7 @@ WORKER = Path(__file__).with_name("_equality_worker.py")
 # TOL * max(1, its largest |value|), i.e. 1e-5 absolute for gradients up to 1, 1e-5 relative above.
 TOL = 1e-5
 LOSS_RTOL = 1e-6  # the summed loss is ~470, float32 rounding alone is ~3e-5 absolute
-TINY = [
-    "model.encoder.image_size=16",
-    "model.encoder.patch_size=4",
-    "model.encoder.hidden_size=16",
-    "model.encoder.num_layers=1",
-    "model.encoder.num_attention_heads=2",
-    "model.encoder.ffn_hidden_size=32",
-    "model.connector.num_tokens=4",
-    "model.decoder.num_layers=2",
-    "model.decoder.hidden_size=32",
-    "model.decoder.num_attention_heads=4",
-    "model.decoder.ffn_hidden_size=64",
-    "model.decoder.seq_length=24",
-]
+TINY = MICRO  # the 16 px ViT under a 2 x 32 decoder
 NO_AUX = ["model.moe.aux_loss_coeff=0", "model.moe.z_loss_coeff=0"]
 MOE = ["model.moe.num_experts=4", "model.moe.layer_freq=1", "model.moe.top_k=2", *NO_AUX]
 UPCYCLED = ["model.moe.num_experts=4", "model.moe.layer_freq=2", "model.moe.top_k=2", *NO_AUX]

@@ -11,12 +11,8 @@ import shutil
 import subprocess
 
 import pytest
-from slurmkit import TESTS, load_conftest
 
 START = "scripts/slurm-local install && scripts/slurm-local start"
-
-# The tiny world, tokenizer and packed data of the training tests, reused: the `world` fixture.
-world = load_conftest(TESTS / "train").world
 
 
 def _answers(cmd: list[str]) -> str | None:

@@ -7,24 +7,10 @@ several test folders, ``import conftest`` may find another folder's conftest.
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
-import sys
 import time
-from pathlib import Path
-from types import ModuleType
 
-TESTS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TESTS / "train"))  # trainkit: the tiny training run (the training conftest imports it)
-
-
-def load_conftest(folder: Path) -> ModuleType:
-    """Another test folder's conftest, as a module of its own name."""
-    spec = importlib.util.spec_from_file_location(f"mm1_{folder.name}_conftest", folder / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from tinykit import TESTS, load_conftest
 
 workflow = load_conftest(TESTS / "workflow")  # copy_project, run, SMOKE
 

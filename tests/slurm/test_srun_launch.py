@@ -13,20 +13,21 @@ from pathlib import Path
 import polars as pl
 import pytest
 from slurmkit import sbatch, wait_for_sacct
-from trainkit import TINY
+
+from tinykit import TINY, train_inputs
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 RELAUNCH = (
-    "import sys; from mm1.parallel.launch import srun_command; from mm1.train.preempt import run_supervised; "
+    "import sys; from mm1.parallel.launch import srun_command; from mm1.parallel.supervise import run_supervised; "
     "sys.exit(run_supervised(*srun_command(2, 1, sys.argv[1:])))"
 )
 
 
-def test_srun_relaunch_from_a_one_task_step_trains(world, tmp_path: Path) -> None:
+def test_srun_relaunch_from_a_one_task_step_trains(tiny_world, tmp_path: Path) -> None:
     out = tmp_path / "run"
     sets = [a for s in [*TINY, "parallel.world_size=2", "train.steps=3"] for a in ("--set", s)]
-    argv = ["train", "--packed", str(world["packed"]), "--tokenizer", str(world["tokenizer"]), "--out", str(out)]
+    argv = ["train", *train_inputs(tiny_world), "--out", str(out)]
     script = tmp_path / "job.sh"
     # What snakemake-executor-plugin-slurm-jobstep runs in the job: the rule's command as one task.
     script.write_text(f"#!/bin/bash\nsrun -n1 {shlex.join([sys.executable, '-c', RELAUNCH, *argv, *sets])}\n")

@@ -13,10 +13,10 @@ import polars as pl
 import pytest
 import submitit
 from slurmkit import sacct_states, wait_for_sacct
-from trainkit import tiny
 
-from mm1.train.preempt import TrainJob
+from mm1.train.submitit_job import TrainJob
 from mm1.train.trainer import TrainResult
+from tinykit import tiny
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -32,7 +32,7 @@ def logged_step(out: Path) -> int:
         return 0
 
 
-def submit(world, folder: Path) -> tuple[submitit.Job, Path]:
+def submit(tiny_world, folder: Path) -> tuple[submitit.Job, Path]:
     """The tiny 2-process training as a submitit job: one node, 2 tasks of 1 CPU (the whole node)."""
     executor = submitit.AutoExecutor(folder=folder / "submitit", cluster="slurm")
     executor.update_parameters(
@@ -40,7 +40,7 @@ def submit(world, folder: Path) -> tuple[submitit.Job, Path]:
         slurm_setup=["export OMP_NUM_THREADS=1"],
     )  # fmt: skip
     out = folder / "run"
-    return executor.submit(TrainJob(tiny(*LAYOUT), world["packed"], world["tokenizer"], out)), out
+    return executor.submit(TrainJob(tiny(*LAYOUT), tiny_world["packed"], tiny_world["tokenizer"], out)), out
 
 
 def results(job: submitit.Job, timeout: float = 240) -> list[TrainResult]:
@@ -55,8 +55,8 @@ def results(job: submitit.Job, timeout: float = 240) -> list[TrainResult]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(world, tmp_path_factory) -> tuple[submitit.Job, Path, list[TrainResult]]:
-    job, out = submit(world, tmp_path_factory.mktemp("uninterrupted"))
+def uninterrupted(tiny_world, tmp_path_factory) -> tuple[submitit.Job, Path, list[TrainResult]]:
+    job, out = submit(tiny_world, tmp_path_factory.mktemp("uninterrupted"))
     try:
         return job, out, results(job)
     except BaseException:
@@ -85,9 +85,9 @@ INTERRUPTIONS = {"scontrol-requeue": ["scontrol", "requeue"], "sigusr2": ["scanc
 
 @pytest.mark.parametrize("interruption", INTERRUPTIONS)
 def test_interrupted_job_is_requeued_resumes_and_repeats_the_curve(
-    world, tmp_path, uninterrupted, interruption
+    tiny_world, tmp_path, uninterrupted, interruption
 ) -> None:
-    job, out = submit(world, tmp_path)
+    job, out = submit(tiny_world, tmp_path)
     try:
         deadline = time.monotonic() + 120
         while logged_step(out) < 3 and time.monotonic() < deadline and not job.done():

@@ -10,7 +10,6 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
-from trainkit import WORLD, tiny
 
 from mm1.cli import main
 from mm1.config import ParallelConfig
@@ -19,21 +18,17 @@ from mm1.models.mm1_model import MM1Model
 from mm1.parallel.setup import distributed
 from mm1.train import checkpoint
 from mm1.train.encoder_trainer import train_encoder
-
-
-@pytest.fixture(scope="module")
-def world(world: dict[str, Path]) -> dict[str, Path]:
-    """The shared tiny world, with its manifest (beside the tokenizer's folder)."""
-    return {**world, "manifest": world["tokenizer"].parents[1] / "world" / "manifest.parquet"}
-
+from tinykit import WORLD, tiny
 
 ENCODER = ["train.steps=12", "train.warmup_steps=2", "train.lr=3e-3", "model.encoder.clip.text_seq_length=24"]
 
 
 @pytest.mark.parametrize("objective", ["clip", "aim"])
-def test_each_objective_lowers_its_loss_and_saves_the_vit_as_encoder(world, tmp_path: Path, objective: str) -> None:
+def test_each_objective_lowers_its_loss_and_saves_the_vit_as_encoder(
+    tiny_world, tmp_path: Path, objective: str
+) -> None:
     cfg = tiny(*WORLD, *ENCODER, f"model.encoder.objective={objective}")
-    metrics = train_encoder(cfg, world["manifest"], world["tokenizer"], tmp_path / "enc")
+    metrics = train_encoder(cfg, tiny_world["manifest"], tiny_world["tokenizer"], tmp_path / "enc")
     losses = metrics["loss"].to_list()
     assert len(losses) == 12 and all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-3:]) / 3 < 0.9 * sum(losses[:3]) / 3, losses
@@ -55,7 +50,7 @@ def test_each_objective_lowers_its_loss_and_saves_the_vit_as_encoder(world, tmp_
 
     # The multimodal model at another image size starts from the pre-trained ViT.
     mm = tiny(*WORLD, "model.encoder.image_size=48")
-    tok = TextTokenizer(world["tokenizer"])
+    tok = TextTokenizer(tiny_world["tokenizer"])
     with distributed(ParallelConfig(), seed=5):
         model = MM1Model(mm.model, vocab_size=tok.vocab_size, image_token_id=tok.image_id)
         before = model.encoder.decoder.layers[0].mlp.linear_fc1.weight.clone()
@@ -64,15 +59,15 @@ def test_each_objective_lowers_its_loss_and_saves_the_vit_as_encoder(world, tmp_
         assert model.encoder.position_embeddings.weight.shape[0] == 12 * 12
 
 
-def test_the_same_config_repeats_the_loss_curve(world, tmp_path: Path) -> None:
+def test_the_same_config_repeats_the_loss_curve(tiny_world, tmp_path: Path) -> None:
     cfg = tiny(*WORLD, *ENCODER, "train.steps=3")
-    a = train_encoder(cfg, world["manifest"], world["tokenizer"], tmp_path / "a")["loss"].to_list()
-    b = train_encoder(cfg, world["manifest"], world["tokenizer"], tmp_path / "b")["loss"].to_list()
+    a = train_encoder(cfg, tiny_world["manifest"], tiny_world["tokenizer"], tmp_path / "a")["loss"].to_list()
+    b = train_encoder(cfg, tiny_world["manifest"], tiny_world["tokenizer"], tmp_path / "b")["loss"].to_list()
     assert a == b
 
 
-def test_pipeline_parallel_is_refused_with_the_fix(world, tmp_path: Path) -> None:
-    args = ["encoder", "--manifest", str(world["manifest"]), "--tokenizer", str(world["tokenizer"])]
+def test_pipeline_parallel_is_refused_with_the_fix(tiny_world, tmp_path: Path) -> None:
+    args = ["encoder", "--manifest", str(tiny_world["manifest"]), "--tokenizer", str(tiny_world["tokenizer"])]
     code = main([*args, "--out", str(tmp_path), "--set", "parallel.world_size=2", "--set", "parallel.pp=2"])
     assert code == 2
 

@@ -16,24 +16,14 @@ from mm1.config import RunConfig, load
 from mm1.parallel.setup import distributed
 from mm1.train.optim import build_optimizer, freeze, use_bf16, wrap_ddp
 from mm1.train.trainer import build
+from tinykit import MICRO
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
 TINY = [
-    "model.encoder.image_size=16",
-    "model.encoder.patch_size=4",
-    "model.encoder.hidden_size=16",
-    "model.encoder.num_layers=1",
-    "model.encoder.num_attention_heads=2",
-    "model.encoder.ffn_hidden_size=32",
-    "model.connector.num_tokens=4",
-    "model.decoder.num_layers=2",
-    "model.decoder.hidden_size=32",
-    "model.decoder.num_attention_heads=4",
-    "model.decoder.ffn_hidden_size=64",
-    "model.decoder.seq_length=24",
+    *MICRO,
     "train.steps=4",
     "train.warmup_steps=0",  # the first step already moves the weights
 ]

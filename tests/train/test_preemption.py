@@ -12,18 +12,19 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from trainkit import TINY, tiny
 
 from mm1.train import state
-from mm1.train.preempt import REQUEUE_EXIT, TEST_SIGNAL_ENV, Preempted, SignalAt, StopSignals, TrainJob
+from mm1.train.signals import REQUEUE_EXIT, TEST_SIGNAL_ENV, Preempted, SignalAt, StopSignals
+from mm1.train.submitit_job import TrainJob
 from mm1.train.trainer import train
+from tinykit import TINY, tiny, train_inputs
 
-MM1 = ["mm1"]  # the launcher waits through the signal (preempt.run_supervised) and returns 75
+MM1 = ["mm1"]  # the launcher waits through the signal (mm1.parallel.supervise.run_supervised) and returns 75
 
 
-def train_args(world, out: Path, *overrides: str) -> list[str]:
+def train_args(tiny_world, out: Path, *overrides: str) -> list[str]:
     sets = [arg for s in TINY + list(overrides) for arg in ("--set", s)]
-    return ["train", "--packed", str(world["packed"]), "--tokenizer", str(world["tokenizer"]), "--out", str(out), *sets]
+    return ["train", *train_inputs(tiny_world), "--out", str(out), *sets]
 
 
 def run_to_end(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
@@ -82,18 +83,18 @@ def test_every_noted_signal_is_handed_over_in_order():
 
 @pytest.mark.multiprocess
 @pytest.mark.slow
-def test_sigterm_to_two_process_run_saves_and_resume_repeats_the_curve(world, tmp_path):
+def test_sigterm_to_two_process_run_saves_and_resume_repeats_the_curve(tiny_world, tmp_path):
     layout = ["parallel.world_size=2", "train.steps=20", "train.save_interval=2"]
     whole, parts = tmp_path / "whole", tmp_path / "parts"
-    run_to_end(["mm1", *train_args(world, whole, *layout)])  # uninterrupted
+    run_to_end(["mm1", *train_args(tiny_world, whole, *layout)])  # uninterrupted
 
-    code, output = preempt_at([*MM1, *train_args(world, parts, *layout)], step=3)
+    code, output = preempt_at([*MM1, *train_args(tiny_world, parts, *layout)], step=3)
     assert code == REQUEUE_EXIT, output[-3000:]
     saved = state.latest(parts / "resume")
     assert saved == state.step_dir(parts / "resume", 3), output[-3000:]  # the step the signal came in
     assert not (parts / "metrics.csv").exists()
 
-    run_to_end([*MM1, *train_args(world, parts, *layout)])
+    run_to_end([*MM1, *train_args(tiny_world, parts, *layout)])
     got, want = pl.read_csv(parts / "metrics.csv"), pl.read_csv(whole / "metrics.csv")
     assert got["step"].to_list() == list(range(1, 21))
     for column in ("loss", "lr", "grad_norm"):
@@ -103,10 +104,10 @@ def test_sigterm_to_two_process_run_saves_and_resume_repeats_the_curve(world, tm
 
 
 @pytest.mark.slow
-def test_sigterm_to_single_process_run_exits_for_requeue(world, tmp_path):
+def test_sigterm_to_single_process_run_exits_for_requeue(tiny_world, tmp_path):
     # The signal reaches every process of the group, the checkpoint writer's helper process too
     # (started by the save at step 2): the save it asks for must still succeed.
-    cmd = ["mm1", *train_args(world, tmp_path, "train.steps=20", "train.save_interval=2")]
+    cmd = ["mm1", *train_args(tiny_world, tmp_path, "train.steps=20", "train.save_interval=2")]
     code, output = preempt_at(cmd, step=3)  # no torchrun: the trainer itself exits 75
     assert code == REQUEUE_EXIT, output[-3000:]
     assert state.latest(tmp_path / "resume") == state.step_dir(tmp_path / "resume", 3), output[-3000:]
@@ -136,11 +137,11 @@ def test_the_signal_hook_fires_at_its_point_step_and_rank_only(monkeypatch):
         assert stop.received == [signal.SIGUSR2]
 
 
-def test_train_job_checkpoint_requeues_a_resuming_training(world, tmp_path):
+def test_train_job_checkpoint_requeues_a_resuming_training(tiny_world, tmp_path):
     """submitit calls ``checkpoint()`` on preemption and runs the DelayedSubmission it returns."""
     from submitit.helpers import DelayedSubmission
 
-    job = TrainJob(tiny("train.resume=false"), world["packed"], world["tokenizer"], tmp_path)
+    job = TrainJob(tiny("train.resume=false"), tiny_world["packed"], tiny_world["tokenizer"], tmp_path)
     with pytest.raises(Preempted):
         train(job.cfg, job.packed, job.tokenizer, job.out_dir, stop_after=3)  # what a preempted job() did
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
-from trainkit import tiny
 
 from mm1.config import ParallelConfig
 from mm1.parallel.setup import distributed
 from mm1.train import checkpoint, state
-from mm1.train.preempt import REQUEUE_EXIT, Preempted
+from mm1.train.signals import REQUEUE_EXIT, Preempted
 from mm1.train.trainer import train
+from tinykit import tiny
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -29,8 +29,8 @@ with warnings.catch_warnings():
 CURVE = ["loss", "lr", "grad_norm"]  # deterministic columns (the timings are not)
 
 
-def run(cfg, world, out: Path, stop_after: int | None = None):
-    return train(cfg, world["packed"], world["tokenizer"], out, stop_after=stop_after)
+def run(cfg, tiny_world, out: Path, stop_after: int | None = None):
+    return train(cfg, tiny_world["packed"], tiny_world["tokenizer"], out, stop_after=stop_after)
 
 
 def weights(ckpt: Path) -> dict[str, torch.Tensor]:
@@ -39,16 +39,16 @@ def weights(ckpt: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("optimizer", ["plain", "distributed"])
-def test_stopped_run_resumes_from_newest_complete_checkpoint_bit_for_bit(world, tmp_path, optimizer):
+def test_stopped_run_resumes_from_newest_complete_checkpoint_bit_for_bit(tiny_world, tmp_path, optimizer):
     # The distributed optimizer on one rank still takes megatron's sharded-state load path (see
     # state._load_optimizer for the two fixes it needs); the 2-process run is in test_preemption.
     cfg = tiny(
         "train.save_interval=2", "train.keep_last=2", f"parallel.distributed_optimizer={optimizer == 'distributed'}"
     )
-    whole = run(cfg, world, tmp_path / "whole")
+    whole = run(cfg, tiny_world, tmp_path / "whole")
 
     with pytest.raises(Preempted) as stopped:
-        run(cfg, world, tmp_path / "stopped", stop_after=5)
+        run(cfg, tiny_world, tmp_path / "stopped", stop_after=5)
     assert stopped.value.code == REQUEUE_EXIT and stopped.value.step == 5
     resume = tmp_path / "stopped" / "resume"
     assert [p.name for p in state.complete(resume)] == ["step_000004", "step_000005"]  # keep_last=2
@@ -60,7 +60,7 @@ def test_stopped_run_resumes_from_newest_complete_checkpoint_bit_for_bit(world, 
     (resume / "step_000005").rename(resume / "step_000005.partial")
     assert state.latest(resume) == resume / "step_000004"
 
-    resumed = run(cfg, world, tmp_path / "stopped")
+    resumed = run(cfg, tiny_world, tmp_path / "stopped")
     assert resumed.resumed_from == 4
     got = pl.read_csv(tmp_path / "stopped" / "metrics.csv")
     want = pl.read_csv(tmp_path / "whole" / "metrics.csv")
@@ -80,29 +80,29 @@ def test_stopped_run_resumes_from_newest_complete_checkpoint_bit_for_bit(world, 
     assert summary["step"] == 6 and summary["loss"] == want["loss"][-1]
 
 
-def test_finished_run_resumes_to_the_same_outputs_without_training(world, tmp_path):
+def test_finished_run_resumes_to_the_same_outputs_without_training(tiny_world, tmp_path):
     cfg = tiny("train.steps=2")
-    first = run(cfg, world, tmp_path)
-    again = run(cfg, world, tmp_path)
+    first = run(cfg, tiny_world, tmp_path)
+    again = run(cfg, tiny_world, tmp_path)
     assert again.resumed_from == 2
     assert again.metrics["loss"].to_list() == first.metrics["loss"].to_list()
 
 
-def test_without_save_at_end_a_finished_run_keeps_no_resumable_checkpoint_and_trains_again(world, tmp_path):
+def test_without_save_at_end_a_finished_run_keeps_no_resumable_checkpoint_and_trains_again(tiny_world, tmp_path):
     cfg = tiny("train.steps=4", "train.save_interval=3", "train.save_at_end=false")
-    first = run(cfg, world, tmp_path)
+    first = run(cfg, tiny_world, tmp_path)
     assert [p.name for p in state.complete(tmp_path / "resume")] == ["step_000003"]  # the periodic one only
-    again = run(cfg, world, tmp_path)
+    again = run(cfg, tiny_world, tmp_path)
     assert again.resumed_from == 3  # redoes step 4 from the periodic checkpoint
     assert again.metrics["loss"].to_list() == first.metrics["loss"].to_list()
 
 
-def test_checkpoint_of_another_run_is_moved_aside_naming_the_fields(world, tmp_path, capsys):
+def test_checkpoint_of_another_run_is_moved_aside_naming_the_fields(tiny_world, tmp_path, capsys):
     """A changed config (why Snakemake reruns the stage) starts over; the old checkpoints are kept."""
     with pytest.raises(Preempted):
-        run(tiny(), world, tmp_path, stop_after=1)
+        run(tiny(), tiny_world, tmp_path, stop_after=1)
     changed = tiny("model.decoder.ffn_hidden_size=96", "train.lr=0.001", "train.log_interval=1", "train.steps=2")
-    assert run(changed, world, tmp_path).resumed_from == 0
+    assert run(changed, tiny_world, tmp_path).resumed_from == 0
     message = capsys.readouterr().out
     assert "model.decoder.ffn_hidden_size: checkpoint 128, now 96" in message
     assert "train.lr: checkpoint None, now 0.001" in message
@@ -110,7 +110,7 @@ def test_checkpoint_of_another_run_is_moved_aside_naming_the_fields(world, tmp_p
     (stale,) = tmp_path.glob("resume.stale-*")
     assert [p.name for p in state.complete(stale)] == ["step_000001"]
 
-    fresh = run(tiny("model.decoder.ffn_hidden_size=96", "train.steps=3", "train.resume=false"), world, tmp_path)
+    fresh = run(tiny("model.decoder.ffn_hidden_size=96", "train.steps=3", "train.resume=false"), tiny_world, tmp_path)
     assert fresh.resumed_from == 0
     assert [p.name for p in state.complete(tmp_path / "resume")] == ["step_000003"]  # the changed run's are gone
 
@@ -123,9 +123,9 @@ def test_latest_ignores_partial_folders_and_a_stale_pointer(tmp_path):
     assert state.latest(tmp_path / "absent") is None
 
 
-def test_moe_run_logs_aux_losses_and_expert_load(world, tmp_path):
+def test_moe_run_logs_aux_losses_and_expert_load(tiny_world, tmp_path):
     cfg = tiny("train.steps=2", "model.moe.num_experts=4", "model.moe.layer_freq=1")
-    metrics = run(cfg, world, tmp_path).metrics
+    metrics = run(cfg, tiny_world, tmp_path).metrics
     for column in ("moe_load_balancing_loss", "moe_z_loss", "moe_load_imbalance", "images_per_s", "tokens_per_s"):
         values = metrics[column].to_list()
         assert len(values) == 2 and all(v > 0 for v in values), (column, values)
@@ -174,7 +174,7 @@ def test_a_vanished_output_folder_is_named_as_another_process_not_a_full_disk(tm
     assert "no earlier checkpoint" not in message and "free some space" not in message, message
 
 
-def test_a_resume_folder_moved_away_during_a_save_is_reported_as_such(world, tmp_path, monkeypatch):
+def test_a_resume_folder_moved_away_during_a_save_is_reported_as_such(tiny_world, tmp_path, monkeypatch):
     """What a second run on the same --out did to the first (issue 21): its resume/ moved aside while the
     first was saving. The error says so -- not "nan MiB free", "no earlier checkpoint", "free some space"."""
     out = tmp_path / "run"
@@ -188,7 +188,7 @@ def test_a_resume_folder_moved_away_during_a_save_is_reported_as_such(world, tmp
 
     monkeypatch.setattr(state.dist_checkpointing, "save", save)
     with pytest.raises(state.CheckpointWriteError) as excinfo:
-        run(tiny("train.steps=4", "train.save_interval=2"), world, out)
+        run(tiny("train.steps=4", "train.save_interval=2"), tiny_world, out)
     message = str(excinfo.value)
     assert f"could not write checkpoint step 4 to {out / 'resume' / 'step_000004.partial'}" in message, message
     assert f"the folder {out / 'resume'} disappeared while the checkpoint was written" in message, message

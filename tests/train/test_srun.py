@@ -9,9 +9,9 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from trainkit import TINY
 
 from mm1.parallel.launch import first_host, torch_env_from_slurm, under_launcher
+from tinykit import TINY, train_inputs
 
 
 @pytest.mark.parametrize(
@@ -38,9 +38,9 @@ def test_one_slurm_process_is_not_a_launcher(monkeypatch, env: dict) -> None:
 
 
 @pytest.mark.multiprocess
-def test_two_srun_tasks_train_together(world, tmp_path: Path) -> None:
+def test_two_srun_tasks_train_together(tiny_world, tmp_path: Path) -> None:
     sets = [a for s in [*TINY, "parallel.world_size=2", "train.steps=3"] for a in ("--set", s)]
-    args = ["mm1", "train", "--packed", str(world["packed"]), "--tokenizer", str(world["tokenizer"])]
+    args = ["mm1", "train", *train_inputs(tiny_world)]
     base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     slurm = {"SLURM_STEP_NUM_TASKS": "2", "SLURM_JOB_ID": str(os.getpid()), "SLURM_JOB_NODELIST": "127.0.0.1"}
     procs = [

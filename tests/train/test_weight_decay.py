@@ -21,22 +21,12 @@ from mm1.parallel.setup import distributed
 from mm1.train.encoder_trainer import _hparams, build_encoder_model
 from mm1.train.optim import build_optimizer, wrap_ddp
 from mm1.train.trainer import build
+from tinykit import MICRO
 
 TOK = types.SimpleNamespace(vocab_size=50, image_id=3)
 TINY = [
-    "model.encoder.image_size=16",
-    "model.encoder.patch_size=4",
-    "model.encoder.hidden_size=16",
-    "model.encoder.num_layers=1",
-    "model.encoder.num_attention_heads=2",
-    "model.encoder.ffn_hidden_size=32",
+    *MICRO,
     "model.encoder.clip.text_seq_length=8",
-    "model.connector.num_tokens=4",
-    "model.decoder.num_layers=2",
-    "model.decoder.hidden_size=32",
-    "model.decoder.num_attention_heads=4",
-    "model.decoder.ffn_hidden_size=64",
-    "model.decoder.seq_length=24",
     "train.steps=10",
     "train.warmup_steps=2",
     "train.lr_decay=cosine",

@@ -18,7 +18,7 @@ import yaml
 from conftest import SMOKE, run
 
 from mm1.config import load
-from mm1.data.stages import make_world
+from mm1.world.export import make_world
 
 pytestmark = pytest.mark.slow
 

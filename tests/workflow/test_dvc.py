@@ -1,8 +1,9 @@
-"""dvc.yaml is generated from the Snakemake DAG (mm1.dvc_stages) and says what Snakemake says.
+"""dvc.yaml is generated from the stage registry and the study (mm1.dvc_stages) and says what Snakemake says.
 
-Snakemake's side is read here through its CLI (a --forceall dry run), not through the generator's
-API walk, so the two views are compared rather than one copied. The end-to-end runs (push, pull,
-fresh clones) are in test_dvc_remote.py; the offline plots page is checked at the bottom.
+Snakemake's side is read here through its CLI (a --forceall dry run with its shell commands) and
+DVC's through DVC itself (the stages it resolves from dvc.yaml's foreach and params/), so the two
+views are compared rather than one copied. The end-to-end runs (push, pull, fresh clones) are in
+test_dvc_remote.py; the offline plots page is checked at the bottom.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, copy_project, run
 
-from mm1.dvc_stages import Dag, Invocation, Job, ParamsResolver, command, stage_names
+from conftest import REPO, copy_project, run
+from mm1.cli import expand_args_from
+from mm1.stages import STAGES
 
 
 # -- Snakemake's view, from a dry run ---------------------------------------------------------------
@@ -52,23 +54,21 @@ def target_rules(cwd: Path) -> list[str]:
     return [line.split()[0] for line in lines if re.match(r"^\w+( \(|$)", line)]
 
 
-def snakemake_jobs(cwd: Path) -> tuple[list[dict], dict[str, set[str]]]:
-    """The jobs every target rule (a rule without outputs) needs, and those targets' inputs."""
-    rules = target_rules(cwd)
-    everything = dry_run_jobs(cwd, rules)
-    targets = {j["rule"]: j["inputs"] for j in everything if not j["outputs"]}
-    producer = {out: j for j in everything for out in j["outputs"]}
-    needed, todo = {}, [f for inputs in targets.values() for f in inputs]
-    while todo:
-        job = producer.get(todo.pop())
-        if job is not None and id(job) not in needed:
-            needed[id(job)] = job
-            todo += job["inputs"]
-    return list(needed.values()), targets
-
-
 def dvc_stages(path: Path = REPO / "dvc.yaml") -> dict[str, dict]:
     return yaml.safe_load(path.read_text())["stages"]
+
+
+def resolved_stages(repo: Path) -> dict[str, dict]:
+    """DVC's own reading of dvc.yaml: every stage (foreach runs expanded) with its cmd, deps, outs, params."""
+    script = (
+        "import json, sys\nfrom dvc.repo import Repo\nout = {}\n"
+        "for s in Repo(sys.argv[1]).index.stages:\n"
+        "    out[s.name] = {'cmd': s.cmd, 'deps': sorted(d.def_path for d in s.deps if not hasattr(d, 'params')),"
+        " 'outs': sorted(o.def_path for o in s.outs),"
+        " 'params': {p.def_path: sorted(p.params) for p in s.deps if hasattr(p, 'params')}}\n"
+        "print(json.dumps(out))\n"
+    )
+    return json.loads(run([sys.executable, "-c", script, str(repo)], repo).stdout)
 
 
 def stage_io(stage: dict) -> tuple[set[str], set[str]]:
@@ -76,119 +76,75 @@ def stage_io(stage: dict) -> tuple[set[str], set[str]]:
     return set(stage.get("deps", [])), outs
 
 
+def dvc_name(job: dict) -> str:
+    """The DVC stage of a Snakemake job: ``<stage>@<run>`` for a stage run, a figure's id, else the rule."""
+    if job["rule"] in STAGES:
+        return f"{job['rule']}@{job['wildcards']['exp']}"
+    return job["wildcards"].get("fig", job["rule"])
+
+
+def argv_of(cmd: str, repo: Path) -> tuple[list[str], dict | None]:
+    """A command's argv (shell redirection dropped, --args-from expanded) and the config it passes."""
+    argv = shlex.split(cmd.split(" > ")[0])
+    argv = [argv[0], *expand_args_from(argv[1:])] if "--args-from" in argv else argv
+    cfg = None
+    if "--config-json" in argv:
+        at = argv.index("--config-json")
+        cfg, argv = json.loads(argv[at + 1]), argv[:at] + argv[at + 2 :]
+    if "--config-from" in argv:
+        at = argv.index("--config-from")
+        cfg = json.loads((repo / argv[at + 1]).read_text())[argv[at + 2]]
+        argv = argv[:at] + argv[at + 3 :]
+    return argv, cfg
+
+
 # -- dvc.yaml against the DAG ------------------------------------------------------------------------
-def test_committed_dvc_yaml_is_the_generated_one():
-    proc = subprocess.run(
-        [sys.executable, "-m", "mm1.dvc_stages", "--check", "dvc.yaml"], cwd=REPO, capture_output=True, text=True
-    )
+def test_committed_dvc_yaml_and_params_are_the_generated_ones_and_dvc_yaml_is_short():
+    proc = subprocess.run([sys.executable, "-m", "mm1.dvc_stages", "--check"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = (REPO / "dvc.yaml").read_text().count("\n")
+    assert lines < 400, f"dvc.yaml has {lines} lines"
+    stages = dvc_stages()
+    assert {n for n, s in stages.items() if "foreach" in s} <= set(STAGES)  # one foreach stage per stage
 
 
 @pytest.fixture(scope="module")
-def dag() -> tuple[list[dict], dict[str, set[str]]]:
-    return snakemake_jobs(REPO)
+def views() -> tuple[list[dict], dict[str, dict]]:
+    """Snakemake's jobs for every target rule, and DVC's resolved stages."""
+    jobs = [j for j in dry_run_jobs(REPO, target_rules(REPO)) if j["outputs"]]
+    return jobs, resolved_stages(REPO)
 
 
-def test_every_snakemake_job_is_one_dvc_stage_with_its_inputs_and_outputs(dag):
-    jobs, _ = dag
-    stages = dvc_stages()
-    by_outs = {frozenset(stage_io(s)[1]): name for name, s in stages.items()}
-    assert len(by_outs) == len(stages), "two DVC stages declare the same outputs"
-    assert len(jobs) == len(stages), f"{len(jobs)} Snakemake jobs but {len(stages)} DVC stages"
+def test_every_snakemake_job_is_one_dvc_stage_with_the_same_command_inputs_and_outputs(views):
+    jobs, stages = views
+    assert sorted(dvc_name(j) for j in jobs) == sorted(stages), "Snakemake's jobs and DVC's stages differ"
     for job in jobs:
-        name = by_outs.get(frozenset(job["outputs"]))
-        assert name, f"no DVC stage has the outputs of {job['rule']} {job['wildcards']}: {sorted(job['outputs'])}"
-        deps, _ = stage_io(stages[name])
-        assert deps == job["inputs"], f"{name}: dvc deps {sorted(deps)} != snakemake inputs {sorted(job['inputs'])}"
-        assert f"--allowed-rules {job['rule']} " in stages[name]["cmd"], stages[name]["cmd"]
+        name = dvc_name(job)
+        stage = stages[name]
+        assert set(stage["outs"]) == job["outputs"], name
+        assert set(stage["deps"]) == job["inputs"], f"{name}: {stage['deps']} != {sorted(job['inputs'])}"
+        assert argv_of(stage["cmd"], REPO) == argv_of(job["shell"], REPO), name  # same command, same config
 
 
-def test_figure_targets_are_dvc_stages_of_the_same_name(dag):
-    """`snakemake fig4` and `dvc repro fig4` name the same thing: the one job that target needs."""
-    jobs, targets = dag
+def test_dvc_params_are_the_keys_each_stage_reads_of_its_run_config(views):
+    _, stages = views
+    for name, stage in stages.items():
+        kind, _, run_name = name.partition("@")
+        if kind in STAGES:
+            assert stage["params"] == {f"params/{kind}.json": sorted(f"{run_name}.{p}" for p in STAGES[kind].params)}, (
+                name
+            )
+        else:
+            assert stage["params"] == {"params/reports.json": [name]}, name
+
+
+def test_figure_targets_are_dvc_stages_of_the_same_name():
     stages = dvc_stages()
-    producer = {out: j for j in jobs for out in j["outputs"]}
-    named = 0
-    for target, inputs in targets.items():
-        makers = {id(producer[f]): producer[f] for f in inputs}
-        job = next(iter(makers.values())) if len(makers) == 1 else None
-        if job is not None and target in job["wildcards"].values():
-            assert target in stages and stage_io(stages[target])[1] == job["outputs"], target
-            named += 1
     figures = yaml.safe_load((REPO / "config" / "study.yaml").read_text())["study"]["figures"]
-    assert named == len(figures), f"{named} figure stages for {len(figures)} figures of config/study.yaml"
-
-
-def test_dvc_params_are_the_config_sections_each_job_passes(dag):
-    jobs, _ = dag
-    stages = dvc_stages()
-    by_outs = {frozenset(stage_io(s)[1]): name for name, s in stages.items()}
-    for job in jobs:
-        name = by_outs[frozenset(job["outputs"])]
-        keys = {k for entry in stages[name].get("params", []) for ks in entry.values() for k in ks or ()}
-        words = shlex.split(job["shell"])  # the command line, as the shell reads its quoting
-        passed = json.loads(words[words.index("--config-json") + 1]) if "--config-json" in words else {}
-        wildcard_values = set(job["wildcards"].values())
-        sections = {k for k, v in passed.items() if not (isinstance(v, str) and v in wildcard_values)}
-        assert {k for k in keys if not k.startswith("study.")} == sections, f"{name}: {keys} vs {sections}"
-        exps = {re.sub(r"-s[0-9]+$", "", v) for v in wildcard_values}  # a seed run's experiment
-        for key in keys - sections:
-            if key == "study.seeds":  # only seed runs (<exp>-s<k>) read it
-                assert any(re.search(r"-s[0-9]+$", v) for v in wildcard_values), f"{name}: {key}"
-            elif key == "study.common":  # every declared experiment, never base
-                assert exps - {"base"}, f"{name}: {key}"
-            elif key == "study.lessons":
-                assert job["rule"] == "lessons", f"{name}: {key}"
-            else:  # an override: the job's experiment's or its rule's own, or the figure's spec
-                assert key.split(".")[2] in exps | {job["rule"]}, f"{name}: {key}"
-
-
-# -- the generator's rules, on hand-made jobs --------------------------------------------------------
-def _job(rule: str, outputs: tuple[str, ...], inputs: tuple[str, ...] = (), cfg=(), **wildcards: str) -> Job:
-    return Job(rule=rule, wildcards=tuple(wildcards.items()), inputs=inputs, outputs=outputs, configs=tuple(cfg))
-
-
-def test_stage_names_are_rule_and_wildcards_or_the_figure_target_a_job_builds():
-    train = _job("train", ("results/train/a.b/ckpt",), exp="a.b")
-    fig = _job("compare", ("results/figures/fig4.png",), ("results/train/a.b/ckpt",), fig="fig4")
-    sft = _job("sft_eval", ("results/sft_eval/base/scores.csv",), exp="base")
-    targets = {"fig4": fig.outputs, "all": (*fig.outputs, *train.outputs), "stages": sft.outputs}
-    dag = Dag(jobs=[train, fig, sft], targets=targets, sources=("config/default.yaml",), config={})
-    # '.' is not allowed in a DVC stage name; `stages` is a target of one job, but not its name
-    assert stage_names(dag) == {train: "train-a_b", fig: "fig4", sft: "sft_eval-base"}
-    twin = _job("train", ("results/train/a_b/ckpt",), exp="a_b")
-    with pytest.raises(ValueError, match="train-a_b"):
-        stage_names(Dag(jobs=[train, twin], targets={}, sources=(), config={}))
-
-
-def test_command_runs_exactly_that_job_through_snakemake():
-    job = _job("train", ("results/train/x/checkpoint", "results/train/x/metrics.csv"), exp="x")
-    assert command(job) == (
-        "snakemake --cores all --force --allowed-rules train -- results/train/x/checkpoint results/train/x/metrics.csv"
-    )
-    other_study = Invocation(config=("studyfile=config/study-paper.yaml", "preset=mm1-30b"))
-    assert command(job, other_study).startswith(
-        "snakemake --cores all --force --config studyfile=config/study-paper.yaml preset=mm1-30b --allowed-rules train --"
-    )
-
-
-def test_params_name_the_config_file_sections_and_the_overrides_that_changed_them(tmp_path: Path):
-    config = yaml.safe_load((REPO / "config" / "default.yaml").read_text())
-    config.setdefault("study", {})["experiments"] = {"wide": {"model.decoder.hidden_size": 256}}
-    (tmp_path / "config").mkdir()
-    (tmp_path / "config" / "default.yaml").write_text(yaml.safe_dump(config))
-    dag = Dag(jobs=[], targets={}, sources=("config/default.yaml",), config=config)
-    resolver = ParamsResolver(dag, tmp_path)
-    base = resolver.resolved
-    wide_model = json.loads(json.dumps(base["model"]))
-    wide_model["decoder"]["hidden_size"] = 256
-    job = _job("train", ("o",), exp="wide", cfg=[{"name": "wide", "model": wide_model, "train": base["train"]}])
-    assert resolver.params(job) == [{"config/default.yaml": ["model", "study.experiments.wide", "train"]}]
-    base_job = _job("train", ("o",), exp="base", cfg=[{"name": "base", "model": base["model"]}])
-    assert resolver.params(base_job) == [{"config/default.yaml": ["model"]}]
-    stray = _job("train", ("o",), exp="base", cfg=[{"model": wide_model}])  # changed, but by nothing declared
-    with pytest.raises(ValueError, match="model.decoder.hidden_size"):
-        resolver.params(stray)
+    targets = target_rules(REPO)
+    for fig in figures:
+        assert fig in stages and f"results/figures/{fig}.png" in stages[fig]["outs"], fig
+        assert fig in targets
 
 
 # -- dvc plots show, offline -------------------------------------------------------------------------
@@ -257,5 +213,5 @@ def test_commit_refuses_while_snakemake_has_work_left_and_outside_a_clone_record
     assert "not a git clone" in outside.stdout and not (project / "dvc.lock").exists()
     run(["git", "init", "-q"], project)
     fresh = subprocess.run(commit, cwd=project, capture_output=True, text=True)
-    assert fresh.returncode == 1 and "job(s) left for the default target" in fresh.stderr, fresh.stderr[-2000:]
+    assert fresh.returncode == 1 and "work left for the default target" in fresh.stderr, fresh.stderr[-2000:]
     assert "run `snakemake --cores all` first" in fresh.stderr and not (project / "dvc.lock").exists()

@@ -87,11 +87,11 @@ def _prose_run(text: str | None) -> bool:
 
 def test_a_newline_terminator_survives_tokenisation(tmp_path) -> None:
     from mm1.config import TokenizerConfig
-    from mm1.data.packing import Layout, encode_text
+    from mm1.data.packing import PackLayout, encode_text
     from mm1.data.tokenizer import TextTokenizer, train_tokenizer
 
     texts = ["Question: what colour is it? Answer: blue\n", "Q: how many? A: 3\n"] * 20
     tok = TextTokenizer(train_tokenizer(TokenizerConfig(vocab_size=300), texts, tmp_path / "tok.json"))
-    layout = Layout.from_tokenizer(tok, 64, 4, 4)
+    layout = PackLayout.from_tokenizer(tok, 64, 4, 4)
     ids = encode_text(tok, "Question: what colour is it? Answer: blue\n", layout)
     assert tok._tok.decode(list(ids)).endswith("blue\n")

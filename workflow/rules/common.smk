@@ -3,13 +3,16 @@
 import functools
 import json
 
+from mm1.pipeline import Pipeline
+from mm1.stages import STAGES, run_dir
 from mm1.study import Study
 
 STUDY = Study(config, "snakemake config")
+PIPELINE = Pipeline(STUDY)  # each job's inputs, options and commands (mm1.pipeline, mm1.stages)
 RUN = STUDY.base
 EXPERIMENTS = STUDY.names
 FIGURES = list(RUN.study.figures)
-LESSON_FIGURES = sorted({check.figure for lesson in RUN.study.lessons.values() for check in lesson.checks})
+REPORTS = PIPELINE.reports()
 
 
 wildcard_constraints:
@@ -33,20 +36,31 @@ def cfg(stage):
     return lambda w: StageConfig(STUDY.stage_json(stage, w.exp))
 
 
-def run_of(stage, exp):
-    return STUDY.run_of(stage, exp)
+def stage_inputs(stage):
+    """A stage's inputs (mm1.stages): each file or folder it reads of upstream runs, named by its option
+    or path, and the LLM and encoder checkpoints when study.init_* asks for them."""
+
+    def get(w):
+        named = {}
+        for i, path in PIPELINE.inputs(stage, w.exp):
+            if i.path:
+                named[i.stage if i in STAGES[stage].inits else i.option.lstrip("-") or i.path] = path
+        return named
+
+    return get
 
 
-def up(stage, path):
-    """input: ``results/<stage>/<its run for this experiment>/<path>``."""
-    return lambda w: f"results/{stage}/{run_of(stage, w.exp)}/{path}"
+def stage_args(stage):
+    """The options that hand the stage's command its inputs."""
+    return lambda w: PIPELINE.args(stage, w.exp)
 
 
-DATA = "acquire" if RUN.data.source == "acquired" else "world"  # where pre-training data comes from
-
-
-def manifest(w):
-    return f"results/{DATA}/{run_of(DATA, w.exp)}/manifest.parquet"
+def stage_outputs(stage):
+    """The registry's outputs of a stage, under ``results/<stage>/{exp}/``."""
+    folder = run_dir(stage, "{exp}")
+    return {
+        o.name: directory(f"{folder}/{o.path}") if o.folder else f"{folder}/{o.path}" for o in STAGES[stage].outputs
+    }
 
 
 # -- resources -----------------------------------------------------------------------------------
@@ -103,62 +117,7 @@ def training(stage):
     return res
 
 
-# -- inputs that depend on the study ------------------------------------------------------------
-def pretrained(w):
-    """The LLM and encoder checkpoints multimodal pre-training starts from (study.init_*)."""
-    parts = {}
-    if RUN.study.init_decoder:
-        parts["llm"] = f"results/llm/{run_of('llm', w.exp)}/checkpoint"
-    if RUN.study.init_encoder:
-        parts["encoder"] = f"results/encoder/{run_of('encoder', w.exp)}/checkpoint"
-    return parts
-
-
-INIT_FLAG = {"llm": "--init-decoder", "encoder": "--init-encoder"}
-
-
-def figure_runs(fig):
-    """[(cell, run folder)] of a figure: every seed run of every cell, in order (mm1 compare --cell)."""
-    spec = RUN.study.figures[fig]
-    return [
-        (exp, f"results/{spec.evaluation}/{run_of(spec.evaluation, run)}")
-        for exp in spec.experiments
-        for run in STUDY.seed_runs(exp, spec.seeds or RUN.study.seeds)
-    ]
-
-
-def cells(w):
-    """A paper figure's inputs: the result files of each seed run of each cell it compares."""
-    from mm1.figures.compare import FILES  # what mm1 compare reads of each run folder
-
-    files = FILES[RUN.study.figures[w.fig].evaluation]
-    return sorted({f"{folder}/{name}" for _, folder in figure_runs(w.fig) for name in files})
-
-
-def _attr(data, key):
-    for part in key.split("."):
-        data = data[part]
-    return data
-
-
-def figure_meta(fig):
-    """What ``mm1 compare`` needs to place each cell: its values of the figure's x/hue keys, its
-    decoder's (active) parameter count and its effective SFT resolution (px x image grid, as its SFT
-    stage runs: an experiment's sft_only overrides reach only that stage)."""
-    from mm1.models.size import decoder_params
-
-    spec = RUN.study.figures[fig]
-    keys = [k for k in (*spec.x, spec.hue) if k and k != "effective_resolution"]
-    meta = []
-    for exp in spec.experiments:
-        c, sft = STUDY.config(exp), STUDY.stage_config("sft", exp)
-        data = c.model_dump(mode="json")
-        meta.append(
-            {"cell": exp}
-            | {k: _attr(data, k) for k in keys}
-            | {
-                "decoder_params": decoder_params(c.model.decoder, c.model.moe, c.tokenizer.vocab_size).active,
-                "effective_resolution": sft.model.encoder.image_size * sft.sft.image_grid,
-            }
-        )
-    return json.dumps(meta, sort_keys=True)
+# -- reports ------------------------------------------------------------------------------------
+def report_argv(name):
+    """A report's command line (mm1.pipeline), --out excluded; StageConfig keeps its JSON unexpanded."""
+    return [StageConfig(a) for a in REPORTS[name].argv]

@@ -1,12 +1,12 @@
 rule figure:
     """The miniature study's figure: the base run's loss curve and its few-shot scores, plus the table."""
     input:
-        metrics=f"results/train/{STUDY.run_of('train', 'base')}/metrics.csv",
-        scores=f"results/eval/{STUDY.run_of('eval', 'base')}/scores.csv",
+        REPORTS["figure"].inputs,
     output:
         png=report("results/figures/tiny_study.png", caption="../report/tiny_study.rst", category="Base recipe"),
         table=report("results/figures/tiny_study.csv", caption="../report/tiny_study.rst", category="Base recipe"),
         provenance="results/figures/tiny_study.provenance.json",
+        config="results/figures/tiny_study.config.yaml",
     log:
         "logs/figures/tiny_study.log",
     benchmark:
@@ -16,16 +16,17 @@ rule figure:
     threads: 1
     resources:
         **light(),
+    params:
+        argv=report_argv("figure"),
     shell:
-        "mm1 figure --metrics {input.metrics:q} --scores {input.scores:q} "
-        '--out "$(dirname {output.png:q})" > {log:q} 2>&1'
+        "mm1 {params.argv:q} --out results/figures > {log:q} 2>&1"
 
 
 rule compare:
     """A paper figure or table (study.figures) in the paper's form: mean +- 95% CI over the seed runs
     of each cell, with the paper's values beside ours."""
     input:
-        cells,
+        lambda w: REPORTS[w.fig].inputs,
     output:
         png=report(
             "results/figures/{fig}.png",
@@ -41,6 +42,7 @@ rule compare:
         ),
         seeds="results/figures/{fig}.seeds.csv",
         provenance="results/figures/{fig}.provenance.json",
+        config="results/figures/{fig}.config.yaml",
     log:
         "logs/figures/{fig}.log",
     benchmark:
@@ -51,22 +53,20 @@ rule compare:
     resources:
         **light(),
     params:
-        spec=lambda w: StageConfig(RUN.study.figures[w.fig].model_dump_json()),
-        meta=lambda w: StageConfig(figure_meta(w.fig)),
-        cells=lambda w: [arg for exp, folder in figure_runs(w.fig) for arg in ("--cell", f"{exp}={folder}")],
+        argv=lambda w: report_argv(w.fig),
     shell:
-        "mm1 compare --id {wildcards.fig:q} --spec {params.spec:q} --meta {params.meta:q} {params.cells:q} "
-        '--out "$(dirname {output.png:q})" > {log:q} 2>&1'
+        "mm1 {params.argv:q} --out results/figures > {log:q} 2>&1"
 
 
 rule lessons:
     """The paper's six lessons (study.lessons), each tested on the figures' per-seed results."""
     input:
-        [f"results/figures/{fig}.seeds.csv" for fig in LESSON_FIGURES],
+        REPORTS["lessons"].inputs if "lessons" in REPORTS else [],
     output:
         md=report("results/figures/lessons.md", caption="../report/lessons.rst", category="Lessons"),
         table=report("results/figures/lessons.csv", caption="../report/lessons.rst", category="Lessons"),
         provenance="results/figures/lessons.provenance.json",
+        config="results/figures/lessons.config.yaml",
     log:
         "logs/figures/lessons.log",
     benchmark:
@@ -77,20 +77,20 @@ rule lessons:
     resources:
         **light(),
     params:
-        lessons=StageConfig(json.dumps({k: v.model_dump(mode="json") for k, v in RUN.study.lessons.items()})),
-        seeds=[arg for fig in LESSON_FIGURES for arg in ("--seeds", f"{fig}=results/figures/{fig}.seeds.csv")],
+        argv=report_argv("lessons") if "lessons" in REPORTS else [],
     shell:
-        'mm1 lessons --lessons {params.lessons:q} {params.seeds:q} --out "$(dirname {output.md:q})" > {log:q} 2>&1'
+        "mm1 {params.argv:q} --out results/figures > {log:q} 2>&1"
 
 
 rule power:
     """The pilot (study.pilot): the per-run sd of the lessons' metrics and the seeds per arm it implies."""
     input:
-        f"results/figures/{RUN.study.pilot.figure}.seeds.csv" if RUN.study.pilot else [],
+        REPORTS["power"].inputs if "power" in REPORTS else [],
     output:
         md=report("results/figures/power.md", caption="../report/power.rst", category="Lessons"),
         table="results/figures/power.csv",
         provenance="results/figures/power.provenance.json",
+        config="results/figures/power.config.yaml",
     log:
         "logs/figures/power.log",
     benchmark:
@@ -101,9 +101,6 @@ rule power:
     resources:
         **light(),
     params:
-        metrics=[arg for m in (RUN.study.pilot.metrics if RUN.study.pilot else []) for arg in ("--metric", m)],
-        effects=",".join(f"{e:g}" for e in (RUN.study.pilot.effects if RUN.study.pilot else [])),
-        seeds=RUN.study.seeds,
+        argv=report_argv("power") if "power" in REPORTS else [],
     shell:
-        "mm1 power --seeds {input:q} {params.metrics:q} --effects {params.effects:q} --study-seeds {params.seeds:q} "
-        '--out "$(dirname {output.md:q})" > {log:q} 2>&1'
+        "mm1 {params.argv:q} --out results/figures > {log:q} 2>&1"

@@ -16,25 +16,11 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from mm1.config.base import Section
+from mm1.stages import SCORED, STAGES
 
 NAME = r"[A-Za-z0-9][A-Za-z0-9_-]*"  # matched whole (re.fullmatch: a trailing newline fails too)
 BASE = "base"  # the experiment with no overrides: the run as the config file states it
 SECTIONS = ("name", "world", "data", "tokenizer", "model", "parallel", "train", "eval", "sft")
-# Stages whose config a study may adjust (study.stages) -- the rules of workflow/rules/*.smk.
-STAGE_NAMES = (
-    "world",
-    "acquire",
-    "tokenizer",
-    "llm_pack",
-    "llm",
-    "encoder",
-    "pack",
-    "train",
-    "eval",
-    "sft_pack",
-    "sft",
-    "sft_eval",
-)
 
 # An experiment's key whose dotted overrides only the SFT stages apply (mm1.study): Fig 7 raises the SFT
 # input resolution of one pre-trained model, as MM1 does, without re-training its encoder or pre-training.
@@ -65,9 +51,10 @@ class FigureSpec(Section):
     """What the figure shows (its heading)."""
     experiments: list[str] = Field(min_length=1)
     """The cells, in plotting order (names from study.experiments, or "base")."""
-    evaluation: Literal["eval", "sft_eval", "train"] = "eval"
-    """eval: few-shot scores of the pre-trained model; sft_eval: 0-shot scores after SFT;
-    train: the pre-training loss curve (fig6 picks each size's best LR by final loss)."""
+    evaluation: Literal[SCORED] = "eval"  # type: ignore[valid-type]  # the registry's scored stages
+    """The stage whose runs it compares (one with ``scored`` outputs in mm1.stages): eval: few-shot
+    scores of the pre-trained model; sft_eval: 0-shot scores after SFT; train: the pre-training loss
+    curve (fig6 picks each size's best LR by final loss)."""
     form: Literal["bars", "lr_sweep", "benchmarks", "sweep"] = "bars"
     """bars: one panel per metric (TextCore, 0/4/8-shot), a bar per cell with its 95% CI (Table 1,
     Fig 4, Fig 5, Fig 8); lr_sweep: the metric against peak LR per decoder size, each size's best LR
@@ -264,8 +251,8 @@ class StudyConfig(Section):
     @classmethod
     def _stages(cls, value: dict[str, Overrides]) -> dict[str, Overrides]:
         for stage, overrides in value.items():
-            if stage not in STAGE_NAMES:
-                raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGE_NAMES)}")
+            if stage not in STAGES:  # the stage registry, mm1.stages
+                raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
             _check_overrides(f"stage {stage!r}", overrides)
         return value
 

@@ -8,7 +8,7 @@ For each SourceSpec the file at its URL lands in ``out_dir/<name>/<file name>``:
   a byte is written, and a source that sends more (a URL that never ends, /dev/zero) is stopped at
   the cap; either way AcquireError names the source and the cap, and the download is deleted.
 - The sha256 is computed while the bytes arrive (never by reading the file again) and checked
-  before the file is renamed into place; a mismatch deletes the download and raises ChecksumError.
+  before the file is renamed into place; a mismatch deletes the download and raises DownloadChecksumError.
   A file already in place with the right hash is not fetched again.
 - A download cut off is resumed with an HTTP Range request from the partial file's size, with
   ``If-Range`` set to the first response's strong ETag (else Last-Modified), kept in
@@ -20,7 +20,7 @@ For each SourceSpec the file at its URL lands in ``out_dir/<name>/<file name>``:
   partial download is kept for a resume).
 - The file is read with its format's reader; bad samples go to the quarantine. Tar shards are read
   without extracting them; a coco / vqa / llava source that is a tar (JSON + image files) is
-  extracted to ``<name>/extracted/`` by mm1.data.safe_tar, never by tarfile's filters. Either way
+  extracted to ``<name>/extracted/`` by mm1.data.formats.safe_tar, never by tarfile's filters. Either way
   a member whose name could leave its folder, a link of any kind, a special file, or a member
   larger than the limit (webdataset's MAX_MEMBER_BYTES read in place, MAX_EXTRACTED_MEMBER_BYTES
   extracted, and never more than the archive holds: a sparse-file bomb) raises UnsafeArchiveError
@@ -47,8 +47,9 @@ import polars as pl
 
 from mm1.atomic import write_with
 from mm1.config.data import SourceSpec
-from mm1.data import formats, safe_tar
-from mm1.data.download import AcquireError, fetch, free_space
+from mm1.data import formats
+from mm1.data.download import AcquireError, fetch, free_space_note
+from mm1.data.formats import safe_tar
 from mm1.data.formats._common import Sink
 from mm1.data.formats.text import json_lines
 from mm1.data.quarantine import Quarantine
@@ -142,7 +143,7 @@ def _drain(it) -> None:
 
 
 def _extract(spec: SourceSpec, path: Path) -> Path:
-    """Extract the tar ``path`` to ``<its folder>/extracted`` with mm1.data.safe_tar; return that folder."""
+    """Extract the tar ``path`` to ``<its folder>/extracted`` with mm1.data.formats.safe_tar; return that folder."""
     dest = path.parent / "extracted"
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".extracting-"))
     try:
@@ -156,7 +157,7 @@ def _extract(spec: SourceSpec, path: Path) -> Path:
     except OSError as e:  # writing the members: disk full, quota, read-only...
         shutil.rmtree(tmp)
         raise AcquireError(
-            f"source {spec.name!r}: cannot extract {path} into {path.parent} ({e.strerror or e}; {free_space(path.parent)})"
+            f"source {spec.name!r}: cannot extract {path} into {path.parent} ({e.strerror or e}; {free_space_note(path.parent)})"
         ) from e
     if dest.exists():
         shutil.rmtree(dest)

@@ -23,8 +23,7 @@ from urllib.parse import unquote, urlparse
 
 from mm1.atomic import write_with
 from mm1.config.data import SourceSpec
-from mm1.data.sources import ChecksumError as _FileChecksumError
-from mm1.data.sources import sha256_file
+from mm1.data.sources import DataChecksumError, sha256_file
 from mm1.progress import progress
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,7 @@ class AcquireError(RuntimeError):
     """A source could not be acquired: unreachable, unsupported URL, empty..."""
 
 
-class ChecksumError(AcquireError, _FileChecksumError):
+class DownloadChecksumError(AcquireError, DataChecksumError):
     """A downloaded file does not have the sha256 its SourceSpec names."""
 
 
@@ -191,7 +190,7 @@ class _Download:
                 )
             self.partial.unlink(missing_ok=True)
             self.state.unlink(missing_ok=True)
-            raise ChecksumError(
+            raise DownloadChecksumError(
                 f"source {self.spec.name!r}: {self.spec.url} has sha256 {actual}, expected {self.spec.sha256}"
                 f"{how}; the download was deleted"
             )
@@ -209,13 +208,13 @@ def _read(body: BinaryIO, size: int) -> bytes:
 def _write_error(spec: SourceSpec, partial: Path, e: OSError) -> AcquireError:
     """A local write failed (disk full, quota, read-only...): no retry helps, so say so at once."""
     return AcquireError(
-        f"source {spec.name!r}: cannot write the download to {partial} ({e.strerror or e}; {free_space(partial.parent)}); "
+        f"source {spec.name!r}: cannot write the download to {partial} ({e.strerror or e}; {free_space_note(partial.parent)}); "
         "make room or point the acquire stage's output elsewhere, then run it again (the part already "
         "downloaded is kept and resumed)"
     )
 
 
-def free_space(folder: Path) -> str:
+def free_space_note(folder: Path) -> str:
     try:
         return f"{shutil.disk_usage(folder).free} bytes free there"
     except OSError:

@@ -30,7 +30,7 @@ import numpy as np
 import polars as pl
 
 from mm1.config.data import MixtureConfig
-from mm1.data.packing import SOURCES, Layout, PackedSequence
+from mm1.data.packing import SOURCES, PackedSequence, PackLayout
 from mm1.data.record_streams import CaptionStream, InterleavedStream, Stream, TextStream
 from mm1.data.tokenizer import TextTokenizer
 
@@ -68,7 +68,7 @@ class MixtureSampler:
                     f"records; provide {name} data or set data.mixture.{name}=0"
                 )
         self.mixture, self.seed, self.dp_rank, self.dp_size = mixture, seed, dp_rank, dp_size
-        self.layout = Layout.from_tokenizer(tokenizer, seq_length, image_tokens, mixture.max_images_per_sequence)
+        self.layout = PackLayout.from_tokenizer(tokenizer, seq_length, image_tokens, mixture.max_images_per_sequence)
         self.active = tuple(s for s in SOURCES if fractions[s] > 0)
         cdf = np.cumsum([fractions[s] for s in self.active])
         cdf[-1] = 1.0

@@ -74,7 +74,7 @@ class PackedSequence:
 
 
 @dataclass(frozen=True)
-class Layout:
+class PackLayout:
     """Sizes and special ids every packed sequence is built with."""
 
     seq_length: int
@@ -98,7 +98,7 @@ class Layout:
             )
 
     @classmethod
-    def from_tokenizer(cls, tok: TextTokenizer, seq_length: int, image_tokens: int, max_images: int) -> Layout:
+    def from_tokenizer(cls, tok: TextTokenizer, seq_length: int, image_tokens: int, max_images: int) -> PackLayout:
         return cls(seq_length, image_tokens, max_images, tok.pad_id, tok.bos_id, tok.eos_id, tok.image_id, tok.eoc_id)
 
     @property
@@ -111,7 +111,7 @@ class Layout:
         return np.array([self.pad_id, self.bos_id, self.eos_id, self.image_id, self.eoc_id], dtype=np.int32)
 
 
-def encode_text(tok: TextTokenizer, text: str, layout: Layout) -> np.ndarray:
+def encode_text(tok: TextTokenizer, text: str, layout: PackLayout) -> np.ndarray:
     """Token ids of ``text`` (int32) without any special id. TextTokenizer already encodes a literal
     "<image>" or "<eos>" in web text as plain text; the filter guards tokenizers that do not."""
     ids = np.asarray(tok.encode(text), dtype=np.int32)
@@ -119,7 +119,7 @@ def encode_text(tok: TextTokenizer, text: str, layout: Layout) -> np.ndarray:
     return ids[~special] if special.any() else ids
 
 
-def _finish(layout: Layout, parts: list[np.ndarray], images: list[bytes], source: str) -> PackedSequence:
+def _finish(layout: PackLayout, parts: list[np.ndarray], images: list[bytes], source: str) -> PackedSequence:
     tokens = np.full(layout.budget, layout.pad_id, dtype=np.int32)
     ids = np.concatenate(parts) if parts else np.empty(0, np.int32)
     tokens[: len(ids)] = ids
@@ -131,12 +131,12 @@ def _finish(layout: Layout, parts: list[np.ndarray], images: list[bytes], source
 # --- caption pairs --------------------------------------------------------------------------------
 
 
-def caption_pair_length(layout: Layout, caption: np.ndarray) -> int:
+def caption_pair_length(layout: PackLayout, caption: np.ndarray) -> int:
     """Tokens one pair takes: N image slots, the caption, <eoc>."""
     return layout.image_tokens + len(caption) + 1
 
 
-def captions_that_fit(layout: Layout, lengths: Iterable[int]) -> int:
+def captions_that_fit(layout: PackLayout, lengths: Iterable[int]) -> int:
     """How many of the next pairs (their caption lengths, in order) go into one sequence: pairs are
     added until the next one does not fit or max_images is reached; always at least one (a pair
     longer than the sequence is cut, see :func:`caption_sequence`)."""
@@ -150,7 +150,7 @@ def captions_that_fit(layout: Layout, lengths: Iterable[int]) -> int:
     return max(n, 1)
 
 
-def caption_sequence(layout: Layout, pairs: Sequence[tuple[bytes, np.ndarray]]) -> PackedSequence:
+def caption_sequence(layout: PackLayout, pairs: Sequence[tuple[bytes, np.ndarray]]) -> PackedSequence:
     """``<bos>`` then ``<image>xN caption <eoc>`` per pair. A lone pair longer than the sequence
     keeps its image and is cut inside the caption (without ``<eoc>``: the caption did not end)."""
     if not pairs or len(pairs) > layout.max_images:
@@ -175,14 +175,14 @@ Segment = np.ndarray | bytes
 """A piece of an interleaved document: text token ids (int32) or an encoded image."""
 
 
-def document_size(layout: Layout, segments: Sequence[Segment]) -> tuple[int, int]:
+def document_size(layout: PackLayout, segments: Sequence[Segment]) -> tuple[int, int]:
     """(tokens, images) a whole document takes in a sequence: its text, N slots per image, ``<eos>``."""
     images = sum(isinstance(seg, bytes) for seg in segments)
     text = sum(len(seg) for seg in segments if not isinstance(seg, bytes))
     return text + layout.image_tokens * images + 1, images
 
 
-def documents_that_fit(layout: Layout, sizes: Iterable[tuple[int, int]]) -> int:
+def documents_that_fit(layout: PackLayout, sizes: Iterable[tuple[int, int]]) -> int:
     """How many of the next documents (their :func:`document_size`, in order) go into one sequence.
 
     The first always goes in (its images past max_images dropped, cut when it is longer than the
@@ -202,7 +202,7 @@ def documents_that_fit(layout: Layout, sizes: Iterable[tuple[int, int]]) -> int:
     return max(n, 1)
 
 
-def interleaved_sequence(layout: Layout, documents: Sequence[Sequence[Segment]]) -> PackedSequence:
+def interleaved_sequence(layout: PackLayout, documents: Sequence[Sequence[Segment]]) -> PackedSequence:
     """``<bos>``, then each document's text (token arrays) and images (bytes) in order, each ended by ``<eos>``.
 
     The first document: images past max_images are dropped with their slots; when it is longer than
@@ -232,7 +232,7 @@ def interleaved_sequence(layout: Layout, documents: Sequence[Sequence[Segment]])
 
 
 def _lay_out(
-    layout: Layout, segments: Sequence[Segment], parts: list[np.ndarray], images: list[bytes], used: int
+    layout: PackLayout, segments: Sequence[Segment], parts: list[np.ndarray], images: list[bytes], used: int
 ) -> tuple[int, bool]:
     """Append one document's text and image slots to ``parts``/``images`` from position ``used``;
     returns the new position and whether the whole document went in."""
@@ -260,7 +260,7 @@ def _lay_out(
 # --- text-only documents --------------------------------------------------------------------------
 
 
-def text_sequence(layout: Layout, pieces: Sequence[np.ndarray]) -> PackedSequence:
+def text_sequence(layout: PackLayout, pieces: Sequence[np.ndarray]) -> PackedSequence:
     """``<bos>`` then ``pieces`` (document token runs, each ending in ``<eos>`` unless the document
     continues in the next sequence), cut at the sequence's end."""
     parts = [np.array([layout.bos_id], dtype=np.int32), *pieces]

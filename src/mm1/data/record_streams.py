@@ -16,8 +16,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from mm1.data.packing import (
-    Layout,
     PackedSequence,
+    PackLayout,
     Segment,
     caption_sequence,
     captions_that_fit,
@@ -60,7 +60,9 @@ def _synthetic(n: int, seed: int, epoch: int, share: float) -> np.ndarray:
 class CaptionStream:
     """Caption pairs, several per sequence; a pair that does not fit starts the next sequence."""
 
-    def __init__(self, records: Sequence[CaptionSample], layout: Layout, tok: TextTokenizer, seed: int, share: float):
+    def __init__(
+        self, records: Sequence[CaptionSample], layout: PackLayout, tok: TextTokenizer, seed: int, share: float
+    ):
         self.records, self.layout, self.tok, self.seed, self.share = records, layout, tok, seed, share
         self.order = Order(len(records), seed, 0)
         self.cache: dict[tuple[int, str], np.ndarray] = {}
@@ -107,7 +109,7 @@ class InterleavedStream:
     """Whole documents back to back, several per sequence; a document that does not fit starts the
     next sequence, and one longer than a sequence is cut (its rest is dropped)."""
 
-    def __init__(self, records: Sequence[InterleavedDoc], layout: Layout, tok: TextTokenizer, seed: int):
+    def __init__(self, records: Sequence[InterleavedDoc], layout: PackLayout, tok: TextTokenizer, seed: int):
         self.records, self.layout, self.tok = records, layout, tok
         self.order = Order(len(records), seed, 1)
         self.cache: dict[int, list[Segment]] = {}
@@ -150,7 +152,7 @@ class InterleavedStream:
 class TextStream:
     """One continuous stream ``doc <eos> doc <eos> ...`` cut into sequences; nothing is dropped."""
 
-    def __init__(self, records: Sequence[TextDoc], layout: Layout, tok: TextTokenizer, seed: int):
+    def __init__(self, records: Sequence[TextDoc], layout: PackLayout, tok: TextTokenizer, seed: int):
         self.records, self.layout, self.tok = records, layout, tok
         self.order = Order(len(records), seed, 2)
         self.offset = 0  # tokens of the current document already used

@@ -35,7 +35,7 @@ from mm1.config.sft import IMAGE_PLACEHOLDER, SFTConfig
 from mm1.data.formats import read_llava
 from mm1.data.image_split import images_per_picture, split_image_bytes
 from mm1.data.packed_io import write_packed
-from mm1.data.packing import Layout, PackedSequence, encode_text
+from mm1.data.packing import PackedSequence, PackLayout, encode_text
 from mm1.data.quarantine import Quarantine
 from mm1.data.records import Conversation
 from mm1.data.sources import files_for
@@ -74,12 +74,14 @@ def load_conversations(manifest: Path, quarantine: Quarantine) -> list[Conversat
     return out
 
 
-def sft_layout(tok: TextTokenizer, cfg: SFTConfig, seq_length: int, image_tokens: int) -> Layout:
+def sft_layout(tok: TextTokenizer, cfg: SFTConfig, seq_length: int, image_tokens: int) -> PackLayout:
     """The packer's layout for SFT: ``image_tokens`` slots per crop, one picture per sequence."""
-    return Layout.from_tokenizer(tok, seq_length, image_tokens, images_per_picture(cfg.image_grid))
+    return PackLayout.from_tokenizer(tok, seq_length, image_tokens, images_per_picture(cfg.image_grid))
 
 
-def user_turn(human: str, cfg: SFTConfig, tok: TextTokenizer, layout: Layout, slots: np.ndarray | None) -> np.ndarray:
+def user_turn(
+    human: str, cfg: SFTConfig, tok: TextTokenizer, layout: PackLayout, slots: np.ndarray | None
+) -> np.ndarray:
     """A human turn through ``cfg.user_template``; with ``slots`` the picture's slots go where it
     says ``<image>`` (the whitespace around it dropped) or before it."""
     prompt = cfg.user_template.format(text=human)
@@ -89,7 +91,7 @@ def user_turn(human: str, cfg: SFTConfig, tok: TextTokenizer, layout: Layout, sl
     return np.concatenate([encode_text(tok, before.rstrip(), layout), slots, encode_text(tok, after.lstrip(), layout)])
 
 
-def _exchanges(conv: Conversation, cfg: SFTConfig, tok: TextTokenizer, layout: Layout) -> list[np.ndarray]:
+def _exchanges(conv: Conversation, cfg: SFTConfig, tok: TextTokenizer, layout: PackLayout) -> list[np.ndarray]:
     """Per exchange (human, answer): its token ids and, stacked below, 1 where a token has loss. (2, L)"""
     slots = np.full(layout.image_tokens * layout.max_images, layout.image_id, dtype=np.int32)
     eos = np.array([layout.eos_id], dtype=np.int32)
@@ -104,7 +106,7 @@ def _exchanges(conv: Conversation, cfg: SFTConfig, tok: TextTokenizer, layout: L
 
 
 def conversation_sequence(
-    conv: Conversation, cfg: SFTConfig, tok: TextTokenizer, layout: Layout, image_size: int
+    conv: Conversation, cfg: SFTConfig, tok: TextTokenizer, layout: PackLayout, image_size: int
 ) -> tuple[PackedSequence | None, bool]:
     """(the sequence, or None when even the first exchange does not fit; whether exchanges were cut)."""
     head = [np.array([layout.bos_id], dtype=np.int32)]
@@ -136,7 +138,7 @@ def _order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def sft_sequences(
-    conversations: Sequence[Conversation], cfg: SFTConfig, tok: TextTokenizer, layout: Layout, image_size: int
+    conversations: Sequence[Conversation], cfg: SFTConfig, tok: TextTokenizer, layout: PackLayout, image_size: int
 ) -> tuple[list[PackedSequence], SFTStats]:
     """Every kept conversation once per epoch, each epoch in its own seeded order."""
     built = [conversation_sequence(conv, cfg, tok, layout, image_size) for conv in conversations]

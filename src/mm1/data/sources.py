@@ -6,7 +6,7 @@ with the format readers; rejected samples go to the quarantine, never silently a
 
 Every file is checked against the manifest's ``sha256`` before it is read: a byte that changed
 after the world or acquire stage wrote the file (disk error, a hand edit, a partial copy) could
-still decode, into different data, so a mismatch raises ChecksumError instead.
+still decode, into different data, so a mismatch raises DataChecksumError instead.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ MANIFEST_COLUMNS = {"name", "format", "role", "path", "sha256"}
 READERS = {"webdataset": "caption", "obelics": "interleaved", "jsonl": "text"}
 
 
-class ChecksumError(ValueError):
+class DataChecksumError(ValueError):
     """A file does not have the sha256 its manifest (or SourceSpec) records."""
 
 
@@ -48,7 +48,7 @@ def read_manifest(path: Path) -> pl.DataFrame:
 
 def files_for(manifest: Path, role: str) -> list[tuple[str, Path]]:
     """(format, absolute path) of every file of ``role``, in manifest order, each checked against
-    the manifest's sha256 (ChecksumError naming the manifest, the file and both hashes)."""
+    the manifest's sha256 (DataChecksumError naming the manifest, the file and both hashes)."""
     df = read_manifest(manifest).filter(pl.col("role") == role)
     root = Path(manifest).parent
     out = []
@@ -60,14 +60,14 @@ def files_for(manifest: Path, role: str) -> list[tuple[str, Path]]:
 
 
 def verify(manifest: Path, path: Path, expected: str | None) -> None:
-    """ChecksumError unless ``path`` has the sha256 ``expected`` that ``manifest`` records for it."""
+    """DataChecksumError unless ``path`` has the sha256 ``expected`` that ``manifest`` records for it."""
     if not path.is_file():
         raise FileNotFoundError(f"data manifest {manifest} lists {path}, which does not exist")
     if not expected:
-        raise ChecksumError(f"data manifest {manifest} records no sha256 for {path}; run its stage again")
+        raise DataChecksumError(f"data manifest {manifest} records no sha256 for {path}; run its stage again")
     actual = sha256_file(path)
     if actual != expected:
-        raise ChecksumError(
+        raise DataChecksumError(
             f"{path} has sha256 {actual}, but data manifest {manifest} records {expected}: the file changed "
             "after it was written (disk error or an edit); run the world or acquire stage again"
         )

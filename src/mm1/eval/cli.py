@@ -38,9 +38,11 @@ def _cmd_score_vqa(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub, config_args: Callable, resolve: Callable) -> None:
-    """``mm1 eval``: ``config_args`` adds the config flags, ``resolve`` turns them into a RunConfig."""
-    ev = sub.add_parser("eval", help="evaluate a checkpoint on the benchmarks, or score prediction files")
+HELP = "evaluate a checkpoint on the benchmarks, or score prediction files"
+
+
+def add_subcommands(ev: argparse.ArgumentParser, config_args: Callable, resolve: Callable) -> None:
+    """``mm1 eval``'s subcommands: ``config_args`` adds the config flags, ``resolve`` turns them into a RunConfig."""
     cmds = ev.add_subparsers(dest="eval_command", required=True)
     run = cmds.add_parser(
         "run", help="few-shot captioning/VQA + TextCore (pre-trained) or 0-shot + multiple choice (--sft)"

@@ -48,11 +48,12 @@ from mm1.config.eval import GENERATION_METRIC, TABLE4_TASKS
 from mm1.data.formats import read_multiple_choice, read_text_tasks
 from mm1.data.image_split import images_per_picture, split_image_bytes
 from mm1.data.images import stack_images
-from mm1.data.packing import Layout, encode_text
+from mm1.data.packing import PackLayout, encode_text
 from mm1.data.sft import user_turn
 from mm1.data.tokenizer import TextTokenizer
 from mm1.eval.benchmarks import Benchmark, demo_example, load_benchmark
 from mm1.eval.cider import cider_d
+from mm1.eval.context import EvalContext
 from mm1.eval.generate import greedy
 from mm1.eval.likelihood import Candidate, continuation_logprobs
 from mm1.eval.ll_scores import caption_likelihood, vqa_likelihood
@@ -65,9 +66,10 @@ from mm1.models.encoder import patch_features
 from mm1.models.mm1_model import MM1Model
 from mm1.parallel.setup import distributed
 from mm1.progress import progress
+from mm1.stages import STAGES
 from mm1.train import checkpoint
 
-SECTIONS = ("eval", "sft")
+SECTIONS = STAGES["eval"].reads  # the config sections the evaluation stages read (mm1.stages)
 """Config sections the stage reads (sft: the chat template of SFT checkpoints)."""
 
 
@@ -77,24 +79,6 @@ class EvalResult:
     """One row per (benchmark, shots, metric)."""
     summary: pl.DataFrame
     """Per shots: captioning, VQA and overall averages, TextCore / multiple choice."""
-
-
-@dataclass
-class _Context:
-    cfg: EvalConfig
-    sft: SFTConfig | None
-    model: MM1Model
-    mc: ModelConfig
-    tok: TextTokenizer
-    device: torch.device
-
-    @property
-    def image_size(self) -> int:
-        return self.mc.encoder.image_size
-
-    @property
-    def max_length(self) -> int:
-        return self.mc.decoder.seq_length
 
 
 def evaluate(
@@ -129,7 +113,7 @@ def evaluate(
         model = MM1Model(mc, vocab_size=tok.vocab_size, image_token_id=tok.image_id).to(rank.device)
         checkpoint.load_into(model, ckpt)
         model.eval()
-        ctx = _Context(cfg, sft, model, mc, tok, rank.device)
+        ctx = EvalContext(cfg, sft, model, mc, tok, rank.device)
         for bench in benches:
             inputs |= {f"{bench.name}/{k}": p for k, p in bench.files.items()}
             order = _demo_order(ctx, bench, max(shots))  # every val item; generation reads the first n_gen
@@ -183,7 +167,7 @@ def _resolve(root: Path, value: str) -> Path:
 # --- demonstrations ----------------------------------------------------------------------------
 
 
-def _demo_order(ctx: _Context, bench: Benchmark, k_max: int) -> list[list[int]]:
+def _demo_order(ctx: EvalContext, bench: Benchmark, k_max: int) -> list[list[int]]:
     """Per evaluated item, ``k_max`` pool indices; the k-shot prompt uses the last k of them.
     random: a seeded draw per (seed, benchmark, item); rices: ascending similarity, so the most
     similar demonstration stands next to the query."""
@@ -206,7 +190,7 @@ def _demo_order(ctx: _Context, bench: Benchmark, k_max: int) -> list[list[int]]:
 
 
 @torch.no_grad()
-def _features(ctx: _Context, images: list[bytes], chunk: int = 64) -> torch.Tensor:
+def _features(ctx: EvalContext, images: list[bytes], chunk: int = 64) -> torch.Tensor:
     """L2-normalised mean patch features of the model's own encoder (RICES similarity)."""
     out = []
     for start in range(0, len(images), chunk):
@@ -219,18 +203,18 @@ def _features(ctx: _Context, images: list[bytes], chunk: int = 64) -> torch.Tens
 # --- prompts and generation --------------------------------------------------------------------
 
 
-def _template_text(ctx: _Context, task: str) -> str:
+def _template_text(ctx: EvalContext, task: str) -> str:
     if ctx.sft is None:
         return getattr(ctx.cfg, task).template
     instruction = ctx.cfg.sft.caption_instruction if task == "captioning" else ctx.cfg.sft.vqa_instruction
     return ctx.sft.system_prompt + ctx.sft.user_template.format(text="<image>\n" + instruction)
 
 
-def _sft_prompt(ctx: _Context, human: str, image: bytes | None) -> Prompt:
+def _sft_prompt(ctx: EvalContext, human: str, image: bytes | None) -> Prompt:
     """<bos> system user-turn (the picture's slots where it says <image>), ready for the answer."""
     grid = ctx.sft.image_grid
     n_img = images_per_picture(grid) if image is not None else 0
-    layout = Layout.from_tokenizer(ctx.tok, ctx.max_length, ctx.mc.connector.num_tokens, max(1, n_img))
+    layout = PackLayout.from_tokenizer(ctx.tok, ctx.max_length, ctx.mc.connector.num_tokens, max(1, n_img))
     ids = [ctx.tok.bos_id] + (ctx.tok.encode(ctx.sft.system_prompt) if ctx.sft.system_prompt else [])
     slots = np.full(ctx.mc.connector.num_tokens * n_img, ctx.tok.image_id, dtype=np.int32) if image else None
     ids += user_turn(human, ctx.sft, ctx.tok, layout, slots).tolist()
@@ -238,7 +222,7 @@ def _sft_prompt(ctx: _Context, human: str, image: bytes | None) -> Prompt:
     return Prompt(ids=ids, images=images, shots=0, dropped=0)
 
 
-def _prompts(ctx: _Context, bench: Benchmark, order: list[list[int]], k: int) -> list[Prompt]:
+def _prompts(ctx: EvalContext, bench: Benchmark, order: list[list[int]], k: int) -> list[Prompt]:
     if ctx.sft is not None:
         if bench.task == "captioning":
             human = "<image>\n" + ctx.cfg.sft.caption_instruction
@@ -260,7 +244,7 @@ def _prompts(ctx: _Context, bench: Benchmark, order: list[list[int]], k: int) ->
     return out
 
 
-def _answer_text(ctx: _Context, task: str, text: str) -> str:
+def _answer_text(ctx: EvalContext, task: str, text: str) -> str:
     if ctx.sft is not None:
         head = ctx.sft.assistant_template.partition("{text}")[0].strip()
         text = text.strip()
@@ -269,7 +253,7 @@ def _answer_text(ctx: _Context, task: str, text: str) -> str:
     return cut_at_stops(text, getattr(ctx.cfg, task).stop)
 
 
-def _run_task(ctx: _Context, bench: Benchmark, order: list[list[int]], k: int) -> tuple[dict[int, str], int, float]:
+def _run_task(ctx: EvalContext, bench: Benchmark, order: list[list[int]], k: int) -> tuple[dict[int, str], int, float]:
     """Predictions keyed by image id / question id, demonstrations dropped, mean shots kept."""
     prompts = _prompts(ctx, bench, order, k)
     max_new = getattr(ctx.cfg, bench.task).max_new_tokens
@@ -287,7 +271,7 @@ def _run_task(ctx: _Context, bench: Benchmark, order: list[list[int]], k: int) -
 
 
 def _likelihood_task(
-    ctx: _Context, bench: Benchmark, order: list[list[int]], shots: Sequence[int], out_dir: Path | None
+    ctx: EvalContext, bench: Benchmark, order: list[list[int]], shots: Sequence[int], out_dir: Path | None
 ) -> list[dict]:
     """The likelihood rows of one benchmark at every shot count; with ``out_dir`` its per-item files too."""
     score = caption_likelihood if bench.task == "captioning" else vqa_likelihood
@@ -329,7 +313,7 @@ def _score_task(
 # --- multiple choice by likelihood ---------------------------------------------------------------
 
 
-def _choose(ctx: _Context, groups: list[list[Candidate]], desc: str) -> list[int]:
+def _choose(ctx: EvalContext, groups: list[list[Candidate]], desc: str) -> list[int]:
     """Per group of candidates (one per choice), the index of the most likely one."""
     flat = [(g, c) for g, cands in enumerate(groups) for c in cands]
     scores: list[float] = []
@@ -358,7 +342,7 @@ def _accuracy_rows(name: str, kinds: Sequence[str], correct: Sequence[bool], tem
     return rows
 
 
-def _textcore(ctx: _Context, path: Path) -> list[dict]:
+def _textcore(ctx: EvalContext, path: Path) -> list[dict]:
     """TextCore: each item's choices scored as continuations of its prompt (text only)."""
     tasks = read_text_tasks(path)
     missing = [t.id for t in tasks if not t.choices]
@@ -373,12 +357,12 @@ def _textcore(ctx: _Context, path: Path) -> list[dict]:
     return _accuracy_rows("textcore", [t.task for t in tasks], correct, "{prompt} {choice}")
 
 
-def _multiple_choice(ctx: _Context, path: Path) -> list[dict]:
+def _multiple_choice(ctx: EvalContext, path: Path) -> list[dict]:
     """SFT multiple choice: each choice scored as the assistant's answer (with its <eos>)."""
     items = read_multiple_choice(path)
     if not items:
         raise ValueError(f"{path}: no multiple-choice item")
-    layout = Layout.from_tokenizer(ctx.tok, ctx.max_length, ctx.mc.connector.num_tokens, 1)
+    layout = PackLayout.from_tokenizer(ctx.tok, ctx.max_length, ctx.mc.connector.num_tokens, 1)
     groups = []
     for it in items:
         human = ("<image>\n" if it.image is not None else "") + it.question

@@ -40,7 +40,6 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -48,12 +47,10 @@ import torch
 from mm1.config.eval import LIKELIHOOD_METRIC
 from mm1.data.images import stack_images
 from mm1.eval.benchmarks import Benchmark, Item, demo_example
+from mm1.eval.context import EvalContext
 from mm1.eval.likelihood import Prefixed, prefix_logprobs
 from mm1.eval.prompts import Prompt, Template, build_prompt
 from mm1.eval.vqa_metric import vqa_scores
-
-if TYPE_CHECKING:
-    from mm1.eval.harness import _Context
 
 
 def canonical_answer(item: Item) -> str:
@@ -89,7 +86,7 @@ def shuffled_images(prompts: list[Prompt]) -> list[Prompt] | None:
     return [replace(p, images=[swap[png] for png in p.images]) for p in prompts]
 
 
-def _score(ctx: _Context, bench: Benchmark, order: list[list[int]], shots: Sequence[int], answers: list[list[str]]):
+def _score(ctx: EvalContext, bench: Benchmark, order: list[list[int]], shots: Sequence[int], answers: list[list[str]]):
     """Per shot count k: each item's k-shot prompt and each answer's token log-probabilities after it;
     with 0 among the shots also the shuffled-image control's (key :data:`SHUFFLED`)."""
     pc = getattr(ctx.cfg, bench.task)
@@ -125,7 +122,7 @@ def _score(ctx: _Context, bench: Benchmark, order: list[list[int]], shots: Seque
 
 
 @torch.no_grad()
-def _encode(ctx: _Context, images: list[bytes], chunk: int = 64) -> torch.Tensor:
+def _encode(ctx: EvalContext, images: list[bytes], chunk: int = 64) -> torch.Tensor:
     """(U, N, H) image tokens of each distinct image, in order (every image is encoded once)."""
     out = [torch.zeros(0, ctx.mc.connector.num_tokens, ctx.mc.decoder.hidden_size, device=ctx.device)]
     for start in range(0, len(images), chunk):
@@ -141,7 +138,7 @@ def _row(bench: Benchmark, k: int, metric: str, value: float, prompts: list[Prom
 
 
 def vqa_likelihood(
-    ctx: _Context, bench: Benchmark, order: list[list[int]], shots: Sequence[int]
+    ctx: EvalContext, bench: Benchmark, order: list[list[int]], shots: Sequence[int]
 ) -> tuple[list[dict], dict[int, dict]]:
     """Per shot count k: the ll_accuracy row and the ranked answers (k -> question id -> top candidate)."""
     domain = answer_candidates(bench)
@@ -167,7 +164,7 @@ def _metric(name: str, k: int | str) -> tuple[str, int]:
 
 
 def caption_likelihood(
-    ctx: _Context, bench: Benchmark, order: list[list[int]], shots: Sequence[int]
+    ctx: EvalContext, bench: Benchmark, order: list[list[int]], shots: Sequence[int]
 ) -> tuple[list[dict], dict[int, dict]]:
     """Per shot count k: the ref_nll and ref_prob rows and each image's mean reference NLL
     (k -> image id -> nats per token)."""

@@ -26,7 +26,7 @@ from mm1.config.eval import BenchmarkSpec
 from mm1.data.formats.table4 import LETTERS, Table4Item, read_mmbench, read_mmmu, read_scienceqa, read_seed_bench
 from mm1.data.formats.table4_yesno import read_mathvista, read_mme, read_pope
 from mm1.data.images import stack_images
-from mm1.data.packing import Layout, encode_text
+from mm1.data.packing import PackLayout, encode_text
 from mm1.eval.generate import greedy
 from mm1.eval.likelihood import Candidate
 from mm1.eval.table4 import (
@@ -168,7 +168,7 @@ def run_table4(ctx, spec: BenchmarkSpec, root: Path, out_dir: Path | None, sft_p
     ``answer_text(decoded)`` are its prompt builder, likelihood ranker and answer cleaner. With
     ``out_dir`` (the main rank), each item's answer goes to predictions/<name>_0shot.json."""
     items, files = read_table4(spec, root)
-    layout = Layout.from_tokenizer(ctx.tok, ctx.max_length, ctx.mc.connector.num_tokens, 1)
+    layout = PackLayout.from_tokenizer(ctx.tok, ctx.max_length, ctx.mc.connector.num_tokens, 1)
 
     def answer_ids(text: str) -> list[int]:
         return encode_text(ctx.tok, ctx.sft.assistant_template.format(text=text), layout).tolist() + [ctx.tok.eos_id]

@@ -68,8 +68,9 @@ from mm1.config.study import FigureSpec
 from mm1.figures.forms import Meta, render
 from mm1.figures.stats import mean_ci
 from mm1.models.size import LR_INTERCEPT, LR_SLOPE, peak_lr
+from mm1.stages import SCORED, STAGES
 
-FILES = {"eval": ("summary.csv", "scores.csv"), "sft_eval": ("summary.csv", "scores.csv"), "train": ("metrics.csv",)}
+FILES = {name: STAGES[name].scored for name in SCORED}  # what a figure reads of each run it compares
 COLUMNS = {
     "summary.csv": ("shots", "captioning_avg", "vqa_avg", "average", "captioning_ll", "vqa_ll", "average_ll")
     + ("textcore", "multiple_choice"),

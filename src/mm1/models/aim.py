@@ -19,7 +19,7 @@ from torch import nn
 
 from mm1.config import EncoderConfig
 from mm1.models.encoder import build_encoder, patch_features
-from mm1.models.megatron_config import Layout, encoder_config
+from mm1.models.megatron_config import MegatronLayout, encoder_config
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -80,8 +80,8 @@ class PixelHead(nn.Module):
 class AimModel(MegatronModule):
     """forward(images, prefix=None, generator=None) -> the next-patch pixel MSE (scalar)."""
 
-    def __init__(self, cfg: EncoderConfig, layout: Layout | None = None) -> None:
-        layout = layout or Layout()
+    def __init__(self, cfg: EncoderConfig, layout: MegatronLayout | None = None) -> None:
+        layout = layout or MegatronLayout()
         super().__init__(config=encoder_config(cfg, layout))
         self.cfg = cfg
         self.num_patches = cfg.grid * cfg.grid

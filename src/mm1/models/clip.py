@@ -20,7 +20,7 @@ from torch import nn
 from mm1.config import ClipHeadConfig, EncoderConfig
 from mm1.models.attention import with_sdpa
 from mm1.models.encoder import build_encoder, patch_features
-from mm1.models.megatron_config import Layout, encoder_config
+from mm1.models.megatron_config import MegatronLayout, encoder_config
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -39,7 +39,7 @@ class TextTower(MegatronModule):
     4x MLP as in CLIP.
     """
 
-    def __init__(self, head: ClipHeadConfig, enc: EncoderConfig, vocab_size: int, layout: Layout) -> None:
+    def __init__(self, head: ClipHeadConfig, enc: EncoderConfig, vocab_size: int, layout: MegatronLayout) -> None:
         text = EncoderConfig(
             hidden_size=head.text_hidden_size,
             num_layers=head.text_layers,
@@ -72,8 +72,8 @@ class TextTower(MegatronModule):
 class ClipModel(MegatronModule):
     """forward(images, text, text_lengths) -> the symmetric InfoNCE loss (scalar)."""
 
-    def __init__(self, cfg: EncoderConfig, vocab_size: int, layout: Layout | None = None) -> None:
-        layout = layout or Layout()
+    def __init__(self, cfg: EncoderConfig, vocab_size: int, layout: MegatronLayout | None = None) -> None:
+        layout = layout or MegatronLayout()
         super().__init__(config=encoder_config(cfg, layout))
         self.cfg = cfg
         head = cfg.clip

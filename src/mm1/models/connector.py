@@ -17,7 +17,8 @@ computes the same image tokens. Megatron's ``sharded_state_dict`` saves these pl
 replicated tensors. The connectors hold no buffers (no BatchNorm), and their initialisation depends only
 on the torch seed: weights ~ N(0, 0.02), biases 0, norm gains 1.
 
-``connector_params`` gives each connector's parameter count by arithmetic alone, for the presets.
+:func:`mm1.models.size.connector_params` gives each connector's parameter count by arithmetic alone,
+for the presets; ``tests/models/test_connectors.py`` holds it equal to these modules.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from mm1.config import ConnectorConfig
+from mm1.models.size import se_width
 
 INIT_STD = 0.02
 
@@ -52,10 +54,6 @@ def _pooled_side(cfg: ConnectorConfig, grid: int) -> int:
     return side
 
 
-def _linear(n_in: int, n_out: int) -> int:
-    return n_in * n_out + n_out
-
-
 # --- average pooling ----------------------------------------------------------------------------
 
 
@@ -71,11 +69,6 @@ class AvgPoolConnector(torch.nn.Module):
         self.grid = grid
         self.proj = torch.nn.Linear(encoder_width, decoder_width)
         _init(self)
-
-    @staticmethod
-    def num_params(cfg: ConnectorConfig, encoder_width: int, grid: int, decoder_width: int) -> int:
-        """The projection: Hv * H + H."""
-        return _linear(encoder_width, decoder_width)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         b, p, hv = patches.shape
@@ -112,12 +105,6 @@ class AttnPoolConnector(torch.nn.Module):
         torch.nn.init.normal_(self.queries, std=INIT_STD)
         _init(self)
 
-    @staticmethod
-    def num_params(cfg: ConnectorConfig, encoder_width: int, grid: int, decoder_width: int) -> int:
-        """Queries N*Hv, two LayerNorms 2*2Hv, q/kv/out projections 4*(Hv^2 + Hv), the projection Hv*H + H."""
-        hv = encoder_width
-        return cfg.num_tokens * hv + 2 * 2 * hv + 4 * _linear(hv, hv) + _linear(hv, decoder_width)
-
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         b, p, hv = patches.shape
         n, h = self.queries.shape[0], self.heads
@@ -141,23 +128,6 @@ class ChannelNorm(torch.nn.LayerNorm):
         return x.permute(0, 3, 1, 2)  # (B, C, h, w)
 
 
-def _se_width(in_channels: int) -> int:
-    """Squeeze-excite bottleneck: a quarter of the block's input channels (timm's se_ratio=0.25)."""
-    return max(1, round(in_channels / 4))
-
-
-def _block_params(c_in: int, c: int) -> int:
-    """Parameters of one RegBlock(c_in -> c); every ChannelNorm holds 2c."""
-    rd = _se_width(c_in)
-    params = c_in * c + 2 * c  # 1x1 conv + norm
-    params += 9 * c + 2 * c  # 3x3 depthwise conv + norm
-    params += _linear(c, rd) + _linear(rd, c)  # squeeze-excite
-    params += c * c + 2 * c  # 1x1 conv + norm
-    if c_in != c:
-        params += c_in * c + 2 * c  # shortcut: 1x1 conv + norm
-    return params
-
-
 class RegBlock(torch.nn.Module):
     """RegNet-Y bottleneck as Honeybee uses it (timm ``Bottleneck``, bottle_ratio 1, group size 1, SE 0.25).
 
@@ -169,7 +139,7 @@ class RegBlock(torch.nn.Module):
 
     def __init__(self, c_in: int, c: int) -> None:
         super().__init__()
-        rd = _se_width(c_in)
+        rd = se_width(c_in)
         self.conv1 = torch.nn.Conv2d(c_in, c, 1, bias=False)
         self.norm1 = ChannelNorm(c)
         self.conv2 = torch.nn.Conv2d(c, c, 3, padding=1, groups=c, bias=False)
@@ -218,13 +188,6 @@ class CAbstractor(torch.nn.Module):
         )
         _init(self)
 
-    @staticmethod
-    def num_params(cfg: ConnectorConfig, encoder_width: int, grid: int, decoder_width: int) -> int:
-        """2 * depth RegBlocks (the first Hv -> W, the rest W -> W) + the readout W*H + H + H*H + H."""
-        w, h = encoder_width, decoder_width
-        blocks = _block_params(encoder_width, w) + (2 * cfg.depth - 1) * _block_params(w, w)
-        return blocks + _linear(w, h) + _linear(h, h)
-
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         b, p, hv = patches.shape
         x = patches.transpose(1, 2).reshape(b, hv, self.grid, self.grid)  # (B, Hv, g, g)
@@ -247,8 +210,3 @@ CONNECTORS: dict[str, type[AvgPoolConnector | AttnPoolConnector | CAbstractor]] 
 def build_connector(cfg: ConnectorConfig, encoder_width: int, grid: int, decoder_width: int) -> torch.nn.Module:
     """The connector ``cfg.kind`` names, mapping (B, grid*grid, encoder_width) -> (B, N, decoder_width)."""
     return CONNECTORS[cfg.kind](cfg, encoder_width, grid, decoder_width)
-
-
-def connector_params(cfg: ConnectorConfig, encoder_width: int, grid: int, decoder_width: int) -> int:
-    """Parameters of the connector ``cfg.kind`` names, by arithmetic (nothing is instantiated)."""
-    return CONNECTORS[cfg.kind].num_params(cfg, encoder_width, grid, decoder_width)

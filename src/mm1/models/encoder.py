@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from mm1.config import EncoderConfig
 from mm1.models.attention import with_sdpa
-from mm1.models.megatron_config import Layout, encoder_config
+from mm1.models.megatron_config import MegatronLayout, encoder_config
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -38,7 +38,7 @@ def vit_layer_spec(attn_mask_type: AttnMaskType = AttnMaskType.no_mask):
 
 
 def build_encoder(
-    cfg: EncoderConfig, layout: Layout, attn_mask_type: AttnMaskType = AttnMaskType.no_mask
+    cfg: EncoderConfig, layout: MegatronLayout, attn_mask_type: AttnMaskType = AttnMaskType.no_mask
 ) -> CLIPViTModel:
     """Images (B, 3, H, W) -> features (B, class_token + grid*grid, hidden).
 

@@ -26,9 +26,12 @@ decoder's cost does not depend on the number of images; the encoder's and connec
 
 from __future__ import annotations
 
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
 from mm1.config import DecoderConfig, EncoderConfig, ModelConfig, MoEConfig, RunConfig
-from mm1.models.mm1_model import padded_vocab_size
-from mm1.models.size import moe_layers
+from mm1.models.connector import build_connector
+from mm1.models.size import moe_layer_indices, padded_vocab_size
 
 
 def encoder_flops(enc: EncoderConfig) -> int:
@@ -41,11 +44,6 @@ def encoder_flops(enc: EncoderConfig) -> int:
 
 def connector_flops(cfg: ModelConfig) -> int:
     """Forward FLOPs of the connector for one image, counted on a meta-device instance."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from mm1.models.connector import build_connector
-
     enc = cfg.encoder
     with torch.device("meta"):
         connector = build_connector(cfg.connector, enc.hidden_size, enc.grid, cfg.decoder.hidden_size)
@@ -61,7 +59,7 @@ def decoder_flops(dec: DecoderConfig, moe: MoEConfig, vocab_size: int) -> int:
     head_dim = h // dec.num_attention_heads
     mlp = 2 * s * (3 if dec.activation == "swiglu" else 2) * h * dec.ffn_hidden_size
     attention = 2 * s * h * (h + 2 * dec.query_groups * head_dim) + 2 * s * h * h + 4 * s * s * h
-    n_moe = len(moe_layers(dec.num_layers, moe))
+    n_moe = len(moe_layer_indices(dec.num_layers, moe))
     dense = (dec.num_layers - n_moe) * (attention + mlp)
     sparse = n_moe * (attention + 2 * s * h * moe.num_experts + moe.top_k * mlp)
     return dense + sparse + 2 * s * h * padded_vocab_size(vocab_size)

@@ -1,7 +1,8 @@
 """Translate mm1 config sections into megatron-core TransformerConfigs.
 
-The parallel sizes arrive as a plain ``Layout`` so that model code never reads process groups;
-the CPU-only flags come from :func:`mm1.parallel.compat.required_flags`.
+The parallel sizes arrive as a plain ``MegatronLayout`` so that model code never reads process groups;
+on CPU :func:`required_flags` turns off what megatron can only do on CUDA (the patches that make
+megatron run on CPU at all are :mod:`mm1.parallel.compat`'s).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import torch.nn.functional as F
 
 from mm1.config import DecoderConfig, EncoderConfig, MoEConfig
 from mm1.models.attention import with_sdpa
-from mm1.parallel import compat
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -28,7 +28,7 @@ with warnings.catch_warnings():
 
 
 @dataclass(frozen=True)
-class Layout:
+class MegatronLayout:
     """Parallel sizes a model is built for (tensor, pipeline, expert), and its number format."""
 
     tp: int = 1
@@ -49,6 +49,27 @@ RECOMPUTE = {
 }
 
 
+# TransformerConfig fields that must hold on CPU: gloo has no batched isend/irecv, and the fused
+# kernels (persistent LayerNorm, gradient-accumulation fusion, bias/softmax/dropout/RoPE fusions)
+# exist only on CUDA. CPU initialisation is set on every device (_common).
+CPU_FLAGS = {
+    "use_cpu_initialization": True,
+    "batch_p2p_comm": False,
+    "batch_p2p_sync": False,
+    "persist_layer_norm": False,
+    "gradient_accumulation_fusion": False,
+    "bias_activation_fusion": False,
+    "masked_softmax_fusion": False,
+    "bias_dropout_fusion": False,
+    "apply_rope_fusion": False,
+}
+
+
+def required_flags() -> dict[str, Any]:
+    """The TransformerConfig fields that must hold where no CUDA device is usable; none on a GPU."""
+    return {} if torch.cuda.is_available() else dict(CPU_FLAGS)
+
+
 def use_transformer_engine() -> bool:
     """The one place that picks the layer implementation: Transformer Engine on CUDA when it is
     installed, megatron's local (pure PyTorch) modules otherwise (always on CPU)."""
@@ -61,7 +82,7 @@ def use_transformer_engine() -> bool:
     return True
 
 
-def _common(layout: Layout) -> dict:
+def _common(layout: MegatronLayout) -> dict:
     return {
         "tensor_model_parallel_size": layout.tp,
         "params_dtype": torch.bfloat16 if layout.bf16 else torch.float32,
@@ -73,7 +94,7 @@ def _common(layout: Layout) -> dict:
         # does not depend on the TP size; the trainer moves it to the GPU afterwards.
         "use_cpu_initialization": True,
         **RECOMPUTE[layout.recompute],
-        **compat.required_flags(),
+        **required_flags(),
     }
 
 
@@ -83,7 +104,7 @@ def _quiet_config(**kwargs) -> TransformerConfig:
         return TransformerConfig(**kwargs)
 
 
-def decoder_config(dec: DecoderConfig, moe: MoEConfig, layout: Layout) -> TransformerConfig:
+def decoder_config(dec: DecoderConfig, moe: MoEConfig, layout: MegatronLayout) -> TransformerConfig:
     """The GPT decoder's TransformerConfig (LLaMA-style by default: RMSNorm, SwiGLU, no biases)."""
     swiglu = dec.activation == "swiglu"
     kwargs = {
@@ -122,7 +143,7 @@ def decoder_config(dec: DecoderConfig, moe: MoEConfig, layout: Layout) -> Transf
     return _quiet_config(**kwargs)
 
 
-def encoder_config(enc: EncoderConfig, layout: Layout) -> TransformerConfig:
+def encoder_config(enc: EncoderConfig, layout: MegatronLayout) -> TransformerConfig:
     """The ViT's TransformerConfig: LayerNorm, GELU, biases; never pipelined (it lives on stage 0)."""
     return _quiet_config(
         **_common(layout),

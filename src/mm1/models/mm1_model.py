@@ -3,19 +3,24 @@
 A sequence holds text token ids and, where an image goes, ``num_tokens`` copies of the
 ``<image>`` id. The first pipeline stage embeds the text, encodes the images, and replaces the
 embeddings at the ``<image>`` positions with the connector's outputs, in order.
+
+:func:`count_mismatches` builds the model on the meta device and holds the analytic counts of
+:mod:`mm1.models.size` to it.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import torch
 
 from mm1.config import ModelConfig
+from mm1.models import size
 from mm1.models.connector import build_connector
 from mm1.models.encoder import build_encoder, patch_features
-from mm1.models.megatron_config import Layout, decoder_config, decoder_layer_spec
-from mm1.models.size import padded_vocab_size
+from mm1.models.megatron_config import MegatronLayout, decoder_config, decoder_layer_spec
+from mm1.models.size import ParamCount, padded_vocab_size
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -55,11 +60,11 @@ class MM1Model(MegatronModule):
         cfg: ModelConfig,
         vocab_size: int,
         image_token_id: int,
-        layout: Layout | None = None,
+        layout: MegatronLayout | None = None,
         pre_process: bool = True,
         post_process: bool = True,
     ) -> None:
-        layout = layout or Layout()
+        layout = layout or MegatronLayout()
         config = decoder_config(cfg.decoder, cfg.moe, layout)
         super().__init__(config=config)
         self.cfg = cfg
@@ -127,3 +132,42 @@ class MM1Model(MegatronModule):
             labels=labels,
             runtime_gather_output=True if gather_logits else None,
         )
+
+
+# --- the parameter counts of an instantiated model -----------------------------------------------
+
+COMPONENTS = {"encoder": "encoder", "connector": "connector", "decoder": "language_model"}
+_IDLE_EXPERT = re.compile(r"\.experts\.local_experts\.(\d+)\.")
+
+
+def instantiated_counts(cfg: ModelConfig, vocab_size: int) -> dict[str, ParamCount]:
+    """``sum(p.numel())`` per component of MM1Model(cfg) built on the meta device.
+
+    Meta tensors carry shapes but no storage, so even the 60B MoE builds in seconds. Active: the
+    parameters of experts ``top_k`` and above of each MoE layer are left out (every expert has the
+    same shape, so which top_k a token picks does not change the count). Call it inside
+    :func:`mm1.parallel.setup.distributed` (megatron needs its process groups to build).
+    """
+    with torch.device("meta"):
+        model = MM1Model(cfg, vocab_size=vocab_size, image_token_id=0)
+    counts = {}
+    for name, attr in COMPONENTS.items():
+        total = active = 0
+        for pname, p in getattr(model, attr).named_parameters():
+            total += p.numel()
+            match = _IDLE_EXPERT.search(pname)
+            if not (match and int(match.group(1)) >= cfg.moe.top_k):
+                active += p.numel()
+        counts[name] = ParamCount(total, active)
+    counts["total"] = counts["encoder"] + counts["connector"] + counts["decoder"]
+    return counts
+
+
+def count_mismatches(cfg: ModelConfig, vocab_size: int) -> list[str]:
+    """Where :func:`mm1.models.size.count_model` and :func:`instantiated_counts` disagree ([] when they agree)."""
+    analytic, built = size.count_model(cfg, vocab_size), instantiated_counts(cfg, vocab_size)
+    return [
+        f"{part}: analytic {analytic[part]} != instantiated {built[part]}"
+        for part in analytic
+        if analytic[part] != built[part]
+    ]

@@ -1,8 +1,10 @@
-"""Analytic parameter counts of the MM1 model and MM1's learning-rate law.
+"""Analytic parameter counts of the MM1 model and MM1's learning-rate law (no torch: a leaf module).
 
 The counts follow the modules megatron-core 0.16.1 actually builds (local specs, as on CPU), so
-they equal ``sum(p.numel())`` of an instantiated :class:`~mm1.models.mm1_model.MM1Model`;
-``mm1 presets --check`` and ``tests/models/test_size.py`` hold them to that.
+they equal ``sum(p.numel())`` of an instantiated :class:`~mm1.models.mm1_model.MM1Model`
+(:func:`mm1.models.mm1_model.count_mismatches`); ``mm1 presets --check`` and
+``tests/models/test_size.py`` hold them to that. This module imports only :mod:`mm1.config` and
+the standard library: the workflow and the figures count parameters without importing torch.
 
 The learning-rate law (MM1 section 3.5, Fig 6) takes N = the decoder's parameter count, embedding
 and output layer included, with the vocabulary padded as instantiated. For an MoE decoder N is the
@@ -14,12 +16,17 @@ parameters only, and the MoE experts are upcycled from the dense FFN the LR was 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
-from mm1.config import DecoderConfig, EncoderConfig, ModelConfig, MoEConfig, RunConfig, TrainConfig
-
-# No torch at import time: the workflow and the figures count parameters without building a model.
+from mm1.config import (
+    ConnectorConfig,
+    DecoderConfig,
+    EncoderConfig,
+    ModelConfig,
+    MoEConfig,
+    RunConfig,
+    TrainConfig,
+)
 
 # MM1 (s): peak LR = exp(LR_SLOPE * ln N + LR_INTERCEPT); weight decay lambda = WD_RATIO * peak LR,
 # decoupled as in AXLearn (Loshchilov & Hutter Alg. 2): each step shrinks a weight by lambda * s(t),
@@ -92,7 +99,7 @@ def _attention(dec: DecoderConfig) -> int:
     return h * (h + 2 * dec.query_groups * head_dim) + h * h
 
 
-def moe_layers(num_layers: int, moe: MoEConfig) -> list[int]:
+def moe_layer_indices(num_layers: int, moe: MoEConfig) -> list[int]:
     """Indices of the MoE layers: megatron's int moe_layer_freq=k makes layer i MoE when i % k == 0
     (layers 0, k, 2k, ...: ceil(num_layers / k) of them)."""
     if not moe.enabled:
@@ -108,9 +115,57 @@ def decoder_params(dec: DecoderConfig, moe: MoEConfig, vocab_size: int) -> Param
     dense_layer = shared + ParamCount.dense(_mlp(dec))
     router = moe.num_experts * h  # no bias: add_bias_linear=False
     moe_layer = shared + ParamCount(router + moe.num_experts * _mlp(dec), router + moe.top_k * _mlp(dec))
-    n_moe = len(moe_layers(dec.num_layers, moe))
+    n_moe = len(moe_layer_indices(dec.num_layers, moe))
     layers = dense_layer * (dec.num_layers - n_moe) + moe_layer * n_moe
     return ParamCount.dense(embed + _norm(dec) + v * h) + layers
+
+
+# --- connector: the three kinds of mm1.models.connector -----------------------------------------
+
+
+def _linear(n_in: int, n_out: int) -> int:
+    return n_in * n_out + n_out
+
+
+def se_width(in_channels: int) -> int:
+    """Squeeze-excite bottleneck of a RegBlock: a quarter of its input channels (timm's se_ratio=0.25)."""
+    return max(1, round(in_channels / 4))
+
+
+def _reg_block(c_in: int, c: int) -> int:
+    """One RegBlock(c_in -> c); every ChannelNorm holds 2c."""
+    rd = se_width(c_in)
+    params = c_in * c + 2 * c  # 1x1 conv + norm
+    params += 9 * c + 2 * c  # 3x3 depthwise conv + norm
+    params += _linear(c, rd) + _linear(rd, c)  # squeeze-excite
+    params += c * c + 2 * c  # 1x1 conv + norm
+    if c_in != c:
+        params += c_in * c + 2 * c  # shortcut: 1x1 conv + norm
+    return params
+
+
+def _avg_pool(cfg: ConnectorConfig, hv: int, h: int) -> int:
+    """The projection: Hv * H + H."""
+    return _linear(hv, h)
+
+
+def _attn_pool(cfg: ConnectorConfig, hv: int, h: int) -> int:
+    """Queries N*Hv, two LayerNorms 2*2Hv, q/kv/out projections 4*(Hv^2 + Hv), the projection Hv*H + H."""
+    return cfg.num_tokens * hv + 2 * 2 * hv + 4 * _linear(hv, hv) + _linear(hv, h)
+
+
+def _c_abstractor(cfg: ConnectorConfig, hv: int, h: int) -> int:
+    """2 * depth RegBlocks of width W = Hv + the readout W*H + H + H*H + H."""
+    blocks = 2 * cfg.depth * _reg_block(hv, hv)
+    return blocks + _linear(hv, h) + _linear(h, h)
+
+
+CONNECTOR_PARAMS = {"avg_pool": _avg_pool, "attn_pool": _attn_pool, "c_abstractor": _c_abstractor}
+
+
+def connector_params(cfg: ConnectorConfig, encoder_width: int, grid: int, decoder_width: int) -> int:
+    """Parameters of the connector ``cfg.kind`` names (the pooled grid size does not change them)."""
+    return CONNECTOR_PARAMS[cfg.kind](cfg, encoder_width, decoder_width)
 
 
 # --- the whole model -----------------------------------------------------------------------------
@@ -122,8 +177,6 @@ def count_model(cfg: ModelConfig, vocab_size: int) -> dict[str, ParamCount]:
     The encoder's pre-training heads (CLIP text tower, AIM pixel head) are not part of MM1Model
     and are not counted.
     """
-    from mm1.models.connector import connector_params  # torch
-
     enc = encoder_params(cfg.encoder)
     con = ParamCount.dense(
         connector_params(cfg.connector, cfg.encoder.hidden_size, cfg.encoder.grid, cfg.decoder.hidden_size)
@@ -173,46 +226,3 @@ def optimizer_hparams(cfg: RunConfig, vocab_size: int | None = None) -> tuple[fl
     if lr is None:
         lr = peak_lr(decoder_params(cfg.model.decoder, cfg.model.moe, vocab).active)
     return lr, torch_weight_decay(cfg.train)
-
-
-# --- the same counts from an instantiated model --------------------------------------------------
-
-COMPONENTS = {"encoder": "encoder", "connector": "connector", "decoder": "language_model"}
-
-
-def instantiated_counts(cfg: ModelConfig, vocab_size: int) -> dict[str, ParamCount]:
-    """``sum(p.numel())`` per component of MM1Model(cfg) built on the meta device.
-
-    Meta tensors carry shapes but no storage, so even the 60B MoE builds in seconds. Active: the
-    parameters of experts ``top_k`` and above of each MoE layer are left out (every expert has the
-    same shape, so which top_k a token picks does not change the count). Call it inside
-    :func:`mm1.parallel.setup.distributed` (megatron needs its process groups to build).
-    """
-    import torch
-
-    from mm1.models.mm1_model import MM1Model
-
-    with torch.device("meta"):
-        model = MM1Model(cfg, vocab_size=vocab_size, image_token_id=0)
-    idle = re.compile(r"\.experts\.local_experts\.(\d+)\.")
-    counts = {}
-    for name, attr in COMPONENTS.items():
-        total = active = 0
-        for pname, p in getattr(model, attr).named_parameters():
-            total += p.numel()
-            match = idle.search(pname)
-            if not (match and int(match.group(1)) >= cfg.moe.top_k):
-                active += p.numel()
-        counts[name] = ParamCount(total, active)
-    counts["total"] = counts["encoder"] + counts["connector"] + counts["decoder"]
-    return counts
-
-
-def count_mismatches(cfg: ModelConfig, vocab_size: int) -> list[str]:
-    """Where :func:`count_model` and :func:`instantiated_counts` disagree ([] when they agree)."""
-    analytic, built = count_model(cfg, vocab_size), instantiated_counts(cfg, vocab_size)
-    return [
-        f"{part}: analytic {analytic[part]} != instantiated {built[part]}"
-        for part in analytic
-        if analytic[part] != built[part]
-    ]

@@ -6,21 +6,20 @@ embeddings, the layers that stay dense) is copied unchanged. The router's softma
 sum to 1 (megatron's default ``moe_router_pre_softmax=False``), so a token's output is
 ``sum_k p_k * FFN(x) = FFN(x)``: before any training the upcycled model computes the same function
 as its dense parent, whatever the router says.
+
+This module maps state dicts; :func:`mm1.train.upcycle.upcycle_checkpoint` reads and writes the
+checkpoints.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from mm1 import provenance
-from mm1.config import ModelConfig, ParallelConfig
-from mm1.models.mm1_model import MM1Model
-from mm1.parallel.setup import distributed
-from mm1.train import checkpoint
+from mm1.config import ModelConfig
+from mm1.models.size import moe_layer_indices
 
 ROUTER_INIT_STD = 0.02
 """Std of the normal draw for the new routers (megatron's init_method_std for the decoder)."""
@@ -35,15 +34,6 @@ _DENSE_FFN = re.compile(
     r"^(?P<layer>language_model\.decoder\.layers\.(?P<index>\d+)\.)mlp\.(?P<rest>linear_fc[12]\..+)$"
 )
 _FUSED_NORM = re.compile(r"^linear_fc1\.layer_norm_(?P<param>weight|bias)$")
-
-
-def moe_layers(cfg: ModelConfig) -> list[int]:
-    """0-based indices of the decoder's MoE layers: megatron's rule for an integer ``moe_layer_freq``
-    (``gpt_layer_specs.get_gpt_decoder_layer_specs``: layer i is MoE when i % freq == 0), so the
-    first layer is always MoE, then every ``layer_freq``-th one."""
-    if not cfg.moe.enabled:
-        return []
-    return [i for i in range(cfg.decoder.num_layers) if i % cfg.moe.layer_freq == 0]
 
 
 def _differences(a: Any, b: Any, path: str) -> list[str]:
@@ -84,7 +74,7 @@ def upcycle_state(
     layer in increasing order, independent of the global RNG.
     """
     check_upcyclable(dense_cfg, moe_cfg)
-    layers = set(moe_layers(moe_cfg))
+    layers = set(moe_layer_indices(moe_cfg.decoder.num_layers, moe_cfg.moe))  # megatron's rule
     experts = moe_cfg.moe.num_experts
     out: dict[str, Any] = {}
     ffn_seen: set[int] = set()
@@ -112,38 +102,3 @@ def upcycle_state(
         router = torch.randn(experts, hidden, generator=gen, dtype=torch.float32) * ROUTER_INIT_STD
         out[f"language_model.decoder.layers.{i}.mlp.router.weight"] = router
     return out
-
-
-def upcycle_checkpoint(dense_ckpt: Path, moe_cfg: ModelConfig, out: Path, seed: int) -> Path:
-    """Upcycle the dense mm1 checkpoint ``dense_ckpt`` to ``moe_cfg`` and save it to ``out``.
-
-    Runs as a plain process (it opens its own one-process group). The result loads under any
-    TP/PP/EP layout like every mm1 checkpoint; its ``model.json`` holds ``moe_cfg`` and, under
-    ``upcycled_from``, the parent's path, content hash and metadata, and the router init.
-    """
-    dense_ckpt = Path(dense_ckpt)
-    meta = checkpoint.read_meta(dense_ckpt)
-    dense_cfg: ModelConfig = meta["model"]
-    check_upcyclable(dense_cfg, moe_cfg)
-    vocab, image_id = meta["vocab_size"], meta["image_token_id"]
-    parent = {**meta, "model": dense_cfg.model_dump(mode="json")}
-    with distributed(ParallelConfig(), seed):
-        dense = MM1Model(dense_cfg, vocab_size=vocab, image_token_id=image_id)
-        checkpoint.load_into(dense, dense_ckpt)
-        state = upcycle_state(dense.state_dict(), dense_cfg, moe_cfg, seed=seed)
-        model = MM1Model(moe_cfg, vocab_size=vocab, image_token_id=image_id)
-        model.load_state_dict(state, strict=True)
-        del dense, state
-        new_meta = {
-            "model": moe_cfg.model_dump(mode="json"),
-            "vocab_size": vocab,
-            "image_token_id": image_id,
-            "upcycled_from": {
-                "checkpoint": str(dense_ckpt),
-                "sha256": provenance.hash_path(dense_ckpt),
-                "meta": parent,
-                "router_init": {"distribution": "normal", "std": ROUTER_INIT_STD, "seed": seed},
-                "git": provenance.git_state(),
-            },
-        }
-        return checkpoint.save(model, new_meta, Path(out))

@@ -54,7 +54,8 @@ Each patch names the megatron functions it covers:
    no-ops (there is no CUDA generator; the same functions save and restore the CPU generator and
    the tracker of patch 2). The recomputed forward's causal mask is patch 3's.
 
-What is *not* patched but must be chosen by the caller on CPU (see :func:`required_flags`):
+What is *not* patched but must be chosen by the caller on CPU (see
+:func:`mm1.models.megatron_config.required_flags`):
 ``use_cpu_initialization=True`` (also makes weights independent of the TP size),
 ``batch_p2p_sync=False``/``batch_p2p_comm=False`` (gloo has no batched isend/irecv),
 ``persist_layer_norm=False``, ``gradient_accumulation_fusion=False``, MoE with
@@ -101,23 +102,6 @@ CUDA_FACTORY_MODULES = (
 def needed() -> bool:
     """True when megatron must be patched: no CUDA device is usable."""
     return not torch.cuda.is_available()
-
-
-def required_flags() -> dict[str, Any]:
-    """TransformerConfig fields that must hold on CPU (merged in by :mod:`mm1.models`)."""
-    if not needed():
-        return {}
-    return {
-        "use_cpu_initialization": True,
-        "batch_p2p_comm": False,
-        "batch_p2p_sync": False,
-        "persist_layer_norm": False,
-        "gradient_accumulation_fusion": False,
-        "bias_activation_fusion": False,
-        "masked_softmax_fusion": False,
-        "bias_dropout_fusion": False,
-        "apply_rope_fusion": False,
-    }
 
 
 def _is_cuda(device: Any) -> bool:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from mm1 import outlock
 from mm1.config import ParallelConfig
+from mm1.parallel.supervise import REQUEUE_EXIT, failure_message, run_supervised
 
 
 def _slurm_tasks() -> int:
@@ -106,21 +107,15 @@ def srun_command(world_size: int, nodes: int, argv: list[str]) -> tuple[list[str
     return cmd, {**os.environ, "OMP_NUM_THREADS": cpus}
 
 
-def _out_arg(argv: list[str]) -> Path | None:
-    """The stage's ``--out`` folder (``--out X`` or ``--out=X``), None if it has none."""
-    for i, arg in enumerate(argv):
-        if arg == "--out" and i + 1 < len(argv):
-            return Path(argv[i + 1])
-        if arg.startswith("--out="):
-            return Path(arg.removeprefix("--out="))
-    return None
-
-
-def relaunch_if_needed(parallel: ParallelConfig, argv: list[str]) -> int | None:
+def relaunch_if_needed(
+    parallel: ParallelConfig, argv: list[str], out: Path | None = None, resume: Path | None = None
+) -> int | None:
     """Return the exit code of a torchrun or srun re-launch, or None when this process should do the work.
 
-    The re-launching process holds the lock of the stage's ``--out`` (:mod:`mm1.outlock`) for the
-    whole job, and tells its ranks so (they take none): a second run on that folder fails at once.
+    The re-launching process holds the lock of the stage's ``out`` folder (:mod:`mm1.outlock`) for
+    the whole job, and tells its ranks so (they take none): a second run on that folder fails at
+    once. It waits through preemption signals (:func:`~mm1.parallel.supervise.run_supervised`:
+    75 asks for a requeue); on a failure it names the stage's ``resume`` folder's newest checkpoint.
     """
     if parallel.world_size == 1 or under_launcher():
         return None
@@ -129,10 +124,10 @@ def relaunch_if_needed(parallel: ParallelConfig, argv: list[str]) -> int | None:
         cmd, env = srun_command(parallel.world_size, nodes, argv)
     else:
         cmd, env = torchrun_command(parallel.world_size, argv)
-    from mm1.train.preempt import run_supervised  # waits through preemption signals; returns 75 to requeue
-
-    out = _out_arg(argv)
     with outlock.hold(out) if out else contextlib.nullcontext():
         if out:  # held here (now, or already by this process): the ranks take none
             env[outlock.HELD_ENV] = str(outlock.lock_path(out))
-        return run_supervised(cmd, env)
+        code = run_supervised(cmd, env)
+    if code not in (0, REQUEUE_EXIT):
+        print(failure_message(code, resume), file=sys.stderr, flush=True)
+    return code

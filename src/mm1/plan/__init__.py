@@ -10,7 +10,7 @@
 
 from mm1.plan.estimate import DEFAULT_MFU, Memory, Plan, estimate
 from mm1.plan.gpus import GPU, GPUS, find_gpu
-from mm1.plan.layout import Layout, PlanError
+from mm1.plan.layout import ClusterLayout, PlanError
 from mm1.plan.report import describe, table
 from mm1.plan.search import check, choose, job_resources
 
@@ -22,7 +22,7 @@ __all__ = [
     "GPU",
     "GPUS",
     "PAPER_PRESETS",
-    "Layout",
+    "ClusterLayout",
     "Memory",
     "Plan",
     "PlanError",

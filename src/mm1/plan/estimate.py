@@ -86,7 +86,7 @@ from dataclasses import dataclass
 from mm1.config import ParallelConfig, RunConfig
 from mm1.plan.facts import Facts, facts
 from mm1.plan.gpus import GPU, find_gpu
-from mm1.plan.layout import Layout, PlanError
+from mm1.plan.layout import ClusterLayout, PlanError
 
 GB = 1e9
 CONTEXT_GB = 3.0  # outside PyTorch's allocator: CUDA context, cuBLAS and NCCL workspaces (measured, docstring)
@@ -134,14 +134,14 @@ def layer_activations(
     return kept
 
 
-def _stage_layers(f: Facts, lay: Layout, stage: int) -> tuple[int, int]:
+def _stage_layers(f: Facts, lay: ClusterLayout, stage: int) -> tuple[int, int]:
     """(dense, MoE) decoder layers on pipeline stage ``stage``."""
     per = f.layers // lay.pp
     moe = sum(1 for i in range(stage * per, (stage + 1) * per) if i in f.moe_ids)
     return per - moe, moe
 
 
-def _stage_params(f: Facts, lay: Layout, stage: int) -> tuple[float, float]:
+def _stage_params(f: Facts, lay: ClusterLayout, stage: int) -> tuple[float, float]:
     """(non-expert, expert) parameters per GPU on stage ``stage``: split over TP (the connector
     replicated), experts over TP x EP."""
     first, last = stage == 0, stage == lay.pp - 1
@@ -150,7 +150,7 @@ def _stage_params(f: Facts, lay: Layout, stage: int) -> tuple[float, float]:
     return split / lay.tp + first * f.connector, n_moe * f.experts / (lay.tp * lay.ep)
 
 
-def _micro_batch_activations(f: Facts, lay: Layout, stage: int, recompute: str) -> float:
+def _micro_batch_activations(f: Facts, lay: ClusterLayout, stage: int, recompute: str) -> float:
     """Bytes one micro-batch keeps on stage ``stage`` (decoder layers; the ViT and connector on the first)."""
     n_dense, n_moe = _stage_layers(f, lay, stage)
     t, b, sp = lay.tp, lay.micro_batch_size, lay.sequence_parallel
@@ -165,7 +165,7 @@ def _micro_batch_activations(f: Facts, lay: Layout, stage: int, recompute: str) 
     return kept
 
 
-def stage_memory(f: Facts, lay: Layout, stage: int) -> Memory:
+def stage_memory(f: Facts, lay: ClusterLayout, stage: int) -> Memory:
     """GB per GPU on pipeline stage ``stage`` (0 .. pp - 1)."""
     last = stage == lay.pp - 1
     dense, expert = _stage_params(f, lay, stage)
@@ -190,7 +190,7 @@ def stage_memory(f: Facts, lay: Layout, stage: int) -> Memory:
     return Memory(*(p / GB for p in parts), CONTEXT_GB + FRAGMENTATION * rest / GB, temporaries / GB)
 
 
-def _collective_seconds(nbytes: float, ranks: int, stride: int, lay: Layout, gpu: GPU) -> float:
+def _collective_seconds(nbytes: float, ranks: int, stride: int, lay: ClusterLayout, gpu: GPU) -> float:
     """Seconds to move ``nbytes`` per GPU through a collective of ``ranks`` ranks ``stride`` apart:
     hierarchically when they span nodes (module docstring)."""
     k = min(ranks, max(1, lay.gpus_per_node // stride))  # ranks of the group on one node
@@ -198,12 +198,12 @@ def _collective_seconds(nbytes: float, ranks: int, stride: int, lay: Layout, gpu
     return nbytes * ((k - 1) / k / (gpu.nvlink_gbps * GB) + (m - 1) / m / (k * gpu.network_gbps * GB))
 
 
-def _bandwidth(gpu: GPU, lay: Layout, group_span: int) -> float:
+def _bandwidth(gpu: GPU, lay: ClusterLayout, group_span: int) -> float:
     """Bytes/s of a collective among ranks spread over ``group_span`` consecutive ranks (TP, EP)."""
     return (gpu.nvlink_gbps if group_span <= lay.gpus_per_node else gpu.network_gbps) * GB
 
 
-def _compute_seconds(f: Facts, lay: Layout, gpu: GPU, mfu: float, stage: int) -> float:
+def _compute_seconds(f: Facts, lay: ClusterLayout, gpu: GPU, mfu: float, stage: int) -> float:
     """Seconds of matmuls pipeline stage ``stage`` runs for one micro-batch, forward and backward."""
     first, last = stage == 0, stage == lay.pp - 1
     n_dense, n_moe = _stage_layers(f, lay, stage)
@@ -219,7 +219,7 @@ def _compute_seconds(f: Facts, lay: Layout, gpu: GPU, mfu: float, stage: int) ->
     return b * (3 * forward + redo) / (t * rate) + first * b * ips * 3 * f.con_flops / rate
 
 
-def stage_seconds(f: Facts, lay: Layout, gpu: GPU, mfu: float, stage: int) -> float:
+def stage_seconds(f: Facts, lay: ClusterLayout, gpu: GPU, mfu: float, stage: int) -> float:
     """Seconds pipeline stage ``stage`` takes for one micro-batch, forward and backward."""
     first = stage == 0
     n_dense, n_moe = _stage_layers(f, lay, stage)
@@ -235,7 +235,7 @@ def stage_seconds(f: Facts, lay: Layout, gpu: GPU, mfu: float, stage: int) -> fl
     return seconds
 
 
-def dp_sync_seconds(f: Facts, lay: Layout, gpu: GPU, mfu: float = DEFAULT_MFU) -> float:
+def dp_sync_seconds(f: Facts, lay: ClusterLayout, gpu: GPU, mfu: float = DEFAULT_MFU) -> float:
     """Seconds the once-per-step gradient reduction (and weight all-gather) over the DP ranks adds
     to a step: all of it, or with parallel.overlap_grad_reduce what the last backward does not hide."""
     grad_bytes, gather_bytes = (4, 2) if lay.distributed_optimizer else (2 * 4, 0)
@@ -253,7 +253,7 @@ def dp_sync_seconds(f: Facts, lay: Layout, gpu: GPU, mfu: float = DEFAULT_MFU) -
     return seconds
 
 
-def evaluate(f: Facts, lay: Layout, gpu: GPU, mfu: float) -> tuple[Memory, int, float]:
+def evaluate(f: Facts, lay: ClusterLayout, gpu: GPU, mfu: float) -> tuple[Memory, int, float]:
     """(memory of the fuller stage, that stage, seconds per step) for a layout that divides."""
     stages = sorted({0, lay.pp - 1})
     memory = {s: stage_memory(f, lay, s) for s in stages}
@@ -268,7 +268,7 @@ class Plan:
 
     cfg: RunConfig
     gpu: GPU
-    layout: Layout
+    layout: ClusterLayout
     memory: Memory  # the fuller of the first and last pipeline stage
     stage: int  # which stage that is
     flops: dict[str, float]  # flops.step_flops: one global batch
@@ -297,7 +297,7 @@ def check_mfu(mfu: float) -> None:
         raise PlanError(f"--mfu {mfu} is not a utilisation: give a fraction of the peak in (0, 1], e.g. 0.31")
 
 
-def plan_of(cfg: RunConfig, f: Facts, lay: Layout, gpu: GPU, mfu: float) -> Plan:
+def plan_of(cfg: RunConfig, f: Facts, lay: ClusterLayout, gpu: GPU, mfu: float) -> Plan:
     memory, stage, seconds = evaluate(f, lay, gpu, mfu)
     return Plan(cfg, gpu, lay, memory, stage, f.step, seconds, mfu, (f.total, f.active))
 
@@ -316,4 +316,4 @@ def estimate(
     ``mfu`` None: the config's parallel.plan_mfu."""
     gpu = find_gpu(gpu) if isinstance(gpu, str) else gpu
     mfu = resolve_mfu(cfg, mfu)
-    return plan_of(cfg, facts(cfg, images_per_sequence), Layout.of(cfg), gpu, mfu)
+    return plan_of(cfg, facts(cfg, images_per_sequence), ClusterLayout.of(cfg), gpu, mfu)

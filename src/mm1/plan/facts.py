@@ -17,10 +17,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 from mm1.config import MoEConfig, RunConfig
+from mm1.models.connector import build_connector
 from mm1.models.flops import connector_flops, decoder_flops, encoder_flops, step_flops
-from mm1.models.mm1_model import padded_vocab_size
-from mm1.models.size import _mlp, count_model, decoder_params, moe_layers
+from mm1.models.size import _mlp, count_model, decoder_params, moe_layer_indices, padded_vocab_size
 
 
 @dataclass(frozen=True)
@@ -68,10 +70,6 @@ class Facts:
 
 
 def _connector_saved_bytes(cfg: RunConfig) -> float:
-    import torch
-
-    from mm1.models.connector import build_connector
-
     enc = cfg.model.encoder
     with torch.device("meta"):
         connector = build_connector(cfg.model.connector, enc.hidden_size, enc.grid, cfg.model.decoder.hidden_size)
@@ -132,7 +130,7 @@ def facts(cfg: RunConfig, images_per_sequence: float | None = None) -> Facts:
         dense_layer=dense_layer,
         moe_layer=moe_layer if moe.enabled else 0,
         experts=experts if moe.enabled else 0,
-        moe_ids=frozenset(moe_layers(dec.num_layers, moe)),
+        moe_ids=frozenset(moe_layer_indices(dec.num_layers, moe)),
         layers=dec.num_layers,
         total=counts["total"].total,
         active=counts["total"].active,

@@ -19,7 +19,7 @@ class PlanError(ValueError):
     """A layout that does not divide or does not fit; the message names the field and the fix."""
 
 
-# Each Layout field and the config section that holds it (of, apply and overrides map through this).
+# Each ClusterLayout field and the config section that holds it (of, apply and overrides map through this).
 SECTION = {
     "world_size": "parallel",
     "gpus_per_node": "parallel",
@@ -36,7 +36,7 @@ SECTION = {
 
 
 @dataclass(frozen=True)
-class Layout:
+class ClusterLayout:
     """Where the processes go and how a global batch is split among them."""
 
     world_size: int
@@ -52,7 +52,7 @@ class Layout:
     overlap_grad_reduce: bool = False
 
     @classmethod
-    def of(cls, cfg: RunConfig) -> Layout:
+    def of(cls, cfg: RunConfig) -> ClusterLayout:
         """The layout a config states (gpus_per_node None = every process on one node)."""
         values = {name: getattr(getattr(cfg, section), name) for name, section in SECTION.items()}
         return cls(**{**values, "gpus_per_node": values["gpus_per_node"] or cfg.parallel.world_size})
@@ -72,7 +72,7 @@ class Layout:
         return self.global_batch_size // (self.micro_batch_size * self.dp)
 
 
-def problems(layout: Layout, cfg: RunConfig) -> list[str]:
+def problems(layout: ClusterLayout, cfg: RunConfig) -> list[str]:
     """Every rule ``layout`` breaks for ``cfg``'s model, each naming the field and the fix ([] = none)."""
     lay, dec, enc, moe = layout, cfg.model.decoder, cfg.model.encoder, cfg.model.moe
     out = []
@@ -130,7 +130,7 @@ def problems(layout: Layout, cfg: RunConfig) -> list[str]:
     return out
 
 
-def apply(cfg: RunConfig, layout: Layout) -> RunConfig:
+def apply(cfg: RunConfig, layout: ClusterLayout) -> RunConfig:
     """``cfg`` with ``layout``'s parallel section and batch sizes, validated."""
     data = cfg.model_dump()
     for name, section in SECTION.items():
@@ -138,7 +138,7 @@ def apply(cfg: RunConfig, layout: Layout) -> RunConfig:
     return from_dict(data, f"{cfg.name} with a planned layout")
 
 
-def overrides(layout: Layout) -> list[str]:
+def overrides(layout: ClusterLayout) -> list[str]:
     """``--set`` arguments that put ``layout`` into a config."""
     values = {name: getattr(layout, name) for name in SECTION}
     return [f"{SECTION[k]}.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in values.items()]

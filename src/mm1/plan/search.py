@@ -9,7 +9,7 @@ from mm1.config import RunConfig
 from mm1.plan.estimate import Plan, evaluate, plan_of, resolve_mfu
 from mm1.plan.facts import Facts, facts
 from mm1.plan.gpus import GPU, find_gpu
-from mm1.plan.layout import Layout, PlanError, apply, problems
+from mm1.plan.layout import ClusterLayout, PlanError, apply, problems
 
 RECOMPUTE = ("none", "selective", "full")  # in order of memory saved (and time spent)
 
@@ -35,7 +35,7 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def _alternatives(lay: Layout, cfg: RunConfig) -> list[tuple[str, Layout]]:
+def _alternatives(lay: ClusterLayout, cfg: RunConfig) -> list[tuple[str, ClusterLayout]]:
     """One-field changes that keep the GPU count: (how to say it, the changed layout)."""
     out = []
     if not lay.sequence_parallel and lay.tp > 1:
@@ -56,7 +56,7 @@ def _alternatives(lay: Layout, cfg: RunConfig) -> list[tuple[str, Layout]]:
     return out
 
 
-def _fixes(f: Facts, lay: Layout, cfg: RunConfig, gpu: GPU, mfu: float) -> list[str]:
+def _fixes(f: Facts, lay: ClusterLayout, cfg: RunConfig, gpu: GPU, mfu: float) -> list[str]:
     """The smallest fitting step along each field, fastest first (at most three)."""
     found: dict[str, tuple[float, str]] = {}
     for text, alt in _alternatives(lay, cfg):
@@ -72,7 +72,7 @@ def _fixes(f: Facts, lay: Layout, cfg: RunConfig, gpu: GPU, mfu: float) -> list[
 def check(cfg: RunConfig, gpu: GPU | str, mfu: float | None = None, images_per_sequence: float | None = None) -> Plan:
     """The plan of ``cfg``'s own layout; PlanError naming the field and the fix if it does not
     divide or does not fit in ``gpu``'s memory. ``mfu`` None: the config's parallel.plan_mfu."""
-    gpu, lay = _gpu(gpu), Layout.of(cfg)
+    gpu, lay = _gpu(gpu), ClusterLayout.of(cfg)
     mfu = resolve_mfu(cfg, mfu)
     issues = problems(lay, cfg)
     if issues:
@@ -102,7 +102,7 @@ def _candidates(cfg: RunConfig, world: int, gpus_per_node: int):
             for ep in _divisors(moe.num_experts) if moe.enabled else [1]:
                 for micro in _divisors(batch // dp):
                     for rc in RECOMPUTE:  # sequence parallelism wherever it applies: it costs nothing
-                        yield Layout(world, gpus_per_node, tp, pp, ep, micro, batch, rc, True, tp > 1)
+                        yield ClusterLayout(world, gpus_per_node, tp, pp, ep, micro, batch, rc, True, tp > 1)
 
 
 def choose(

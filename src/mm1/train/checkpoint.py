@@ -128,7 +128,7 @@ def agree(failed: BaseException | None, tmp: Path, what: str, intact: str) -> No
                 failed = exc
         if not _any_failed(failed):
             return
-    free = _free(tmp.parent)
+    free = _free_bytes(tmp.parent)
     full = free is not None and free < FULL  # before the partial folder goes: what the write ran into
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
         discard(tmp)
@@ -154,7 +154,7 @@ def _write_error(error: OSError | None, tmp: Path, intact: str) -> str:
         return f"another rank could not write its part (its message says why); {intact}"
     reason = error.strerror or str(error)
     if error.errno in NO_SPACE:
-        free = _free(tmp.parent)
+        free = _free_bytes(tmp.parent)
         where = f" ({free / 2**20:.1f} MiB free on the file system of {tmp.parent})" if free is not None else ""
         return f"{reason}{where}; {intact}; free some space (or lower train.keep_last) and run again"
     if error.errno == errno.ENOENT:
@@ -169,7 +169,7 @@ def _write_error(error: OSError | None, tmp: Path, intact: str) -> str:
     return f"{reason}; {intact}; fix the cause and run again"
 
 
-def _free(folder: Path) -> float | None:
+def _free_bytes(folder: Path) -> float | None:
     """Free bytes on the file system of ``folder``; None when that cannot be known (e.g. it is gone)."""
     try:
         return shutil.disk_usage(folder).free

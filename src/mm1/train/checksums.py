@@ -5,7 +5,7 @@ A flipped byte in a shard changes a weight and nothing else notices: megatron re
 given. :func:`seal` records every file of a finished checkpoint folder in ``checksums.json`` (size and
 sha256), written atomically into the folder before it takes its final name (so a folder that looks
 whole holds its manifest); :func:`check` compares the folder with it and raises
-:class:`ChecksumError` naming the first file that is missing, unrecorded, of another size or of
+:class:`CheckpointChecksumError` naming the first file that is missing, unrecorded, of another size or of
 other contents.
 
 Hidden files other than DCP's ``.metadata`` are neither recorded nor checked: tools leave markers
@@ -30,7 +30,7 @@ FORMAT = 1
 _BLOCK = 1 << 20
 
 
-class ChecksumError(ValueError):
+class CheckpointChecksumError(ValueError):
     """A checkpoint folder is not as it was written: ``file`` is the first file found changed (or the
     folder, or its manifest)."""
 
@@ -84,12 +84,12 @@ def what_to_do(folder: Path) -> str:
     )
 
 
-def read_manifest(folder: Path) -> dict[str, dict]:
+def recorded_checksums(folder: Path) -> dict[str, dict]:
     """{relative path: {"bytes", "sha256"}} recorded in ``folder/checksums.json``."""
     folder = Path(folder)
     path = folder / MANIFEST
     if not path.is_file():
-        raise ChecksumError(
+        raise CheckpointChecksumError(
             folder,
             f"no {MANIFEST}: this checkpoint was written before mm1 recorded checksums (or not by mm1), so its "
             "files cannot be checked; rerun the stage that writes it, or, if you trust its files as they are, "
@@ -104,25 +104,27 @@ def read_manifest(folder: Path) -> dict[str, dict]:
         ):
             raise ValueError(f"format {manifest.get('format')!r} or entries not as mm1 writes them")
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
-        raise ChecksumError(
+        raise CheckpointChecksumError(
             path, f"not a readable checksum manifest ({exc}); it is corrupt; {what_to_do(folder)}"
         ) from None
     return files
 
 
 def check(folder: Path, share: tuple[int, int] = (0, 1), select: Callable[[str], bool] = lambda name: True) -> None:
-    """Raise :class:`ChecksumError` unless ``folder`` holds exactly the files its manifest records, each
+    """Raise :class:`CheckpointChecksumError` unless ``folder`` holds exactly the files its manifest records, each
     of the recorded size, and (of those ``select`` picks) with the recorded sha256.
 
     ``share=(i, n)`` hashes only every n-th of those files from the i-th: the n ranks of a job, each
     with its own ``i``, hash the folder once between them."""
     folder = Path(folder)
-    recorded = read_manifest(folder)
+    recorded = recorded_checksums(folder)
     present = recorded_files(folder)
     for name in sorted(set(recorded) - set(present)):
-        raise ChecksumError(folder / name, f"missing, but recorded when the checkpoint was saved; {what_to_do(folder)}")
+        raise CheckpointChecksumError(
+            folder / name, f"missing, but recorded when the checkpoint was saved; {what_to_do(folder)}"
+        )
     for name in sorted(set(present) - set(recorded)):
-        raise ChecksumError(
+        raise CheckpointChecksumError(
             folder / name,
             f"not one of the files recorded when the checkpoint was saved ({folder / MANIFEST}); remove it if "
             f"you put it there, else {what_to_do(folder)}",
@@ -130,14 +132,14 @@ def check(folder: Path, share: tuple[int, int] = (0, 1), select: Callable[[str],
     for name in present:
         size, want = (folder / name).stat().st_size, recorded[name]["bytes"]
         if size != want:
-            raise ChecksumError(
+            raise CheckpointChecksumError(
                 folder / name,
                 f"{size} bytes, but {want} were recorded when the checkpoint was saved; {what_to_do(folder)}",
             )
     names = [n for n in present if select(n)][share[0] :: share[1]]
     for name, got in zip(names, _hash_all(folder, names), strict=True):
         if got != recorded[name]["sha256"]:
-            raise ChecksumError(
+            raise CheckpointChecksumError(
                 folder / name,
                 f"its contents changed after the checkpoint was saved (sha256 {got[:16]}..., recorded "
                 f"{recorded[name]['sha256'][:16]}... in {MANIFEST}): it is corrupt or was edited; {what_to_do(folder)}",

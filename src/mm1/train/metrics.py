@@ -101,11 +101,11 @@ class MoEStats:
     def collect(self) -> dict[str, float]:
         counts = self.counts.to(_device())
         torch.distributed.all_reduce(counts)  # each token counted once per rank that routed it
-        moe_layers = counts.sum(dim=1) > 0
-        per_layer = counts[moe_layers].amax(dim=1) / counts[moe_layers].mean(dim=1)
+        moe_mask = counts.sum(dim=1) > 0
+        per_layer = counts[moe_mask].amax(dim=1) / counts[moe_mask].mean(dim=1)
         out = {"moe_load_imbalance": per_layer.mean().item()}
         self.counts.zero_()
-        out.update(self._aux_losses(int(moe_layers.sum())))
+        out.update(self._aux_losses(int(moe_mask.sum())))
         return out
 
     def _aux_losses(self, n_moe_layers: int) -> dict[str, float]:

@@ -177,7 +177,7 @@ def verify(ckpt: Path, *, rank: int | None = None, world: int = 1) -> None:
 
     Refuses links out of the folder (:class:`UnsafeCheckpointError`), then checks every file against
     the sha256 manifest written with the checkpoint (:func:`mm1.train.checksums.check`, raising
-    :class:`~mm1.train.checksums.ChecksumError`), then every ``*.metadata`` (DCP's, with a
+    :class:`~mm1.train.checksums.CheckpointChecksumError`), then every ``*.metadata`` (DCP's, with a
     restricted unpickler), every bytes item it lists and every ``*.pt`` (``torch.load(
     weights_only=True)``), and items stored outside the folder. With ``rank``, of the per-rank RNG
     files ``rng/rank_<N>.pt`` only that rank's is unpickled (the one it loads; every rank reading
@@ -215,7 +215,7 @@ def _verdict(failed: Exception | None) -> int:
         return 0
     if isinstance(failed, UnsafeCheckpointError):
         return _UNSAFE
-    return _CHANGED if isinstance(failed, checksums.ChecksumError) else _UNREADABLE
+    return _CHANGED if isinstance(failed, checksums.CheckpointChecksumError) else _UNREADABLE
 
 
 def verify_on_every_rank(ckpt: Path) -> None:
@@ -227,7 +227,7 @@ def verify_on_every_rank(ckpt: Path) -> None:
     failed: Exception | None = None
     try:
         verify(ckpt, rank=rank, world=world)
-    except (ValueError, OSError) as exc:  # UnsafeCheckpointError and ChecksumError are ValueErrors
+    except (ValueError, OSError) as exc:  # UnsafeCheckpointError and CheckpointChecksumError are ValueErrors
         failed = exc
     if dist:
         flag = torch.tensor([_verdict(failed)])
@@ -235,7 +235,7 @@ def verify_on_every_rank(ckpt: Path) -> None:
         if failed is None and flag.item() == _UNSAFE:
             raise UnsafeCheckpointError(ckpt, why="another rank refused its part of it (its message names the file)")
         if failed is None and flag.item() == _CHANGED:
-            raise checksums.ChecksumError(
+            raise checksums.CheckpointChecksumError(
                 ckpt,
                 "another rank found a file of it changed since the save (its message names the file); "
                 + checksums.what_to_do(ckpt),

@@ -7,7 +7,8 @@
                                   old ones are renamed to step_N.deleting before they are removed)
         .metadata, *.distcp       model + optimizer (megatron dist_checkpointing: any layout loads it)
         common.pt                 LR-scheduler state and the step
-        rng/rank_00000.pt         RNG states of each rank (torch, CUDA, megatron's tracker, python, numpy)
+        rng/rank_00000.pt         RNG states of each rank (torch, CUDA, megatron's tracker, python, numpy,
+                                  and the stage's own generators)
         metrics.csv               the metrics rows of steps 1..120
         state.json                what the run was: step, model and train config, input hashes, layout
 
@@ -35,6 +36,7 @@ import polars as pl
 import torch
 
 from mm1 import atomic
+from mm1.parallel.supervise import LATEST  # the pointer's name: the launcher reads it too
 from mm1.train import safe_load
 from mm1.train.checkpoint import (  # noqa: F401  (CheckpointWriteError: raised by save, re-exported)
     DELETING,
@@ -50,7 +52,6 @@ with warnings.catch_warnings():
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
     from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
 
-LATEST = "latest"
 PARTIAL = ".partial"
 STATE = "state.json"
 METRICS = "metrics.csv"
@@ -140,9 +141,10 @@ def clear(root: Path) -> None:
 RNG_FORMAT = 2  # 1 (until issue 10): numpy's state as an ndarray, which weights-only loading refuses
 
 
-def _rng_state() -> dict[str, Any]:
+def _rng_state(generators: dict[str, torch.Generator] | None = None) -> dict[str, Any]:
     """Every RNG stream of this rank, in tensors and plain Python values only, so that the file
-    loads with ``torch.load(weights_only=True)``: numpy's MT19937 key is an int64 tensor."""
+    loads with ``torch.load(weights_only=True)``: numpy's MT19937 key is an int64 tensor.
+    ``generators`` are a stage's own streams (AIM's prefix lengths), by name."""
     numpy = np.random.get_state(legacy=False)
     numpy["state"] = {**numpy["state"], "key": torch.from_numpy(numpy["state"]["key"].astype(np.int64))}
     return {
@@ -152,10 +154,11 @@ def _rng_state() -> dict[str, Any]:
         "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
         "python": random.getstate(),
         "numpy": numpy,
+        "generators": {name: g.get_state() for name, g in (generators or {}).items()},
     }
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def _set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator] | None = None) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -163,6 +166,10 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     numpy = state["numpy"]
     np.random.set_state({**numpy, "state": {**numpy["state"], "key": numpy["state"]["key"].numpy().astype(np.uint32)}})
+    saved = state.get("generators", {})
+    for name, g in (generators or {}).items():
+        if name in saved:
+            g.set_state(saved[name])
 
 
 def _read_rng(path: Path) -> dict[str, Any] | None:
@@ -231,12 +238,21 @@ def _sharded(model: torch.nn.Module, optimizer, is_loading: bool) -> dict:
 
 
 def save(
-    root: Path, step: int, model: torch.nn.Module, optimizer, scheduler, facts: dict, rows: list[dict], keep_last: int
+    root: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer,
+    scheduler,
+    facts: dict,
+    rows: list[dict],
+    keep_last: int,
+    generators: dict[str, torch.Generator] | None = None,
 ) -> Path:
     """Write the resumable checkpoint of ``step`` (every rank calls this), then keep the last ``keep_last``.
 
     ``model`` is the unwrapped model (no DDP ``module.`` prefix); ``facts`` describe the run
-    (:func:`check_compatible` compares them on resume); ``rows`` are the metrics of steps 1..step.
+    (:func:`check_compatible` compares them on resume); ``rows`` are the metrics of steps 1..step;
+    ``generators`` are the stage's own RNG streams, saved with the others of the rank.
     A write that fails on any rank (disk full, quota, read-only) removes ``step_N.partial`` and
     raises :class:`CheckpointWriteError` on every rank, naming the step, the folder, the free space
     and the newest complete checkpoint, which it left as it was.
@@ -257,7 +273,7 @@ def save(
         state.update(scheduler=scheduler.state_dict(), step=step)
         dist_checkpointing.save(state, str(tmp))
         (tmp / RNG).mkdir(exist_ok=True)
-        torch.save(_rng_state(), tmp / RNG / f"rank_{rank:05d}.pt")
+        torch.save(_rng_state(generators), tmp / RNG / f"rank_{rank:05d}.pt")
         if rank == 0:
             pl.DataFrame(rows).write_csv(tmp / METRICS)
             created = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
@@ -312,8 +328,16 @@ def check_compatible(saved: dict, facts: dict, path: Path) -> None:
         )
 
 
-def load(path: Path, model: torch.nn.Module, optimizer, scheduler, facts: dict) -> Restored:
-    """Restore model, optimizer, scheduler and (same layout only) RNG states from ``path``."""
+def load(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer,
+    scheduler,
+    facts: dict,
+    generators: dict[str, torch.Generator] | None = None,
+) -> Restored:
+    """Restore model, optimizer, scheduler and (same layout only) RNG states, ``generators`` included,
+    from ``path``."""
     path = Path(path)
     safe_load.verify_on_every_rank(path)  # before megatron unpickles anything of it
     saved = json.loads((path / STATE).read_text())
@@ -325,7 +349,7 @@ def load(path: Path, model: torch.nn.Module, optimizer, scheduler, facts: dict) 
     rng = path / RNG / f"rank_{_rank():05d}.pt"
     if saved["layout"] == facts["layout"] and rng.is_file():
         if (rng_state := _read_rng(rng)) is not None:
-            _set_rng_state(rng_state)
+            _set_rng_state(rng_state, generators)
     elif _rank() == 0:
         warnings.warn(
             f"resuming {path} under layout {facts['layout']} (saved under {saved['layout']}): RNG streams "

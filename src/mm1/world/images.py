@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from mm1.world.render import encode_png, render_scene
-from mm1.world.scene import Layout, Scene, layout_key, sample_scene
+from mm1.world.scene import Scene, SceneKey, layout_key, sample_scene
 
 MAX_REDRAWS = 1000
 """Most draws for one new evaluation image (a repeat is re-drawn)."""
@@ -59,8 +59,8 @@ class Canvas:
     log: list[ImageInfo] = field(default_factory=list)
     redrawn: int = 0
     """Evaluation scenes turned down because their layout had been drawn before."""
-    _taken: set[Layout | str] = field(default_factory=set)
-    """Layout keys and PNG hashes drawn so far."""
+    _taken: set[SceneKey | str] = field(default_factory=set)
+    """Scene keys and PNG hashes drawn so far."""
     _eval_started: bool = False
 
     def draw(

@@ -5,15 +5,15 @@ from __future__ import annotations
 import io
 import textwrap
 
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg only, no pyplot state
+from matplotlib.figure import Figure
+
 from mm1.world.render import decode_image
 from mm1.world.world import World
 
 
 def render_samples_png(world: World, n_captions: int = 8) -> bytes:
     """PNG bytes: a row block of caption images (alt-text and synthetic caption under each) and one document."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg only, no pyplot state
-    from matplotlib.figure import Figure
-
     captions = world.captions[:n_captions]
     doc = next((d for d in world.documents if sum(im is not None for im in d.images) >= 2), None)
     doc = doc or (world.documents[0] if world.documents else None)

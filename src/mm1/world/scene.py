@@ -158,11 +158,11 @@ def sample_scene(
     return Scene(background, grid, objects, sign, degradation, occluded)
 
 
-Layout = tuple
+SceneKey = tuple
 """A scene without its jitter floats: see `layout_key`."""
 
 
-def layout_key(scene: Scene) -> Layout:
+def layout_key(scene: Scene) -> SceneKey:
     """Everything a scene is made of except the random jitter floats: background, grid, each object's
     cell, shape, colour and size class, the sign's text and cell, the degradation and the occluded cell.
     Two scenes with the same key are the same picture up to sub-cell shifts (a near-duplicate)."""

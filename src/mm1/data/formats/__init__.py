@@ -26,9 +26,10 @@ from mm1.data.formats.llava import (
     write_text_tasks,
 )
 from mm1.data.formats.obelics import read_documents, write_documents
+from mm1.data.formats.safe_tar import UnsafeArchiveError
 from mm1.data.formats.text import read_text, write_text
 from mm1.data.formats.vqa import count_vqa, read_vqa, write_vqa
-from mm1.data.formats.webdataset import UnsafeArchiveError, read_caption_shards, write_caption_shards
+from mm1.data.formats.webdataset import read_caption_shards, write_caption_shards
 
 __all__ = [
     "FormatError",

@@ -10,7 +10,7 @@ up to the first dot of its basename):
 
 Writing is deterministic: fixed mtime/uid/gid/mode, members of a sample sorted by name, samples in
 input order. Reading never extracts to disk, and never trusts tarfile's extraction filters (see
-mm1.data.safe_tar): a member whose name could leave its folder (absolute, ``..``, a drive), a link
+mm1.data.formats.safe_tar): a member whose name could leave its folder (absolute, ``..``, a drive), a link
 of any kind (symbolic or hard, pointing inside or out), a device file or FIFO, a member larger than
 MAX_MEMBER_BYTES (members are read into memory) or members claiming more bytes than the shard
 holds (a sparse bomb) raise UnsafeArchiveError naming it before it is read. A truncated or corrupt
@@ -30,6 +30,7 @@ from pathlib import Path
 
 from mm1.atomic import write_with
 from mm1.data.formats._common import FormatError, Sink, image_info, image_problem
+from mm1.data.formats.safe_tar import Members, check_tar_end
 from mm1.data.quarantine import Quarantine
 from mm1.data.records import CaptionSample
 
@@ -41,11 +42,6 @@ MTIME = 0
 _KEY = re.compile(r"^[^./\\\x00]+$")
 _STYLE = re.compile(r"^[A-Za-z0-9_-]+$")
 _NAME = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's base_plus_ext
-
-
-class UnsafeArchiveError(FormatError):
-    """A tar member mm1 refuses to read or extract (it could write outside its folder, is a link,
-    a special file, or too large); see mm1.data.safe_tar."""
 
 
 def write_caption_shards(
@@ -107,8 +103,6 @@ def read_caption_shards(
 
 def _groups(path: Path, sink: Sink) -> Iterator[tuple[str, dict[str, bytes], list[str]]]:
     """(key, {extension: bytes}, problems) per group of consecutive members sharing a key."""
-    from mm1.data.safe_tar import Members  # here, not at the top: safe_tar imports this module
-
     try:
         tar = tarfile.open(path, "r:")
     except (tarfile.ReadError, OSError) as e:
@@ -138,19 +132,6 @@ def _groups(path: Path, sink: Sink) -> Iterator[tuple[str, dict[str, bytes], lis
             raise FormatError(f"{path}: truncated or corrupt tar archive ({e})") from e
         if key is not None:
             yield key, members, problems
-
-
-def check_tar_end(path: Path, offset: int) -> None:
-    """A complete tar ends with two zero blocks after its last member; tarfile alone does not
-    notice a file cut off at (or inside) a member header."""
-    with open(path, "rb") as f:
-        f.seek(offset)
-        tail = f.read(2 * tarfile.BLOCKSIZE)
-    if len(tail) < 2 * tarfile.BLOCKSIZE or tail.strip(b"\0"):
-        raise FormatError(
-            f"{path}: truncated tar archive (no end-of-archive blocks after byte {offset}; "
-            f"file has {path.stat().st_size} bytes)"
-        )
 
 
 def _sample(key: str, members: dict[str, bytes], problems: list[str], sink: Sink) -> CaptionSample | None:

@@ -4,10 +4,11 @@
 functions are decorated with it as their modules load. Creating those wrappers pulls in TorchDynamo
 and Inductor: about 2.2 s of every CPU process's start-up (``python -X importtime``), paid by each
 of the ~270 training and evaluation jobs of ``snakemake all_figures``. None of the wrapped functions
-runs on CPU, where :func:`mm1.parallel.compat.required_flags` turns the fusions off, so the loss
+runs on CPU, where :func:`mm1.models.megatron_config.required_flags` turns the fusions off, so the loss
 curves are unchanged bit for bit.
 
-:func:`install` (called by ``mm1/__init__.py``; it imports nothing heavy) adds an import hook that,
+:func:`install` (called by ``mm1/__init__.py``; this module imports only the standard library, so
+it sits at the package's root, below every room) adds an import hook that,
 right after ``megatron.core.jit`` has run and only where CUDA is unavailable, calls megatron's own
 ``disable_jit_fuser()``. The modules that import ``jit_fuser`` afterwards get megatron's no-op
 decorator. On a GPU the hook does nothing.

@@ -18,6 +18,8 @@ with ``O_NOFOLLOW | O_DIRECTORY`` (an existing symlink or file in the way is ref
 followed), and each file is created with ``O_CREAT | O_EXCL | O_NOFOLLOW`` (a member that occurs
 twice, or would replace anything already there, is refused) and filled from ``extractfile``.
 Files get mode 0644 and folders 0755 (less the umask), whatever the archive says.
+
+The webdataset reader (:mod:`mm1.data.formats.webdataset`) judges its shards' members here too.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from mm1.data.formats.webdataset import UnsafeArchiveError, check_tar_end
+from mm1.data.formats._common import FormatError
 
 CHUNK = 1 << 20
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -42,6 +44,24 @@ _KINDS = {
 }
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class UnsafeArchiveError(FormatError):
+    """A tar member mm1 refuses to read or extract (it could write outside its folder, is a link,
+    a special file, or too large); see this module."""
+
+
+def check_tar_end(path: Path, offset: int) -> None:
+    """A complete tar ends with two zero blocks after its last member; tarfile alone does not
+    notice a file cut off at (or inside) a member header."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        tail = f.read(2 * tarfile.BLOCKSIZE)
+    if len(tail) < 2 * tarfile.BLOCKSIZE or tail.strip(b"\0"):
+        raise FormatError(
+            f"{path}: truncated tar archive (no end-of-archive blocks after byte {offset}; "
+            f"file has {path.stat().st_size} bytes)"
+        )
 
 
 class Members:

@@ -1,0 +1,40 @@
+"""Fixtures every test folder shares: the tiny world, its tokenizer and the tiny model.
+
+Built once per session under pytest's temp folder, on first use. The configs behind them live in
+``tests/tinykit.py`` (plain helpers; tests import those from there, never from a conftest).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from mm1.data.tokenizer import TextTokenizer
+from tinykit import TINY, WORLD, build_model, tiny, write_world
+
+if TYPE_CHECKING:
+    from mm1.models.mm1_model import MM1Model
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny world of :data:`tinykit.WORLD` (``world``, its ``manifest``, the COCO captions
+    ``benchmark``), its trained ``tokenizer`` and the ``packed`` sequences of :data:`tinykit.TINY`
+    (6 steps of 8; longer runs wrap around). Read it, never write into it."""
+    return write_world(tmp_path_factory.mktemp("tiny-world"), WORLD + TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_world: dict[str, Path]) -> TextTokenizer:
+    """The tiny world's trained tokenizer."""
+    return TextTokenizer(tiny_world["tokenizer"])
+
+
+@pytest.fixture
+def tiny_model(tiny_tokenizer: TextTokenizer) -> Callable[..., MM1Model]:
+    """``tiny_model(*overrides)``: a freshly initialised megatron model of :func:`tinykit.tiny` over
+    the tiny tokenizer; call it inside ``mm1.parallel.setup.distributed``."""
+    return lambda *overrides: build_model(tiny(*overrides), tiny_tokenizer)
