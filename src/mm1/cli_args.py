@@ -33,12 +33,7 @@ def presets(p: argparse.ArgumentParser) -> None:
 
 def flops(p: argparse.ArgumentParser) -> None:
     """``mm1 flops``."""
-    p.add_argument(
-        "--images-per-sequence",
-        type=errors.non_negative,
-        metavar="N",
-        help="average images per sequence (data-dependent; default: data.mixture.max_images_per_sequence)",
-    )
+    _images_per_sequence(p, "(data-dependent; default: data.mixture.max_images_per_sequence)")
 
 
 def plan(p: argparse.ArgumentParser) -> None:
@@ -54,12 +49,7 @@ def plan(p: argparse.ArgumentParser) -> None:
         default=None,
         help="assumed utilisation of the matmuls (default: the config's parallel.plan_mfu, 0.31 measured on an H100)",
     )
-    p.add_argument(
-        "--images-per-sequence",
-        type=errors.non_negative,
-        metavar="N",
-        help="average images per sequence for the time (default: data.mixture.max_images_per_sequence)",
-    )
+    _images_per_sequence(p, "for the time (default: data.mixture.max_images_per_sequence)")
 
 
 def compare(p: argparse.ArgumentParser) -> None:
@@ -100,6 +90,12 @@ def power(p: argparse.ArgumentParser) -> None:
         "--study-seeds", type=errors.positive_int, required=True, help="the study's seeds per cell (study.seeds)"
     )
     p.add_argument("--out", type=Path, required=True, help="output folder (power.csv, power.md)")
+
+
+def _images_per_sequence(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--images-per-sequence", type=errors.non_negative, metavar="N", help=f"average images per sequence {what}"
+    )
 
 
 def upcycle(p: argparse.ArgumentParser) -> None:

@@ -39,6 +39,7 @@ from typing import Any
 import yaml
 
 from mm1 import atomic
+from mm1.config.presets import deep_merge
 from mm1.config.readers import read_yaml
 from mm1.pipeline import DEFAULT_TARGETS, TARGETS, Pipeline, assemble
 from mm1.stages import DATA, FIGURES_DIR, STAGES, Input, Stage, run_dir
@@ -76,8 +77,6 @@ class Invocation:
 
     def given(self, root: Path) -> dict[str, Any]:
         """What Snakemake's ``config`` holds before the Snakefile runs: the configfiles, then --config."""
-        from mm1.config.presets import deep_merge
-
         data: dict[str, Any] = {}
         for f in self.configfiles:
             data = deep_merge(data, read_yaml(Path(root, f), "--configfile"))

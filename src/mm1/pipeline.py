@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from mm1.config.presets import deep_merge, preset_data
 from mm1.config.readers import read_yaml
-from mm1.stages import DATA, FIGURES_DIR, STAGES, Input, run_dir
+from mm1.models.size import decoder_params
+from mm1.stages import DATA, FIGURES, FIGURES_DIR, STAGES, Input, run_dir
 from mm1.study import Study
 
 DEFAULT_CONFIG = "config/default.yaml"
@@ -115,8 +117,6 @@ class Pipeline:
         """What ``mm1 compare`` needs to place each cell: its values of the figure's x/hue keys, its
         decoder's (active) parameter count and its effective SFT resolution (px x image grid, as its SFT
         stage runs: an experiment's sft_only overrides reach only that stage)."""
-        from mm1.models.size import decoder_params
-
         spec = self.run.study.figures[fig]
         keys = [k for k in (*spec.x, spec.hue) if k and k != "effective_resolution"]
         meta = []
@@ -135,8 +135,10 @@ class Pipeline:
 
     def reports(self) -> dict[str, Report]:
         """Every report of the study: the base recipe's figure, each study figure, the lessons, the pilot."""
-        from mm1.figures.compare import FILES  # what mm1 compare reads of each run folder
+        return dict(self._reports)
 
+    @cached_property
+    def _reports(self) -> dict[str, Report]:
         study, out = self.run.study, {}
         base = {s: run_dir(s, self.study.run_of(s, "base")) for s in ("train", "eval")}
         out["figure"] = Report(
@@ -151,7 +153,7 @@ class Pipeline:
             argv = ["compare", "--id", fig, "--spec", spec.model_dump_json()]
             argv += ["--meta", json.dumps(self.figure_meta(fig), sort_keys=True)]
             argv += [a for exp, folder in runs for a in ("--cell", f"{exp}={folder}")]
-            inputs = sorted({f"{folder}/{name}" for _, folder in runs for name in FILES[spec.evaluation]})
+            inputs = sorted({f"{folder}/{name}" for _, folder in runs for name in STAGES[spec.evaluation].scored})
             out[fig] = Report(fig, "compare", tuple(argv), tuple(inputs), _files("compare", fig))
         if self.lesson_figures:
             lessons = json.dumps({k: v.model_dump(mode="json") for k, v in study.lessons.items()})
@@ -186,8 +188,8 @@ class Pipeline:
 
     def closure(self, files: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
         """The stage runs ``[(stage, run)]`` (upstream first) and the reports that make ``files``."""
-        producers = self._producers()
         reports = self.reports()
+        producers = {f: name for name, r in reports.items() for f in r.outputs}
         runs: dict[tuple[str, str], None] = {}
         wanted: dict[str, None] = {}
 
@@ -199,39 +201,24 @@ class Pipeline:
             runs[stage, run] = None
 
         def need_file(path: str) -> None:
-            job = producers.get(path)
-            if job is None:
-                parts = path.split("/")
-                if len(parts) >= 3 and parts[0] == "results" and parts[1] in STAGES:
-                    need_run(parts[1], parts[2])  # a run folder (eval's --data), or a file in it
-                return
-            kind, name = job
-            if kind == "report" and name not in wanted:
-                for f in reports[name].inputs:
+            report = producers.get(path)
+            if report is not None and report not in wanted:
+                for f in reports[report].inputs:
                     need_file(f)
-                wanted[name] = None
-            elif kind == "run":
-                need_run(*name.split("/", 1))
+                wanted[report] = None
+            parts = path.split("/")
+            if report is None and len(parts) >= 3 and parts[0] == "results" and parts[1] in STAGES:
+                need_run(parts[1], parts[2])  # a run folder (eval's --data), or a file in it
 
         for f in files:
             need_file(f)
         return list(runs), list(wanted)
-
-    def _producers(self) -> dict[str, tuple[str, str]]:
-        return {f: ("report", name) for name, r in self.reports().items() for f in r.outputs}
-
-    def stage_runs(self, targets: tuple[str, ...] = ("all", "all_figures", "sft_base")) -> dict[str, list[str]]:
-        """Per stage (registry order), the runs the targets need, in the order they are first needed."""
-        runs, _ = self.closure([f for t in targets for f in self.target_files(t)])
-        return {s: [r for stage, r in runs if stage == s] for s in STAGES if any(stage == s for stage, _ in runs)}
 
 
 TARGETS = ("all", "all_figures", "sft_base")  # besides one per figure id
 
 
 def _files(product: str, fig: str = "") -> tuple[str, ...]:
-    from mm1.stages import FIGURES
-
     return tuple(f"{FIGURES_DIR}/{name.format(fig=fig)}" for name in FIGURES[product].outputs)
 
 

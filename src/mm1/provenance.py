@@ -98,6 +98,12 @@ def hash_path(path: Path) -> str:
     return digest.hexdigest()
 
 
+def sections(cfg: Any, names: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """The named sections of a run config as JSON data: what a stage reads (mm1.stages), as its
+    provenance and config.yaml record it."""
+    return {k: getattr(cfg, k).model_dump(mode="json") for k in names}
+
+
 def record(
     out_dir: Path,
     stage: str,

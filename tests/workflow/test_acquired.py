@@ -15,8 +15,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
-from conftest import SMOKE, run
 
+from conftest import SMOKE, run
 from mm1.config import load
 from mm1.world.export import make_world
 

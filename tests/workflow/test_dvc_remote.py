@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import GIT_ID, copy_project, smoke_config
 from test_dvc import dry_run_jobs, dvc_name, resolved_stages, target_rules
+
+from conftest import GIT_ID, copy_project, smoke_config
 
 pytestmark = pytest.mark.slow
 # On top of the smoke config: three optimizer steps of two sequences per training stage.

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run
 
+from conftest import run
 from mm1.config.load import from_dict
 from mm1.config.presets import deep_merge, preset_data
 from mm1.plan import job_resources

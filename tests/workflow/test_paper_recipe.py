@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from conftest import REPO
 
+from conftest import REPO
 from mm1.config.load import from_dict
 from mm1.config.presets import deep_merge, preset_data
 from mm1.study import Study

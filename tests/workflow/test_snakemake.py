@@ -11,8 +11,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
-from conftest import GIT_ID, SMOKE, run
 
+from conftest import GIT_ID, SMOKE, run
 from mm1.config.presets import deep_merge
 from mm1.study import Study
 

@@ -82,7 +82,7 @@ def pack(cfg: RunConfig, manifest: Path, tokenizer: Path, out_dir: Path) -> pl.D
     provenance.record(
         out_dir,
         stage="pack",
-        config={k: getattr(cfg, k).model_dump(mode="json") for k in PACK_SECTIONS},
+        config=provenance.sections(cfg, PACK_SECTIONS),
         seed=cfg.train.seed,
         inputs={"manifest": Path(manifest), "tokenizer": Path(tokenizer)},
         extra={"sequences": n, "quarantined": len(quarantine)},
@@ -111,7 +111,7 @@ def sft_pack(cfg: RunConfig, manifest: Path, tokenizer: Path, out_dir: Path) -> 
     provenance.record(
         out_dir,
         stage="sft_pack",
-        config={k: getattr(cfg, k).model_dump(mode="json") for k in SFT_SECTIONS},
+        config=provenance.sections(cfg, SFT_SECTIONS),
         seed=cfg.sft.seed,
         inputs={"manifest": Path(manifest), "tokenizer": Path(tokenizer)},
         extra=stats,

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 DATA = "data"  # an input from the pre-training data: the world or the acquire stage, per data.source
 PACKING = ("model.decoder.seq_length", "model.connector.num_tokens")  # what sequence packing reads of the model
 TRAINED = ("model", "parallel", "train")  # what the trainer reads: every training stage's sections
+# What sequence packing depends on: the data, the sequence layout, the draw's seed and its size.
+PACKED = ("data", *PACKING, "train.seed", "train.steps", "train.global_batch_size")
 
 
 @dataclass(frozen=True)
@@ -157,7 +159,7 @@ _STAGES = (
         "Text-only pre-training sequences (the text source of the mixture alone).",
         command=("pack",),
         reads=("data", "model", "train"),
-        params=("data", *PACKING, "train.seed", "train.steps", "train.global_batch_size"),
+        params=PACKED,
         honors=("model.decoder.seq_length",),
         inputs=(MANIFEST, TOKENIZER),
         outputs=_packed(Output("mixture", "mixture.csv")),
@@ -193,7 +195,7 @@ _STAGES = (
         "Draw the run's pre-training sequences from the caption/interleaved/text mixture and pack them.",
         command=("pack",),
         reads=("data", "model", "train"),
-        params=("data", *PACKING, "train.seed", "train.steps", "train.global_batch_size"),
+        params=PACKED,
         honors=(
             "data.mixture",
             "data.max_bad_fraction",

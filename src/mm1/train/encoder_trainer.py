@@ -174,7 +174,7 @@ def _write_outputs(cfg, tok, model, metrics: pl.DataFrame, summary: dict, rank: 
         provenance.record(
             out_dir,
             stage="encoder",
-            config={k: getattr(cfg, k).model_dump(mode="json") for k in SECTIONS},
+            config=provenance.sections(cfg, SECTIONS),
             seed=cfg.train.seed,
             inputs=inputs,
             extra=extra | {"final_loss": curve[-1]} | {k: v for k, v in summary.items() if k.startswith("heldout_")},

@@ -62,7 +62,7 @@ def facts(cfg: RunConfig, sections: tuple[str, ...], rank: Rank, inputs: dict[st
     par = cfg.parallel
     hashes = [{k: provenance.hash_path(p) for k, p in inputs.items()} if rank.is_main else None]
     torch.distributed.broadcast_object_list(hashes, src=0)  # one rank reads the inputs
-    config = {k: getattr(cfg, k).model_dump(mode="json") for k in sections if k != "parallel"}
+    config = provenance.sections(cfg, [k for k in sections if k != "parallel"])
     return config | {
         "inputs": hashes[0],
         "parallel": {"distributed_optimizer": par.distributed_optimizer},  # its state has another format

@@ -160,7 +160,7 @@ def _write_outputs(cfg, tok, model, metrics: pl.DataFrame, rank: Rank, out_dir: 
         provenance.record(
             out_dir,
             stage="train",
-            config={k: getattr(cfg, k).model_dump(mode="json") for k in SECTIONS},
+            config=provenance.sections(cfg, SECTIONS),
             seed=cfg.train.seed,
             inputs=inputs,
             extra={
