@@ -22,10 +22,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) check
 	touch $@
 
-## The miniature MM1 study: data -> tokenizer -> train -> eval -> figure (results/figures/); then its
-## stages are recorded in dvc.lock, so `dvc status` is clean for them and `dvc repro` redoes nothing.
+## The miniature MM1 study: data -> tokenizer -> train -> eval -> figure (results/figures/); then dvc.yaml
+## and params/ follow the config (a no-op unless it was edited) and the stages that ran are recorded in
+## dvc.lock, so `dvc status` is clean for them and `dvc repro` redoes nothing.
 study: install
 	$(RUN) snakemake --cores all
+	$(RUN) python -m mm1.dvc_stages --write
 	$(RUN) python -m mm1.dvc_stages --commit
 
 ## The whole test suite (what CI runs), slow and multi-process tests included. As root it installs the

@@ -21,7 +21,14 @@ time / the GPU's dense BF16 peak (H100 SXM and H200 989 TFLOP/s, A100 312; --pea
 The layer spec is the product's choice, mm1.models.megatron_config.use_transformer_engine()
 (decoder only: the ViT is always megatron's local spec); the result records which ran.
 
+With ``--levers`` the same shapes (the chosen recompute and micro-batch, the same synthetic batch)
+are timed again with each speed lever on (parallel.fusions, parallel.attention_backend=cudnn,
+parallel.compile_layers, all three together) and with the recompute lever off (selective against
+none): ``results.levers`` holds each lever's off and on runs, MFU and speed-up; mm1.plan.estimate.
+measured_mfu reads them. A lever whose turn comes after the time budget is recorded unmeasured.
+
     python bench/gpu_mfu.py               # a CUDA GPU: bench/results/gpu_mfu.json
+    python bench/gpu_mfu.py --levers all  # and each lever off vs on (gpu_check.sh passes this)
     python bench/gpu_mfu.py --dry-run     # anywhere: full-size FLOPs, parameters and planned micro-batches,
                                           # then 2 steps of a tiny model on CPU through the same code
 """
@@ -47,7 +54,7 @@ from mm1.config.load import apply_overrides, from_dict
 from mm1.config.presets import preset_data
 from mm1.models.flops import step_flops
 from mm1.models.init import init_weights
-from mm1.models.megatron_config import MegatronLayout, use_transformer_engine
+from mm1.models.megatron_config import MegatronLayout, levers, use_transformer_engine
 from mm1.models.mm1_model import MM1Model
 from mm1.models.size import count_model, optimizer_hparams
 from mm1.parallel.setup import distributed
@@ -68,6 +75,16 @@ SEQUENCES_PER_STEP = 16  # mm1-ablation: 512 sequences per step over DP 32 = 16 
 MICRO_BATCHES = (1, 2, 4, 8, 16)
 RECOMPUTE = ("none", "selective", "full")
 GOAL_MFU = 0.5
+# --levers: each lever's (off, on) overrides of the timed run's config; [] is the timed (levers-off) run itself
+LEVERS = {
+    "recompute": (["parallel.recompute=selective"], ["parallel.recompute=none"]),  # none where the planner fits it
+    "fusions": ([], ["parallel.fusions=true"]),
+    "attention_backend": ([], ["parallel.attention_backend=cudnn"]),
+    "compile_layers": ([], ["parallel.compile_layers=true"]),
+    "all": (
+        [], ["parallel.fusions=true", "parallel.attention_backend=cudnn", "parallel.compile_layers=true"]
+    ),
+}  # fmt: skip
 GB = 1e9
 OUT = Path(__file__).parent / "results" / "gpu_mfu.json"
 # Dense (no 2:4 sparsity) BF16 tensor-core peaks in TFLOP/s; the first name in torch.cuda.get_device_name() wins.
@@ -157,7 +174,7 @@ def planned_micro_batches(cfg: RunConfig, memory_gb: float) -> dict[str, dict]:
 
 def build(cfg: RunConfig, device: torch.device):
     """(DDP model, optimizer, scheduler) as mm1.train.trainer builds them for one process."""
-    layout = MegatronLayout(bf16=use_bf16(cfg.train.precision), recompute=cfg.parallel.recompute)
+    layout = MegatronLayout.of(cfg.parallel, bf16=use_bf16(cfg.train.precision))
     model = MM1Model(cfg.model, vocab_size=cfg.tokenizer.vocab_size, image_token_id=IMAGE_ID, layout=layout)
     init_weights(model, cfg.train.seed)
     if layout.bf16:
@@ -294,11 +311,20 @@ def search(levels, candidates, overrides, device, deadline: float, log) -> tuple
     raise RuntimeError(f"micro-batch 1 fits under none of the recompute levels {list(levels)}: {trials}")
 
 
-def measure(levels, candidates, overrides, device, warmup: int, steps: int, budget_s: float, log) -> tuple:
-    """Search the micro-batch, then time ``warmup`` + ``steps`` optimizer steps (fewer if the budget
-    ends). Returns (the config timed, the measurements)."""
-    deadline = time.monotonic() + budget_s
-    built, cfg, trials = search(levels, candidates, overrides, device, deadline, log)
+def chosen(cfg: RunConfig) -> dict:
+    """What a timed run ran with: recompute, micro-batch, accumulation and the levers (parallel.*)."""
+    mb = cfg.train.micro_batch_size
+    return {
+        "recompute": cfg.parallel.recompute,
+        "micro_batch": mb,
+        "accumulation": cfg.train.global_batch_size // mb,
+        **levers(cfg.parallel),
+    }
+
+
+def time_steps(built, cfg: RunConfig, device, warmup: int, steps: int, deadline: float, log) -> dict:
+    """``warmup`` + ``steps`` optimizer steps of ``built`` on ``cfg``'s synthetic batch (fewer if the
+    deadline comes): their times, losses and peak memory."""
     mb = cfg.train.micro_batch_size
     accumulation = cfg.train.global_batch_size // mb
     batch = synthetic_batch(cfg, mb, device)
@@ -315,15 +341,74 @@ def measure(levels, candidates, overrides, device, warmup: int, steps: int, budg
         log(f"step {i + 1}: {seconds:.3f} s, loss {loss:.4f}{' (warm-up)' if i < warmup else ''}")
     if not times:  # budget too short for a timed step: the last warm-up step stands in
         times = warm[-1:]
-    return cfg, {
-        "search": trials,
-        "chosen": {"recompute": cfg.parallel.recompute, "micro_batch": mb, "accumulation": accumulation},
+    return {
+        "chosen": chosen(cfg),
         "warmup_s": warm,
         "step_times_s": times,
         "step_time_s": statistics.median(times),
         "losses": losses,
         "max_memory_gb": torch.cuda.max_memory_allocated() / GB if torch.cuda.is_available() else None,
     }
+
+
+def measure(levels, candidates, overrides, device, warmup: int, steps: int, budget_s: float, log) -> tuple:
+    """Search the micro-batch, then time ``warmup`` + ``steps`` optimizer steps (fewer if the budget
+    ends). Returns (the config timed, the measurements, the deadline)."""
+    deadline = time.monotonic() + budget_s
+    built, cfg, trials = search(levels, candidates, overrides, device, deadline, log)
+    run = time_steps(built, cfg, device, warmup, steps, deadline, log)
+    return cfg, {"search": trials, **run}, deadline
+
+
+def lever_config(base: RunConfig, extra: list[str], overrides) -> RunConfig:
+    """``base``'s shapes (micro-batch, recompute, sequences) with a lever's ``extra`` overrides."""
+    mb, rc = base.train.micro_batch_size, base.parallel.recompute
+    return bench_config(mb, rc, base.train.global_batch_size, [*overrides, *extra])
+
+
+def measure_levers(names, base: tuple, overrides, device, steps: tuple, deadline: float, log, done=None) -> list:
+    """Each lever in ``names`` off and on at the timed run's shapes (``base`` = (config, run)), ``steps``
+    = (warm-up, timed); a side that equals the timed run reuses it; one that runs out of memory or
+    time, or fails, is recorded so. ``done(rows)`` after each lever (the caller writes the file)."""
+    cfg0, run0 = base
+    rows, build_s = [], 0.0
+    _release_memory()  # the timed run's model is gone: its memory goes back before the next build
+    for name in names:
+        row = {"lever": name}
+        for side, extra in zip(("off", "on"), LEVERS[name], strict=True):
+            cfg = lever_config(cfg0, extra, overrides)
+            if chosen(cfg) == run0["chosen"]:
+                row[side] = {**{k: v for k, v in run0.items() if k != "search"}, "reused": "the timed run"}
+                continue
+            if time.monotonic() + build_s + (sum(steps) + 1) * run0["step_time_s"] > deadline:
+                row[side] = {"chosen": chosen(cfg), "not_measured": "the time budget is spent"}
+                continue
+            t0 = time.monotonic()
+            try:
+                built = build(cfg, device)
+                build_s = time.monotonic() - t0
+                row[side] = {**time_steps(built, cfg, device, *steps, deadline, log), "build_s": build_s}
+            except Exception as exc:  # noqa: BLE001 -- a lever that fails (memory, a kernel) must not end the others
+                why = "out of memory" if isinstance(exc, torch.OutOfMemoryError) else f"failed: {type(exc).__name__}"
+                row[side] = {"chosen": chosen(cfg), "not_measured": f"{why}: {str(exc).splitlines()[0][:300]}"}
+            built = None
+            _release_memory()
+            log(f"lever {name} {side}: {json.dumps(row[side].get('step_time_s', row[side].get('not_measured')))}")
+        rows.append(row)
+        if done is not None:
+            done(rows)
+    return rows
+
+
+def parse_levers(text: str) -> list[str]:
+    """--levers: comma-separated lever names (of LEVERS), "all" alone for every one, "" for none."""
+    if text.strip() == "all":
+        return list(LEVERS)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in LEVERS]
+    if unknown:
+        raise SystemExit(f"--levers: unknown {unknown}; choose from {list(LEVERS)} or 'all'")
+    return names
 
 
 # --- the report ----------------------------------------------------------------------------------
@@ -399,12 +484,32 @@ def target_facts(cfg: RunConfig, peak: float) -> dict:
     }
 
 
+def lever_rows(rows: list[dict], flops_per_step: float, peak: float | None) -> list[dict]:
+    """``rows`` of measure_levers with each measured side's TFLOP/s and MFU (None on a dry run: no
+    peak), and the lever's speed-up: off step time / on step time."""
+    out = []
+    for row in rows:
+        row = {**row}
+        for side in ("off", "on"):
+            seconds = row[side].get("step_time_s")
+            row[side] = {
+                **row[side],
+                "tflops": None if seconds is None else flops_per_step / seconds / 1e12,
+                "mfu": None if seconds is None or not peak else mfu(flops_per_step, seconds, peak),
+            }
+        off, on = row["off"].get("step_time_s"), row["on"].get("step_time_s")
+        row["speedup"] = off / on if off and on else None
+        out.append(row)
+    return out
+
+
 def report(args, target: dict, timed_run: tuple | None, status: str, matmul: float | None, peak: float | None) -> dict:
-    """The results file: ``target`` (full-size facts) and ``timed_run`` = (config, measurements) or None."""
+    """The results file: ``target`` (full-size facts) and ``timed_run`` = (config, measurements[, lever
+    rows]) or None."""
     value = tflops = None
     results = {"target": target, "status": status}
     if timed_run is not None:
-        cfg, run = timed_run
+        cfg, run, *rows = timed_run
         f = flops(cfg)
         tflops = f["per_step"]["total"] / run["step_time_s"] / 1e12
         value = mfu(f["per_step"]["total"], run["step_time_s"], peak) if peak and not args.dry_run else None
@@ -416,6 +521,9 @@ def report(args, target: dict, timed_run: tuple | None, status: str, matmul: flo
             "tflops": tflops,
             "mfu": value,
         }
+        if rows:
+            results["levers"] = lever_rows(rows[0], f["per_step"]["total"], None if args.dry_run else peak)
+    lever_lines = [lever_headline(row) for row in results.get("levers", [])]
     return {
         "benchmark": "gpu_mfu",
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -432,7 +540,22 @@ def report(args, target: dict, timed_run: tuple | None, status: str, matmul: flo
             "flops_are": "mm1.models.flops.step_flops: matmuls, backward = 2 x forward, recomputation not counted",
         },
         "results": results,
-        "headline": headline(value, None if args.dry_run else tflops, matmul, peak),
+        "headline": [*headline(value, None if args.dry_run else tflops, matmul, peak), *lever_lines],
+    }
+
+
+def lever_headline(row: dict) -> dict:
+    """One headline row per lever: its MFU on against off at the same shapes (% of the peak)."""
+    off, on = (None if row[side]["mfu"] is None else 100 * row[side]["mfu"] for side in ("off", "on"))
+    what = ", ".join(LEVERS[row["lever"]][1]) or "the timed run"
+    return {
+        "name": f"MFU with the {row['lever']} lever on ({what}; baseline: off, same shapes)",
+        "value": on,
+        "unit": "%",
+        "baseline": off,
+        "ratio": None if on is None or not off else on / off,
+        "goal": "> baseline",
+        "met": None if on is None or off is None else on > off,
     }
 
 
@@ -451,7 +574,11 @@ def main() -> None:
     p.add_argument("--budget-s", type=float, default=300, help="search + timing stop within about this long")
     p.add_argument("--peak-tflops", type=float, help="the GPU's dense BF16 peak (default: by device name)")
     p.add_argument("--out", type=Path, help=f"default {OUT} (--dry-run: gpu_mfu_dry_run.json beside it)")
+    p.add_argument(
+        "--levers", default="", help=f"time these levers off vs on: comma-separated of {list(LEVERS)}, or all"
+    )
     args = p.parse_args()
+    lever_names = parse_levers(args.levers)
     cuda = torch.cuda.is_available()
     if not cuda and not args.dry_run:
         raise SystemExit("bench/gpu_mfu.py needs a CUDA GPU (or --dry-run)")
@@ -481,12 +608,24 @@ def main() -> None:
     write(out, report(args, facts_, None, "searching", matmul, peak))
     with distributed(ParallelConfig(), seed=0):
         try:
-            run = measure(levels, candidates, overrides, torch.device("cuda" if cuda else "cpu"),
-                          args.warmup, args.steps, args.budget_s, log)  # fmt: skip
+            device = torch.device("cuda" if cuda else "cpu")
+            cfg, run, deadline = measure(levels, candidates, overrides, device, args.warmup, args.steps,
+                                         args.budget_s, log)  # fmt: skip
+            write(out, report(args, facts_, (cfg, run), "timing levers", matmul, peak))
+            rows = measure_levers(
+                lever_names,
+                (cfg, run),
+                overrides,
+                device,
+                (1, max(1, args.steps - 2)),
+                deadline,
+                log,
+                done=lambda rows: write(out, report(args, facts_, (cfg, run, rows), "timing levers", matmul, peak)),
+            )
         except Exception as exc:
             write(out, report(args, facts_, None, f"failed: {type(exc).__name__}: {exc}"[:2000], matmul, peak))
             raise
-    data = report(args, facts_, run, "done", matmul, peak)
+    data = report(args, facts_, (cfg, run, rows), "done", matmul, peak)
     write(out, data)
     r = data["results"]["run"]
     log(

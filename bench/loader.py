@@ -9,8 +9,9 @@ cores, and measures sequences/s and tokens/s (non-pad input tokens, and loss tok
 - sampler, first pass: a fresh ``MixtureSampler`` (5:5:1 mixture), records tokenised on first use;
 - sampler, steady: the same sampler after every source finished an epoch (tokens cached);
 - sampler, dp=4 rank 0 steady: one rank of four (it walks the whole global stream, packs 1/4);
-- trainer batches: what the trainer does per step with the pack stage's file: read the packed
-  parquet, then build micro-batches of 16 (tensors + every image decoded and resized to 32 px).
+- trainer batches: what the trainer does per step with the pack stage's file: stream it block by
+  block (``mm1.data.stream``, in-process), building micro-batches of 16 (tensors + every image
+  decoded and resized to 32 px).
 
 Then, at the default config's sequence length (256), the loader against the trainer:
 
@@ -61,6 +62,7 @@ from mm1.data.mixture import MixtureSampler  # noqa: E402
 from mm1.data.packed_io import write_packed  # noqa: E402
 from mm1.data.records import CaptionSample, InterleavedDoc, TextDoc  # noqa: E402
 from mm1.data.sequence import caption_sequence  # noqa: E402
+from mm1.data.stream import RankBatches, StepLoader, open_packed  # noqa: E402
 from mm1.data.tokenizer import TextTokenizer, train_tokenizer  # noqa: E402
 
 IMAGE_TOKENS = 16  # = RunConfig().model.connector.num_tokens
@@ -163,16 +165,17 @@ def bench_batches(
     seqs: list, seq_length: int, pad_id: int, tmp: Path, image_size: int = 32, micro_batch: int = 16
 ) -> dict:
     """The trainer's side: the packed file -> micro-batches with images decoded at the encoder's size."""
-    path = write_packed(seqs, tmp / f"packed-{seq_length}.parquet")
+    path = write_packed(seqs, tmp / f"packed-{seq_length}.parquet", block_rows=micro_batch)
     t0 = time.perf_counter()
-    data = PackedData.load(path, seq_length, image_size)
-    n = len(data) - len(data) % micro_batch
+    reader = open_packed(path, seq_length)  # the trainer's streaming reader, in-process (0 workers)
+    steps = len(reader) // micro_batch
+    loader = StepLoader(RankBatches(reader, image_size, micro_batch, micro_batch, 0, 1), last_step=steps)
     non_pad = loss = 0
-    for start in range(0, n, micro_batch):
-        batch = data.batch(np.arange(start, start + micro_batch))
-        non_pad += int((batch["tokens"] != pad_id).sum())
-        loss += int(batch["loss_mask"].sum())
-    return _result(n, non_pad, loss, time.perf_counter() - t0, seq_length)
+    for step in range(steps):  # one micro-batch a step
+        for batch in loader.step(step):
+            non_pad += int((batch["tokens"] != pad_id).sum())
+            loss += int(batch["loss_mask"].sum())
+    return _result(steps * micro_batch, non_pad, loss, time.perf_counter() - t0, seq_length)
 
 
 class _Shard(torch.utils.data.IterableDataset):

@@ -6,6 +6,7 @@ Built once per session under pytest's temp folder, on first use. The configs beh
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +18,11 @@ from tinykit import TINY, WORLD, build_model, tiny, write_world
 
 if TYPE_CHECKING:
     from mm1.models.mm1_model import MM1Model
+
+
+# A test that makes training exit 75 must not requeue the SLURM job the suite itself may run in
+# (mm1.parallel.supervise.requeue_slurm_job); the SLURM requeue test clears it inside its own job.
+os.environ.setdefault("MM1_NO_REQUEUE", "1")
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import stat
 from importlib import metadata
 from pathlib import Path
@@ -38,7 +39,8 @@ def test_record_writes_provenance_and_config(tmp_path: Path) -> None:
     assert set(info["git"]) == {"commit", "dirty"}
     assert info["packages"]["torch"] == metadata.version("torch")
     assert info["packages"]["megatron-core"] == metadata.version("megatron-core")
-    assert info["inputs"]["pairs"] == {"path": str(data), "sha256": hashlib.sha256(b"some pairs").hexdigest()}
+    want = {"path": str(data), "sha256": hashlib.sha256(b"some pairs").hexdigest(), "method": "sha256"}
+    assert info["inputs"]["pairs"] == want
     assert {"created", "python", "host"} <= set(info)
     assert yaml.safe_load((tmp_path / "out" / "config.yaml").read_text()) == _config()
 
@@ -73,6 +75,61 @@ def test_folder_hash_covers_contents_and_names(tmp_path: Path) -> None:
     assert changed != base
     (folder / "sub" / "b.bin").rename(folder / "sub" / "c.bin")
     assert provenance.hash_path(folder) != changed
+
+
+def _checkpoint(folder: Path) -> Path:
+    from mm1.train import checksums
+
+    (folder / "shards").mkdir(parents=True)
+    for i in range(3):
+        (folder / "shards" / f"{i}.distcp").write_bytes(bytes([i]) * 4096)
+    checksums.seal(folder)
+    return folder
+
+
+def _reads(monkeypatch) -> list[Path]:
+    """Every file opened through pathlib from now on."""
+    opened: list[Path] = []
+    real = Path.open
+
+    def spy(self, *args, **kwargs):
+        opened.append(Path(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", spy)
+    return opened
+
+
+def test_a_checkpoint_is_recorded_by_its_manifest_without_reading_its_shards(tmp_path: Path, monkeypatch) -> None:
+    from mm1.train import checksums
+
+    assert provenance.MANIFEST == checksums.MANIFEST
+    folder = _checkpoint(tmp_path / "ckpt")
+    manifest = folder / checksums.MANIFEST
+    opened = _reads(monkeypatch)
+    first = _record(tmp_path / "o1", {"ckpt": folder})["inputs"]["ckpt"]
+    assert first["method"] == "manifest" and first["sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    assert not [p for p in opened if p.suffix == ".distcp"], opened  # no shard was read
+    (folder / "shards" / "1.distcp").write_bytes(b"\xff" * 4096)  # a changed shard, resealed
+    checksums.seal(folder)
+    opened.clear()  # sealing read the shards; provenance must not
+    assert provenance.hash_path(folder) != first["sha256"]
+    assert opened == [manifest]
+
+
+def test_large_inputs_are_fingerprinted_by_size_and_mtime(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(provenance, "LARGE_BYTES", 1000)
+    big, small = tmp_path / "big.bin", tmp_path / "small.bin"
+    big.write_bytes(b"x" * 1000)
+    small.write_bytes(b"x" * 999)
+    opened = _reads(monkeypatch)
+    digest, method = provenance.input_digest(big)
+    assert method == "stat" and big not in opened
+    assert provenance.input_digest(small) == (hashlib.sha256(b"x" * 999).hexdigest(), "sha256")
+    os.utime(big, ns=(1, big.stat().st_mtime_ns + 1))  # rewritten (same size, later mtime)
+    assert provenance.input_digest(big)[0] != digest
+    big.write_bytes(b"x" * 1001)
+    assert provenance.input_digest(big)[0] not in (digest, provenance.input_digest(small)[0])
 
 
 def test_extra_keys_are_recorded(tmp_path: Path) -> None:

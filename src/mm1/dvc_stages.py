@@ -258,6 +258,13 @@ def commit(root: Path, how: Invocation) -> int:
         target = " ".join(how.targets) or "the default target"
         again = " ".join(["snakemake", "--cores", "all", *how.args(), *how.targets])
         raise SystemExit(f"Snakemake has work left for {target} ({left}): run `{again}` first, then commit")
+    stale = check(root, Invocation(how.configfiles, how.config))
+    if stale:
+        regen = " ".join(["python -m mm1.dvc_stages --write", *how.args()])
+        raise SystemExit(
+            f"{DVC_YAML} or {PARAMS}/ does not match this config (it was edited since they were written): "
+            f"regenerate them with `{regen}` (make dvc), then commit"
+        )
     names = stages_for(root, how)
     proc = subprocess.run(
         [sys.executable, "-m", "dvc", "commit", "--force", "--quiet", *names], cwd=root, capture_output=True, text=True

@@ -29,13 +29,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from mm1.plan.estimate import DEFAULT_MFU
+from mm1.config import ParallelConfig
+from mm1.plan.estimate import DEFAULT_MFU, LEVERS, measured_mfu, read_mfu_results
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "gpu_mfu.py"
 CHECK = ROOT / "bench" / "gpu_check.sh"
 sys.path.insert(0, str(ROOT / "tests" / "parallel"))  # _equality_worker, test_model_equality: shared helpers
 
+CHEAP_LEVERS = ("recompute", "fusions", "attention_backend")  # the dry run's: compile_layers costs a CPU compile
 gpu = pytest.mark.gpu
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -57,7 +59,7 @@ def dry_run(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("gpu_mfu") / "gpu_mfu.json"
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--dry-run", "--out", str(out)],
+        [sys.executable, str(SCRIPT), "--dry-run", "--out", str(out), "--levers", ",".join(CHEAP_LEVERS)],
         capture_output=True,
         text=True,
         env=env,
@@ -105,7 +107,8 @@ def test_dry_run_runs_the_tiny_model_through_the_search(dry_run):
     run = dry_run["results"]["run"]
     assert run["scale"].startswith("tiny")
     assert [t["micro_batch"] for t in run["search"]] == [1, 2] and all(t["fits"] for t in run["search"])
-    assert run["chosen"] == {"recompute": "none", "micro_batch": 2, "accumulation": 8}
+    levers_off = {"fusions": False, "attention_backend": "auto", "compile_layers": False}  # the defaults
+    assert run["chosen"] == {"recompute": "none", "micro_batch": 2, "accumulation": 8, **levers_off}
     assert run["step_time_s"] > 0 and all(map(lambda x: x == x, run["losses"]))  # finite, not NaN
     f = run["flops"]["per_step"]
     assert f["encoder"] + f["connector"] + f["decoder"] == pytest.approx(f["forward"])
@@ -131,6 +134,79 @@ def test_mfu_arithmetic(bench):
     assert tflops_row["ratio"] == pytest.approx(520 / 790) and tflops_row["met"] is True
     slow = bench.report(Args, {}, (cfg, {"step_time_s": 2 * seconds}), "done", 790.0, 989.0)
     assert slow["headline"][0]["met"] is False
+
+
+def test_dry_run_times_the_levers_at_the_same_shapes(dry_run):
+    rows = {row["lever"]: row for row in dry_run["results"]["levers"]}
+    assert list(rows) == list(CHEAP_LEVERS)
+    base = dry_run["results"]["run"]["chosen"]
+    for row in rows.values():
+        for side in ("off", "on"):
+            chosen = row[side]["chosen"]
+            assert (chosen["micro_batch"], chosen["accumulation"]) == (base["micro_batch"], base["accumulation"])
+            assert row[side]["step_time_s"] > 0 and row[side]["mfu"] is None  # no peak on a CPU
+        assert row["speedup"] == pytest.approx(row["off"]["step_time_s"] / row["on"]["step_time_s"])
+    assert rows["recompute"]["off"]["chosen"]["recompute"] == "selective" and rows["recompute"]["on"]["reused"]
+    assert rows["fusions"]["on"]["chosen"]["fusions"] is True and rows["fusions"]["off"]["reused"]
+    assert rows["attention_backend"]["on"]["chosen"]["attention_backend"] == "cudnn"
+    # a lever changes speed, never the numbers: the freshly built sides (the timed run's model has taken
+    # the search's steps first) give the same losses; on CPU fusions and cuDNN are ignored
+    fresh = [rows["recompute"]["off"], rows["fusions"]["on"], rows["attention_backend"]["on"]]
+    for other in fresh[1:]:
+        assert other["losses"] == pytest.approx(fresh[0]["losses"], rel=1e-6)
+
+
+def test_lever_flags_parse(bench):
+    assert bench.parse_levers("all") == ["recompute", "fusions", "attention_backend", "compile_layers", "all"]
+    assert bench.parse_levers("") == []
+    assert bench.parse_levers("fusions, compile_layers") == ["fusions", "compile_layers"]
+    with pytest.raises(SystemExit, match=r"unknown \['tf32'\]"):
+        bench.parse_levers("fusions,tf32")
+    for name in LEVERS:  # every lever of parallel.*: measured alone and in the all-on row
+        assert name in bench.LEVERS and any(name in flag for flag in bench.LEVERS["all"][1])
+
+
+def test_every_lever_reaches_the_json_and_the_planner(bench):
+    cfg = bench.bench_config(2)
+    total = bench.flops(cfg)["per_step"]["total"]
+
+    class Args:
+        dry_run, warmup, steps = False, 2, 5
+
+    def side(extra, tflops):
+        return {"chosen": bench.chosen(bench.lever_config(cfg, extra, [])), "step_time_s": total / (tflops * 1e12)}
+
+    run = side([], 400.0)
+    rows = [
+        {"lever": name, "off": side(off, 400.0), "on": side(on, 400.0 + 10 * (i + 1))}
+        for i, (name, (off, on)) in enumerate(bench.LEVERS.items())
+    ]
+    rows[3]["on"] = {"chosen": rows[3]["on"]["chosen"], "not_measured": "the time budget is spent"}
+    data = bench.report(Args, {}, (cfg, run, rows), "done", 790.0, 989.0)
+    levers = {row["lever"]: row for row in data["results"]["levers"]}
+    assert list(levers) == list(bench.LEVERS)
+    assert levers["fusions"]["on"]["mfu"] == pytest.approx(420 / 989)
+    assert levers["fusions"]["speedup"] == pytest.approx(420 / 400)
+    assert levers["compile_layers"]["on"]["mfu"] is None and levers["compile_layers"]["speedup"] is None
+    rows_out = data["headline"][2:]
+    assert len(rows_out) == len(bench.LEVERS) and rows_out[1]["ratio"] == pytest.approx(420 / 400)
+    assert rows_out[1]["met"] is True and rows_out[3]["met"] is None
+    # the planner reads it back: the MFU measured with the levers (and recompute) a config states
+    data["machine"]["device"] = {"name": "NVIDIA H100 80GB HBM3"}
+    assert measured_mfu([data], ParallelConfig()) == pytest.approx(400 / 989)
+    assert measured_mfu([data], ParallelConfig(fusions=True)) == pytest.approx(420 / 989)
+    every = ParallelConfig(fusions=True, attention_backend="cudnn", compile_layers=True)
+    assert measured_mfu([data], every) == pytest.approx(450 / 989)
+    assert measured_mfu([data], ParallelConfig(compile_layers=True)) is None  # not measured
+    assert measured_mfu([data], ParallelConfig(), device="A100") is None
+
+
+def test_the_planner_reads_the_committed_h100_measurements():
+    results = read_mfu_results(ROOT / "bench" / "results")  # runs from before --levers: every lever off
+    none = measured_mfu(results, ParallelConfig())
+    assert none == pytest.approx(ParallelConfig().plan_mfu, abs=0.005)  # the planner's default is that run
+    selective = measured_mfu(results, ParallelConfig(recompute="selective"))
+    assert selective > none  # micro-batch 2 under selective recomputation beat micro-batch 1 without
 
 
 def test_peak_table(bench):

@@ -128,6 +128,8 @@ def test_script_order_is_the_issues():
         "workflow",
         "dvc_hash",
         "checksum_cost",
+        "stream_loader",
+        "provenance_cost",
         "gpu_mfu",
     ]
 

@@ -133,7 +133,7 @@ def test_two_queued_dvc_experiments_under_two_workers_both_complete(reference, t
         for exp in commit.get("experiments") or []:
             for rev in exp["revs"]:
                 data = rev["data"]
-                vocab = data["params"]["config/default.yaml"]["data"]["tokenizer"]["vocab_size"]
+                vocab = data["params"]["params/tokenizer.json"]["data"]["base"]["tokenizer"]["vocab_size"]
                 runs[vocab] = data["outs"]["results/tokenizer/base/tokenizer.json"]["hash"]
     assert sorted(runs) == list(VOCABS), shown
     assert len(set(runs.values())) == len(VOCABS), f"the two experiments' tokenizers are the same file: {runs}"

@@ -30,6 +30,9 @@ class StageConfig:
     def __str__(self):
         return self.text
 
+    def __repr__(self):  # what Snakemake records of a params list: the same text every run, not an address
+        return repr(self.text)
+
 
 def cfg(stage):
     """params: the JSON of the config sections ``stage`` reads, for the job's experiment."""
@@ -80,8 +83,9 @@ def job_threads(w):
     return ALL_CORES if w.exp == "base" else HALF_CORES
 
 
-# Data and evaluation jobs: one process. Training jobs: the parallel layout of their stage config;
-# on a GPU cluster (config gpu=...) nodes, GPUs, memory and time come from the layout planner.
+# Data and evaluation jobs: one process, the registry's memory and time. Training jobs: the parallel
+# layout of their stage config; on a GPU cluster (config gpu=...) nodes, GPUs, memory and time come
+# from the layout planner, and so do those of evaluation and data jobs (stage_resources below).
 def light(mem_mb=2000, runtime=30):
     return dict(mem_mb=mem_mb, runtime=runtime)
 
@@ -115,6 +119,52 @@ def training(stage):
         res |= dict(gpu=field("tasks", None), tasks=field("tasks", None), tasks_per_gpu=1)
         res |= dict(cpus_per_task=field("cpus_per_task", None))
     return res
+
+
+# Evaluation jobs on a GPU cluster: the planner's inference layout of the checkpoint they run
+# (mm1.plan.infer: the smallest TP that holds the weights and KV cache, data-parallel ranks for
+# time), one node; `mm1 eval run` relaunches itself on the GPUs it gets.
+@functools.cache
+def _inferred(stage, exp):
+    from mm1.plan.infer import checkpoint_stage, inference_resources
+
+    model = STUDY.stage_config(checkpoint_stage(stage), exp)
+    sft = "--sft" in STAGES[stage].command
+    return inference_resources(model, STUDY.stage_config(stage, exp).eval, GPU, sft)
+
+
+def inference(stage):
+    def field(name):
+        return lambda w: _inferred(stage, w.exp)[name]
+
+    res = {k: field(k) for k in ("mem_mb", "runtime", "nodes", "cpus_per_task")}
+    return res | dict(gpu=field("tasks"), tasks=field("tasks"), tasks_per_gpu=1)
+
+
+# Data jobs on a GPU cluster: memory and time from the data they make or read (mm1.plan.data_jobs;
+# never below the registry's constants, which the miniature study keeps).
+@functools.cache
+def _data_sized(stage, exp):
+    from mm1.plan.data_jobs import data_resources
+
+    s = STAGES[stage]
+    return data_resources(s.scales_with, STUDY.stage_config(stage, exp), s.mem_mb, s.runtime, stage == "tokenizer")
+
+
+def data_sized(stage):
+    return {k: (lambda w, k=k: _data_sized(stage, w.exp)[k]) for k in ("mem_mb", "runtime")}
+
+
+def stage_resources(stage):
+    """A stage's resources: the planner's on a GPU cluster (training, evaluation, data), else its constants."""
+    s = STAGES[stage]
+    if s.training:
+        return training(stage)
+    if GPU and s.inference:
+        return inference(stage)
+    if GPU and s.scales_with:
+        return data_sized(stage)
+    return light(s.mem_mb, s.runtime)
 
 
 # -- reports ------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 # The study's stages, one rule each, as the stage registry (mm1.stages) declares them: its inputs
 # (upstream runs of this experiment, mm1.study), its outputs under results/<stage>/{exp}/, and the
 # mm1 command that runs it with the config sections it reads (--config-json); what each stage does is
-# its `help` there. Training stages take their resources from the parallel layout (the planner on a
-# GPU cluster); the others run on one core.
+# its `help` there. On a GPU cluster (config gpu=...) the planner sizes every job: training and
+# evaluation from their parallel layouts, data jobs from their data (stage_resources); locally the
+# data jobs run on one core.
 for _stage in STAGES.values():
 
     rule:
@@ -20,7 +21,7 @@ for _stage in STAGES.values():
             "../../envs/mm1.yaml"
         threads: job_threads if _stage.multicore else 1
         resources:
-            **(training(_stage.name) if _stage.training else light(_stage.mem_mb, _stage.runtime)),
+            **stage_resources(_stage.name),
         params:
             command=list(_stage.command),
             cfg=cfg(_stage.name),

@@ -27,12 +27,14 @@ class ParallelConfig(Section):
     gpus_per_node: int | None = Field(None, ge=1)
     """Processes per node (GPUs per node on a cluster); None = all world_size processes on one node.
     Sizes SLURM jobs (`mm1 plan`); tensor parallelism should stay inside a node."""
-    recompute: Literal["none", "selective", "full"] = "none"
+    recompute: Literal["none", "selective", "full", "auto"] = "none"
     """Activation recomputation: none keeps every activation; selective recomputes the attention
     core (softmax, dropout, scores x values) in backward; full keeps only each layer's input and
     recomputes the whole layer (about one extra forward). Applies to the encoder and the decoder.
     With SDPA attention no scores are stored, so selective saves only the attention output
-    (`mm1 plan` shows the memory of each)."""
+    (`mm1 plan` shows the memory of each). auto: the least recomputation whose `mm1 plan` memory
+    estimate fits the GPU (none on a CPU), resolved by mm1.plan.estimate.resolve_recompute before
+    the model is built (the MM1 paper is silent; megatron's selective/full are Korthikanti et al. 2022)."""
     sequence_parallel: bool = False
     """Megatron's sequence parallelism in the decoder (needs tp > 1): the norms, residuals and
     dropout work on 1/tp of the sequence each, so their activations are split over the TP ranks too;
@@ -42,12 +44,43 @@ class ParallelConfig(Section):
     """Reduce gradients over the data-parallel ranks bucket by bucket during the backward (megatron
     DDP's overlap_grad_reduce) instead of in one pass after it. A planner-only option: `mm1 plan`
     estimates what it would hide, but training refuses it (see the error), so it must stay false."""
+    fusions: bool = False
+    """Megatron-core 0.16.1's fused kernels that need no Transformer Engine, on CUDA: bias + activation
+    (SwiGLU; GeLU with biases), bias + dropout + residual add, the native vocab-parallel cross-entropy
+    fusion, and masked softmax / gradient-accumulation / RoPE fusion where their apex or TE module is
+    installed (mm1.models.megatron_config.FUSIONS). Ignored, with one warning, without CUDA. Off until
+    bench/gpu_mfu.py --levers has measured it (the MM1 paper is silent on kernels)."""
+    attention_backend: Literal["auto", "flash", "efficient", "cudnn", "math"] = "auto"
+    """The SDPA kernel the core attention asks for first (torch.nn.attention.sdpa_kernel, the others
+    as fallbacks for shapes it cannot take); auto: torch's own order. cudnn: cuDNN attention, an SDPA
+    backend since PyTorch 2.5 for H100 and newer; efficient and cudnn are ignored, with one warning, on
+    a CPU (mm1.models.attention). The paper is silent; Transformer Engine's attention ignores it."""
+    compile_layers: bool = False
+    """torch.compile each transformer layer of the decoder and the encoders (nn.Module.compile:
+    the same state dict). Off by default: compiling costs minutes at paper size, paid back only on
+    long runs (the paper and megatron are silent; bench/gpu_mfu.py --levers measures it)."""
+    collective_timeout_minutes: float = Field(5, gt=0)
+    """How long a rank waits in one collective before torch.distributed gives up (the process
+    group's timeout; torch's own default is 10 min, NCCL's 10 min too). Ranks wait on each other
+    where one works alone: rank 0 hashes the inputs while the others wait in a broadcast, and after
+    a checkpoint save the fastest rank waits in a barrier for the slowest writer. At paper scale a
+    save of a 30B model with its Adam state (~420 GB over all ranks) can take many minutes on a busy
+    shared filesystem, so the paper presets raise this to 60; a too-short timeout kills a healthy
+    run in its save, a too-long one only delays the report of a dead rank."""
+    loader_workers: int = Field(0, ge=0)
+    """DataLoader worker processes per training rank that read the packed file's blocks and decode and
+    resize images ahead of the step (mm1.data.stream); 0 builds each micro-batch in the training
+    process (the default: on 2 cores a worker only competes with training). On a GPU node give each
+    rank 2-4 (bench/stream_loader.py: one core makes ~22 sequences/s at paper shapes, 3.4x the
+    measured H100 rate). The batches are the same tensors whatever the number."""
     plan_mfu: float = Field(0.31, gt=0, le=1)
     """Utilisation of the matmuls that `mm1 plan` assumes for step times (training ignores it):
     model FLOPs per second over the GPU's dense BF16 peak. 0.31 was measured for mm1-ablation on one
     H100 80GB (bf16, seq 4096, 16 images, megatron's local spec with SDPA, recompute none,
     micro-batch 1: 30.7%; micro-batch 2 with selective recompute: 36.3%; bench/gpu_mfu.py,
-    bench/results/gpu_mfu*.json). Other GPUs and Transformer Engine have not been measured."""
+    bench/results/gpu_mfu*.json). Other GPUs and Transformer Engine have not been measured; the MFU
+    measured with other levers or recompute (bench/gpu_mfu.py --levers) is what
+    mm1.plan.estimate.measured_mfu reads from those files."""
 
     @model_validator(mode="after")
     def _layout(self) -> ParallelConfig:
@@ -127,6 +160,17 @@ class TrainConfig(Section):
     """Log loss and LR every this many steps."""
     save_interval: int = Field(0, ge=0)
     """Save a resumable checkpoint every this many steps (0: only at the end)."""
+    save_every_minutes: float = Field(0, ge=0)
+    """Also save a resumable checkpoint once this many minutes have passed since the last save (or
+    the start); 0: off. Rank 0's clock decides and every rank saves after the same step (the
+    decision is all-reduced with the stop flag). Bounds the work a node failure or a preemption
+    without warning loses, whatever the step time."""
+    stop_minutes_before_limit: float = Field(0, ge=0)
+    """Inside a SLURM job with a time limit: stop after the first step that ends less than this many
+    minutes before the limit (rank 0's clock, agreed by every rank), save, and exit 75, which
+    requeues the job; 0: off (a job at its limit is killed and resumes from its last save). Set it
+    above the longest save plus one step. mm1 watches the limit itself rather than asking SLURM for a
+    ``--signal``, which cannot reach the training through Snakemake's job processes (docs/slurm.md)."""
     save_at_end: bool = True
     """Also save one after the last step, so that a run stopped while writing its outputs resumes
     there. The ablation scale turns it off: its runs take seconds to redo, less than the save costs."""

@@ -3,7 +3,9 @@
 The packed file holds the global stream of sequences (the pack stage wrote exactly what the run
 needs). Optimizer step t uses sequences [t * G, (t + 1) * G) (G = global batch, wrapping around
 when the file is shorter); data-parallel rank r runs micro-batches r, r + dp, r + 2 dp, ... of it,
-so a step sees the same sequences whatever the layout.
+so a step sees the same sequences whatever the layout. :class:`PackedData` holds a whole file in
+memory (tests, small files); the trainer streams the same micro-batches from disk
+(:mod:`mm1.data.stream`).
 """
 
 from __future__ import annotations
@@ -60,10 +62,14 @@ def step_indices(n: int, global_batch: int, step: int) -> np.ndarray:
     return (np.arange(global_batch) + step * global_batch) % n
 
 
+def rank_chunks(n: int, step: int, global_batch: int, micro_batch: int, dp_rank: int, dp_size: int) -> np.ndarray:
+    """(micro-batches, micro_batch) indices data-parallel rank ``dp_rank`` runs for step ``step``."""
+    return step_indices(n, global_batch, step).reshape(-1, micro_batch)[dp_rank::dp_size]
+
+
 def micro_batches(
     data: PackedData, step: int, global_batch: int, micro_batch: int, dp_rank: int, dp_size: int
 ) -> Iterator[dict[str, torch.Tensor]]:
     """The micro-batches this data-parallel rank runs for optimizer step ``step``."""
-    chunks = step_indices(len(data), global_batch, step).reshape(-1, micro_batch)
-    for chunk in chunks[dp_rank::dp_size]:
+    for chunk in rank_chunks(len(data), step, global_batch, micro_batch, dp_rank, dp_size):
         yield data.batch(chunk)

@@ -76,7 +76,7 @@ def pack(cfg: RunConfig, manifest: Path, tokenizer: Path, out_dir: Path) -> pl.D
     )
     n = cfg.train.steps * cfg.train.global_batch_size
     seqs = list(progress(itertools.islice(sampler, n), total=n, desc="pack", unit="seq"))
-    write_packed(seqs, out_dir / "train.parquet")
+    write_packed(seqs, out_dir / "train.parquet", block_rows=cfg.train.micro_batch_size)  # a block per micro-batch
     mixture = sampler.realised_mixture(seqs)
     atomic.write_text(out_dir / "mixture.csv", mixture.write_csv())
     provenance.record(

@@ -4,18 +4,49 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
+
+from mm1.config import ParallelConfig
+
+
+def eval_parallel(ckpt: Path, micro_batch_size: int, max_images: int) -> ParallelConfig:
+    """The evaluation's layout: as many processes as a launcher started (torchrun, srun), else one
+    per GPU this process sees (one on CPU); on GPUs the smallest tensor parallelism whose decoding
+    fits the device (:func:`mm1.plan.infer.inference_tp`, the planner's rule), the rest data-parallel."""
+    import torch
+
+    from mm1.parallel.launch import under_launcher
+
+    if under_launcher():
+        world = int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_STEP_NUM_TASKS", "1"))
+    else:
+        world = torch.cuda.device_count() if torch.cuda.is_available() else 1
+    tp = 1
+    if torch.cuda.is_available() and world > 1:
+        from mm1.plan.infer import inference_tp
+        from mm1.train import checkpoint
+
+        meta = checkpoint.read_meta(ckpt)
+        memory = torch.cuda.get_device_properties(0).total_memory / 1e9
+        tp = inference_tp(meta["model"], meta["vocab_size"], memory, world, micro_batch_size, max_images)
+    return ParallelConfig(world_size=world, tp=tp)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from mm1.eval.harness import evaluate
+    from mm1.parallel.launch import relaunch_if_needed
 
     cfg = args.resolve(args)
-    result = evaluate(
-        cfg.eval, cfg.name, args.data, args.tokenizer, args.checkpoint, args.out, sft=cfg.sft if args.sft else None
-    )
-    print(result.summary)
+    parallel = eval_parallel(args.checkpoint, cfg.eval.micro_batch_size, cfg.eval.max_images)
+    code = relaunch_if_needed(parallel, args.argv, out=args.out)  # one process per GPU, under torchrun
+    if code is not None:
+        return code
+    result = evaluate(cfg.eval, cfg.name, args.data, args.tokenizer, args.checkpoint, args.out,
+                      sft=cfg.sft if args.sft else None, parallel=parallel)  # fmt: skip
+    if os.environ.get("RANK", "0") == "0":
+        print(result.summary)
     return 0
 
 

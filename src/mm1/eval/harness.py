@@ -59,10 +59,12 @@ from mm1.eval.likelihood import Candidate, continuation_logprobs
 from mm1.eval.ll_scores import caption_likelihood, vqa_likelihood
 from mm1.eval.prompts import Prompt, Template, build_prompt, cut_at_stops
 from mm1.eval.scoring import write_caption_predictions, write_vqa_predictions
+from mm1.eval.shard import map_batches
 from mm1.eval.table4_run import run_table4
 from mm1.eval.tables import metrics_json, summarise
 from mm1.eval.vqa_metric import vqa_scores
 from mm1.models.encoder import patch_features
+from mm1.models.megatron_config import MegatronLayout
 from mm1.models.mm1_model import MM1Model
 from mm1.parallel.setup import distributed
 from mm1.progress import progress
@@ -90,8 +92,13 @@ def evaluate(
     out_dir: Path,
     *,
     sft: SFTConfig | None = None,
+    parallel: ParallelConfig | None = None,
 ) -> EvalResult:
-    """Evaluate the checkpoint on every configured benchmark; ``sft`` given: as an SFT model."""
+    """Evaluate the checkpoint on every configured benchmark; ``sft`` given: as an SFT model.
+
+    ``parallel``: the processes' layout (default: one process). Under torchrun with world_size N
+    and tp T the decoding and choice-scoring batches are shared among the N / T data-parallel ranks
+    (:mod:`mm1.eval.shard`); rank 0 writes the same files one process writes."""
     out_dir, data_root = Path(out_dir), Path(data_root)
     tok = TextTokenizer(tokenizer_path)
     meta = checkpoint.read_meta(ckpt)
@@ -109,8 +116,9 @@ def evaluate(
     n_gen = cfg.num_examples or None
     rows: list[dict] = []
     inputs: dict[str, Path] = {"tokenizer": Path(tokenizer_path), "checkpoint": Path(ckpt)}
-    with distributed(ParallelConfig(), seed=0) as rank:
-        model = MM1Model(mc, vocab_size=tok.vocab_size, image_token_id=tok.image_id).to(rank.device)
+    with distributed(parallel or ParallelConfig(), seed=0) as rank:
+        layout = MegatronLayout(tp=parallel.tp if parallel else 1)  # fp32: the plan's mm1.plan.infer.BYTES
+        model = MM1Model(mc, vocab_size=tok.vocab_size, image_token_id=tok.image_id, layout=layout).to(rank.device)
         checkpoint.load_into(model, ckpt)
         model.eval()
         ctx = EvalContext(cfg, sft, model, mc, tok, rank.device)
@@ -258,13 +266,17 @@ def _run_task(ctx: EvalContext, bench: Benchmark, order: list[list[int]], k: int
     prompts = _prompts(ctx, bench, order, k)
     max_new = getattr(ctx.cfg, bench.task).max_new_tokens
     by_length = sorted(range(len(prompts)), key=lambda i: len(prompts[i].ids))  # similar lengths batch together
-    texts: dict[int, str] = {}
     mb = ctx.cfg.micro_batch_size
-    for start in progress(range(0, len(by_length), mb), desc=f"{bench.name} {k}-shot", unit="batch"):
-        idx = by_length[start : start + mb]
+    batches = [by_length[start : start + mb] for start in range(0, len(by_length), mb)]
+
+    def decode(idx: list[int]) -> list[str]:
         images = stack_images([im for i in idx for im in prompts[i].images], ctx.image_size).to(ctx.device)
         outs = greedy(ctx.model, ctx.tok, [prompts[i].ids for i in idx], images, ctx.max_length, max_new)
-        texts |= {i: ctx.tok.decode(o) for i, o in zip(idx, outs, strict=True)}
+        return [ctx.tok.decode(o) for o in outs]
+
+    texts: dict[int, str] = {}
+    for idx, out in zip(batches, map_batches(batches, decode, _bar(f"{bench.name} {k}-shot")), strict=True):
+        texts |= dict(zip(idx, out, strict=True))
     predictions = {bench.items[i].key: _answer_text(ctx, bench.task, texts[i]) for i in range(len(prompts))}
     dropped = sum(p.dropped for p in prompts)
     return predictions, dropped, float(np.mean([p.shots for p in prompts]))
@@ -315,18 +327,25 @@ def _score_task(
 
 def _choose(ctx: EvalContext, groups: list[list[Candidate]], desc: str) -> list[int]:
     """Per group of candidates (one per choice), the index of the most likely one."""
-    flat = [(g, c) for g, cands in enumerate(groups) for c in cands]
-    scores: list[float] = []
+    flat = [c for cands in groups for c in cands]
     mb = ctx.cfg.micro_batch_size
-    for start in progress(range(0, len(flat), mb), desc=desc, unit="batch"):
-        batch = [c for _, c in flat[start : start + mb]]
+
+    def score(batch: list[Candidate]) -> list[float]:
         images = stack_images([im for c in batch for im in c.images], ctx.image_size).to(ctx.device)
-        scores += continuation_logprobs(ctx.model, ctx.tok, batch, images, ctx.max_length)
+        return continuation_logprobs(ctx.model, ctx.tok, batch, images, ctx.max_length)
+
+    batches = [flat[start : start + mb] for start in range(0, len(flat), mb)]
+    scores = [s for part in map_batches(batches, score, _bar(desc)) for s in part]
     picks, at = [], 0
     for cands in groups:
         picks.append(int(np.argmax(scores[at : at + len(cands)])))
         at += len(cands)
     return picks
+
+
+def _bar(desc: str):
+    """A progress bar over this rank's batches."""
+    return lambda batches: progress(batches, desc=desc, unit="batch")
 
 
 def _accuracy_rows(name: str, kinds: Sequence[str], correct: Sequence[bool], template: str) -> list[dict]:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from mm1.data.tokenizer import TextTokenizer
+from mm1.eval.shard import map_batches
 from mm1.models.mm1_model import splice_images
 from mm1.progress import progress
 
@@ -108,8 +109,10 @@ def prefix_logprobs(
         batches.append(order[start:stop])
         start = stop
     out: list[list[list[float]]] = [[] for _ in prompts]
-    for batch in progress(batches, desc=desc, unit="batch") if desc else batches:
-        for i, scores in zip(batch, _packed(model, tok, [prompts[i] for i in batch], image_tokens), strict=True):
+    wrap = (lambda b: progress(b, desc=desc, unit="batch")) if desc else iter
+    scored = map_batches(batches, lambda batch: _packed(model, tok, [prompts[i] for i in batch], image_tokens), wrap)
+    for batch, part in zip(batches, scored, strict=True):  # each batch on its data-parallel rank (mm1.eval.shard)
+        for i, scores in zip(batch, part, strict=True):
             out[i] = scores
     return out
 

@@ -11,6 +11,15 @@ mask conventions. It covers what the project builds -- causal (decoder, CLIP tex
 arbitrary boolean masks (AIM's prefix-causal mask), grouped-query attention, dropout under
 megatron's RNG tracker -- and hands everything else (softmax offsets, sliding windows, query-key
 layer scaling, packed sequences, attention bias) to the parent unchanged.
+
+Which SDPA kernel runs is torch's choice (``attention_backend="auto"``) unless parallel.attention_backend
+names one: it goes first in torch's priority list, the others follow as fallbacks for shapes or masks it
+cannot take (``torch.nn.attention.sdpa_kernel(..., set_priority=True)``). PyTorch 2.5 added cuDNN
+attention as an SDPA backend for H100 and newer GPUs (its release notes); torch then moved it down its
+default order after cuDNN refused some shapes at run time (pytorch/pytorch#138587), so ``auto`` may
+not pick it; issue 25 cites it as 1.7-2.3x faster than flash for training shapes on Hopper.
+bench/gpu_mfu.py --levers measures it. The MM1 paper is silent on kernels. On a CPU torch has only
+its flash kernel and the math one: naming cudnn or efficient there is ignored with one warning.
 """
 
 from __future__ import annotations
@@ -20,7 +29,9 @@ import dataclasses
 import warnings
 from typing import Any
 
+import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -30,11 +41,35 @@ with warnings.catch_warnings():
     from megatron.core.transformer.spec_utils import ModuleSpec
 
 
-class SdpaAttention(DotProductAttention):
-    """megatron ``DotProductAttention`` computed by one fused ``scaled_dot_product_attention`` call."""
+# parallel.attention_backend -> torch's SDPA kernels in priority order (None: torch's own order)
+BACKENDS: dict[str, list[SDPBackend] | None] = {
+    "auto": None,
+    "flash": [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
+    "efficient": [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH],
+    "cudnn": [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
+    "math": [SDPBackend.MATH],
+}
+CUDA_ONLY = ("efficient", "cudnn")  # torch has no CPU kernel of these
+_WARNED: set[str] = set()  # what warn_once has said in this process
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+
+def warn_once(message: str) -> None:
+    """A UserWarning the first time ``message`` comes up in this process only (a lever ignored on
+    this device says so in one line, not once per layer or step)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, stacklevel=3)
+
+
+class SdpaAttention(DotProductAttention):
+    """megatron ``DotProductAttention`` computed by one fused ``scaled_dot_product_attention`` call,
+    with the SDPA kernel ``backend`` (a key of :data:`BACKENDS`) first in torch's priority order."""
+
+    def __init__(self, *args: Any, backend: str = "auto", **kwargs: Any) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"parallel.attention_backend={backend!r} is not one of {sorted(BACKENDS)}")
         super().__init__(*args, **kwargs)
+        self.backend = backend
         self._fused = (
             self.softmax_offset is None
             and self.scale_mask_softmax.window_size is None
@@ -62,34 +97,57 @@ class SdpaAttention(DotProductAttention):
         )
         if p > 0 and not self.config.sequence_parallel:
             with tensor_parallel.get_cuda_rng_tracker().fork():
-                context = F.scaled_dot_product_attention(q, k, v, **kwargs)
+                context = self._sdpa(q, k, v, **kwargs)
         else:
-            context = F.scaled_dot_product_attention(q, k, v, **kwargs)
+            context = self._sdpa(q, k, v, **kwargs)
         # (b, heads, sq, hn) -> (sq, b, heads * hn)
         return context.permute(2, 0, 1, 3).reshape(sq, context.size(0), self.hidden_size_per_partition)
 
+    def _sdpa(self, q, k, v, **kwargs) -> torch.Tensor:
+        """SDPA under this layer's kernel choice; a CUDA-only choice on another device is torch's choice."""
+        backends = BACKENDS[self.backend]
+        if self.backend in CUDA_ONLY and not q.is_cuda:
+            warn_once(
+                f"parallel.attention_backend={self.backend} is ignored on {q.device.type}: "
+                "torch has no such kernel there (it picks flash or math)"
+            )
+            backends = None
+        if backends is None:
+            return F.scaled_dot_product_attention(q, k, v, **kwargs)
+        with sdpa_kernel(backends, set_priority=True):
+            return F.scaled_dot_product_attention(q, k, v, **kwargs)
 
-def with_sdpa(spec: Any) -> Any:
-    """A copy of a megatron layer or block spec with every local ``DotProductAttention`` as :class:`SdpaAttention`.
+
+def with_sdpa(spec: Any, backend: str = "auto") -> Any:
+    """A copy of a megatron layer or block spec with every local ``DotProductAttention`` as :class:`SdpaAttention`
+    asking for the SDPA kernel ``backend`` ("auto": the bare class, torch's choice).
 
     Transformer Engine's attention (a TE spec) is left as it is: it is fused already.
     """
-    return _swap(copy.deepcopy(spec))
+    if backend not in BACKENDS:
+        raise ValueError(f"parallel.attention_backend={backend!r} is not one of {sorted(BACKENDS)}")
+    core = SdpaAttention if backend == "auto" else ModuleSpec(module=SdpaAttention, params={"backend": backend})
+    return _swap(copy.deepcopy(spec), core, backend)
 
 
-def _swap(node: Any) -> Any:
-    """``node`` with local attention swapped, in place where it is mutable; a bare class is returned swapped."""
+def _swap(node: Any, core: Any, backend: str) -> Any:
+    """``node`` with local attention swapped for ``core``, in place where it is mutable; a bare class is
+    returned swapped."""
     if node is DotProductAttention:  # specs name the core attention as a bare class or as a ModuleSpec
-        return SdpaAttention
+        return core
     if isinstance(node, ModuleSpec):
-        node.module = _swap(node.module)
-        node.submodules = _swap(node.submodules)
+        if node.module is DotProductAttention:
+            node.module = SdpaAttention
+            node.params = {**node.params, **({} if backend == "auto" else {"backend": backend})}
+        else:
+            node.module = _swap(node.module, core, backend)
+        node.submodules = _swap(node.submodules, core, backend)
     elif isinstance(node, list):
-        node[:] = [_swap(item) for item in node]
+        node[:] = [_swap(item, core, backend) for item in node]
     elif dataclasses.is_dataclass(node) and not isinstance(node, type):
         for field in dataclasses.fields(node):
-            setattr(node, field.name, _swap(getattr(node, field.name)))
+            setattr(node, field.name, _swap(getattr(node, field.name), core, backend))
     elif isinstance(node, dict):
         for key, item in node.items():
-            node[key] = _swap(item)
+            node[key] = _swap(item, core, backend)
     return node

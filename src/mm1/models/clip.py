@@ -20,7 +20,7 @@ from torch import nn
 from mm1.config import ClipHeadConfig, EncoderConfig
 from mm1.models.attention import with_sdpa
 from mm1.models.encoder import build_encoder, patch_features
-from mm1.models.megatron_config import MegatronLayout, encoder_config
+from mm1.models.megatron_config import MegatronLayout, compile_layers, encoder_config
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -55,8 +55,10 @@ class TextTower(MegatronModule):
         self.position_embedding = nn.Parameter(torch.empty(head.text_seq_length, head.text_hidden_size))
         nn.init.normal_(self.token_embedding.weight, std=config.init_method_std)
         nn.init.normal_(self.position_embedding, std=config.init_method_std)
-        spec = with_sdpa(get_gpt_layer_local_spec(normalization="LayerNorm"))  # causal self-attention
+        spec = with_sdpa(get_gpt_layer_local_spec(normalization="LayerNorm"), layout.attention_backend)  # causal
         self.block = TransformerBlock(config=config, spec=spec, pre_process=True, post_process=False)
+        if layout.compile_layers:
+            compile_layers(self.block)
 
     def forward(self, text: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         B, T = text.shape

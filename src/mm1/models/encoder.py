@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from mm1.config import EncoderConfig
 from mm1.models.attention import with_sdpa
-from mm1.models.megatron_config import MegatronLayout, encoder_config
+from mm1.models.megatron_config import MegatronLayout, compile_layers, encoder_config
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -25,14 +25,15 @@ with warnings.catch_warnings():
     from megatron.core.transformer.torch_norm import WrappedTorchNorm
 
 
-def vit_layer_spec(attn_mask_type: AttnMaskType = AttnMaskType.no_mask):
+def vit_layer_spec(attn_mask_type: AttnMaskType = AttnMaskType.no_mask, attention_backend: str = "auto"):
     """megatron's local ViT layer spec with ``attn_mask_type`` in place of the causal mask it
     defaults to in 0.16.1 (vit_layer_specs.get_vit_layer_with_local_spec).
 
     ``no_mask``: bidirectional (CLIP, MM1). ``arbitrary``: the caller passes a boolean mask to
-    ``forward(x, attention_mask=...)`` (AIM's prefix-causal mask).
+    ``forward(x, attention_mask=...)`` (AIM's prefix-causal mask). ``attention_backend``: the SDPA
+    kernel the core attention asks for (parallel.attention_backend).
     """
-    spec = with_sdpa(get_vit_layer_with_local_spec())
+    spec = with_sdpa(get_vit_layer_with_local_spec(), attention_backend)
     spec.submodules.self_attention.params = {"attn_mask_type": attn_mask_type}
     return spec
 
@@ -48,11 +49,11 @@ def build_encoder(
 
     The ViT is returned unwrapped: megatron collects its TP-sharded checkpoint tensors only from
     modules that define ``sharded_state_dict``; a plain wrapper would save one rank's shard as if
-    it were replicated.
+    it were replicated. With ``layout.compile_layers`` each ViT layer is compiled.
     """
-    return CLIPViTModel(
+    vit = CLIPViTModel(
         encoder_config(cfg, layout),
-        vit_layer_spec(attn_mask_type),
+        vit_layer_spec(attn_mask_type, layout.attention_backend),
         ln_pre_impl=WrappedTorchNorm,  # megatron's default is TE/apex LayerNorm
         ln_post_impl=WrappedTorchNorm,
         add_class_token=cfg.class_token,
@@ -61,6 +62,9 @@ def build_encoder(
         img_h=cfg.image_size,
         img_w=cfg.image_size,
     )
+    if layout.compile_layers:
+        compile_layers(vit.decoder)
+    return vit
 
 
 def patch_features(features: torch.Tensor, cfg: EncoderConfig) -> torch.Tensor:

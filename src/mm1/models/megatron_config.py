@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.util
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -16,8 +17,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mm1.config import DecoderConfig, EncoderConfig, MoEConfig
-from mm1.models.attention import with_sdpa
+from mm1.config import DecoderConfig, EncoderConfig, MoEConfig, ParallelConfig
+from mm1.models.attention import warn_once, with_sdpa
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -37,6 +38,29 @@ class MegatronLayout:
     bf16: bool = False  # bf16 weights and activations (train.precision); fp32 main weights live in the optimizer
     recompute: str = "none"  # parallel.recompute: none, selective or full activation recomputation
     sequence_parallel: bool = False  # parallel.sequence_parallel: the decoder's norms and residuals split over TP
+    fusions: bool = False  # parallel.fusions: megatron's fused kernels that run without Transformer Engine (CUDA only)
+    attention_backend: str = "auto"  # parallel.attention_backend: the SDPA kernel the core attention asks for
+    compile_layers: bool = False  # parallel.compile_layers: torch.compile each transformer layer
+
+    def __post_init__(self) -> None:
+        if self.recompute not in RECOMPUTE:
+            raise ValueError(
+                f"parallel.recompute={self.recompute!r} cannot build a model: 'auto' is resolved to none, selective "
+                "or full by mm1.plan.estimate.resolve_recompute(cfg, memory_gb) first; pass the resolved config"
+            )
+
+    @classmethod
+    def of(cls, par: ParallelConfig, bf16: bool = False) -> MegatronLayout:
+        """The layout ``par`` (a ParallelConfig, recompute resolved) states, in bf16 or fp32."""
+        return cls(
+            tp=par.tp, pp=par.pp, ep=par.ep, bf16=bf16, recompute=par.recompute,
+            sequence_parallel=par.sequence_parallel, **levers(par),
+        )  # fmt: skip
+
+
+def levers(par: ParallelConfig) -> dict[str, Any]:
+    """The speed levers of a ParallelConfig, as MegatronLayout fields (for layouts built field by field)."""
+    return {"fusions": par.fusions, "attention_backend": par.attention_backend, "compile_layers": par.compile_layers}
 
 
 # parallel.recompute -> megatron's recomputation fields. selective: the attention core only
@@ -63,6 +87,47 @@ CPU_FLAGS = {
     "bias_dropout_fusion": False,
     "apply_rope_fusion": False,
 }
+
+
+# parallel.fusions on CUDA: the fusions megatron-core 0.16.1 runs without Transformer Engine or apex.
+# bias_dropout_fusion: bias + dropout + residual add in one jit_fuser (torch.compile) function
+# (transformer_layer.get_bias_dropout_add). cross_entropy_loss_fusion with the "native" impl: megatron's
+# fused_vocab_parallel_cross_entropy (fusions/fused_cross_entropy.py), jit-fused, no TE. Each entry's
+# value: the module it needs importable (None: nothing beyond megatron). Not here: persist_layer_norm
+# and memory_efficient_layer_norm (apex's norms; the local spec uses torch's); bias_activation_fusion
+# is per MLP (activation_fusion).
+FUSIONS: dict[str, tuple[dict[str, Any], str | None]] = {
+    "bias_dropout_fusion": ({"bias_dropout_fusion": True}, None),
+    "cross_entropy_loss_fusion": ({"cross_entropy_loss_fusion": True, "cross_entropy_fusion_impl": "native"}, None),
+    # megatron's compiled softmax kernels (apex / megatron's legacy fused_kernels); SDPA makes it a
+    # fallback-path fusion (sliding windows, softmax offsets) either way
+    "masked_softmax_fusion": ({"masked_softmax_fusion": True}, "scaled_masked_softmax_cuda"),
+    # the fused weight-gradient GEMM of apex (or TE)
+    "gradient_accumulation_fusion": ({"gradient_accumulation_fusion": True}, "fused_weight_gradient_mlp_cuda"),
+    "apply_rope_fusion": ({"apply_rope_fusion": True}, "transformer_engine"),  # TE >= 1.4 (megatron's check)
+}
+
+
+def activation_fusion(activation: str, gated: bool, bias: bool) -> dict[str, Any]:
+    """bias_activation_fusion where megatron's MLP has a fused kernel for it: SwiGLU (bias or not,
+    fused_bias_swiglu) and GeLU with biases (fused_bias_gelu); quick_gelu only as a gated unit
+    (TransformerConfig.__post_init__ refuses it otherwise), so the CLIP ViT keeps it off."""
+    ok = (activation == "swiglu" and gated) or (activation == "gelu" and (gated or bias))
+    return {"bias_activation_fusion": True} if ok else {}
+
+
+def fusion_flags(layout: MegatronLayout, activation: str, gated: bool, bias: bool) -> dict[str, Any]:
+    """The fusion fields ``layout.fusions`` turns on for one model part; none without CUDA (one warning line)."""
+    if not layout.fusions:
+        return {}
+    if not torch.cuda.is_available():
+        warn_once("parallel.fusions=true is ignored without CUDA: megatron's fused kernels are CUDA only")
+        return {}
+    flags = activation_fusion(activation, gated, bias)
+    for fields, module in FUSIONS.values():
+        if module is None or importlib.util.find_spec(module) is not None:
+            flags.update(fields)
+    return flags
 
 
 def required_flags() -> dict[str, Any]:
@@ -124,6 +189,7 @@ def decoder_config(dec: DecoderConfig, moe: MoEConfig, layout: MegatronLayout) -
         "expert_model_parallel_size": layout.ep,
         # the ViT never: its input is not split over the sequence (MM1Model.embed scatters the decoder's)
         "sequence_parallel": layout.sequence_parallel,
+        **fusion_flags(layout, dec.activation, swiglu, bias=False),
     }
     if moe.enabled:
         kwargs.update(
@@ -156,14 +222,34 @@ def encoder_config(enc: EncoderConfig, layout: MegatronLayout) -> TransformerCon
         activation_func=quick_gelu if enc.activation == "quick_gelu" else F.gelu,
         add_bias_linear=True,
         pipeline_model_parallel_size=1,
+        **fusion_flags(layout, enc.activation, gated=False, bias=True),
     )
 
 
-def decoder_layer_spec(config: TransformerConfig):
-    """The decoder's block spec (dense or MoE per layer), TE or local per :func:`use_transformer_engine`;
-    under sequence parallelism the local spec's norms are :class:`SequenceParallelNorm`."""
-    spec = with_sdpa(get_gpt_decoder_block_spec(config, use_transformer_engine=use_transformer_engine()))
+def decoder_layer_spec(config: TransformerConfig, attention_backend: str = "auto"):
+    """The decoder's block spec (dense or MoE per layer), TE or local per :func:`use_transformer_engine`,
+    SDPA core attention asking for ``attention_backend`` (parallel.attention_backend); under sequence
+    parallelism the local spec's norms are :class:`SequenceParallelNorm`."""
+    spec = get_gpt_decoder_block_spec(config, use_transformer_engine=use_transformer_engine())
+    spec = with_sdpa(spec, attention_backend)
     return _swap_norms(spec) if config.sequence_parallel else spec
+
+
+def compile_layers(block: torch.nn.Module) -> None:
+    """``torch.compile`` each layer of a megatron ``TransformerBlock`` in place (parallel.compile_layers).
+
+    ``nn.Module.compile`` keeps the module and its state-dict keys, so checkpoints, DDP buckets and
+    recomputation (which calls the layer) see the same model; one graph per layer class is traced
+    and reused by the block's identical layers. The MM1 paper is silent on it; megatron-core 0.16.1
+    has no such option (its ``jit_fuser`` compiles only the small fused functions). megatron 0.16.1's
+    RowParallelLinear passes ``tp_group=None`` and so calls ``warnings.warn`` (a deprecation note) in
+    every forward; dynamo breaks the graph at each call (measured on CPU: 16 graph breaks in a 4-layer
+    model, 2 graphs without), so ``warnings.warn`` is a no-op inside compiled code (dynamo's
+    ignore_logging_functions, for the whole process): a warning raised in a compiled layer is not shown.
+    """
+    torch._dynamo.config.ignore_logging_functions.add(warnings.warn)
+    for layer in block.layers:
+        layer.compile()
 
 
 class SequenceParallelNorm:

@@ -19,7 +19,7 @@ from mm1.config import ModelConfig
 from mm1.models import size
 from mm1.models.connector import build_connector
 from mm1.models.encoder import build_encoder, patch_features
-from mm1.models.megatron_config import MegatronLayout, decoder_config, decoder_layer_spec
+from mm1.models.megatron_config import MegatronLayout, compile_layers, decoder_config, decoder_layer_spec
 from mm1.models.size import ParamCount, padded_vocab_size
 
 with warnings.catch_warnings():
@@ -75,7 +75,7 @@ class MM1Model(MegatronModule):
         self.post_process = post_process
         self.language_model = GPTModel(
             config=config,
-            transformer_layer_spec=decoder_layer_spec(config),
+            transformer_layer_spec=decoder_layer_spec(config, layout.attention_backend),
             vocab_size=padded_vocab_size(vocab_size),
             max_sequence_length=cfg.decoder.seq_length,
             pre_process=pre_process,
@@ -85,6 +85,8 @@ class MM1Model(MegatronModule):
             rotary_base=cfg.decoder.rotary_base,
             scatter_embedding_sequence_parallel=False,  # embed() scatters after the images are spliced in
         )
+        if layout.compile_layers:  # parallel.compile_layers (the ViT's are compiled by build_encoder)
+            compile_layers(self.language_model.decoder)
         if pre_process:
             self.encoder = build_encoder(cfg.encoder, layout)
             self.connector = build_connector(

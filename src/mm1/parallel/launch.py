@@ -22,7 +22,7 @@ from pathlib import Path
 
 from mm1 import outlock
 from mm1.config import ParallelConfig
-from mm1.parallel.supervise import REQUEUE_EXIT, failure_message, run_supervised
+from mm1.parallel.supervise import REQUEUE_EXIT, failure_message, requeue_slurm_job, run_supervised
 
 
 def _slurm_tasks() -> int:
@@ -115,7 +115,9 @@ def relaunch_if_needed(
     The re-launching process holds the lock of the stage's ``out`` folder (:mod:`mm1.outlock`) for
     the whole job, and tells its ranks so (they take none): a second run on that folder fails at
     once. It waits through preemption signals (:func:`~mm1.parallel.supervise.run_supervised`:
-    75 asks for a requeue); on a failure it names the stage's ``resume`` folder's newest checkpoint.
+    75 asks for a requeue, which it passes to SLURM inside a batch job,
+    :func:`~mm1.parallel.supervise.requeue_slurm_job`); on a failure it names the stage's ``resume``
+    folder's newest checkpoint.
     """
     if parallel.world_size == 1 or under_launcher():
         return None
@@ -128,6 +130,8 @@ def relaunch_if_needed(
         if out:  # held here (now, or already by this process): the ranks take none
             env[outlock.HELD_ENV] = str(outlock.lock_path(out))
         code = run_supervised(cmd, env)
-    if code not in (0, REQUEUE_EXIT):
+    if code == REQUEUE_EXIT:  # the lock is released: the requeued run may take it at once
+        requeue_slurm_job()
+    elif code != 0:
         print(failure_message(code, resume), file=sys.stderr, flush=True)
     return code

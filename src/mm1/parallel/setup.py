@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import math
 import os
 import random
 import socket
@@ -67,8 +68,9 @@ def seed_everything(seed: int) -> None:
     tensor_parallel.model_parallel_cuda_manual_seed(seed)
 
 
-def initialize(parallel: ParallelConfig, seed: int, timeout_s: int = 300) -> Rank:
-    """Start the process group and megatron's model-parallel groups for ``parallel``."""
+def initialize(parallel: ParallelConfig, seed: int) -> Rank:
+    """Start the process group and megatron's model-parallel groups for ``parallel``; a collective in
+    any of them that waits longer than ``parallel.collective_timeout_minutes`` fails."""
     compat.apply()
     launch.torch_env_from_slurm()  # srun tasks: RANK/WORLD_SIZE/MASTER_* from SLURM's variables
     os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")  # megatron's advice for TP comm overlap
@@ -84,7 +86,7 @@ def initialize(parallel: ParallelConfig, seed: int, timeout_s: int = 300) -> Ran
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not torch.distributed.is_initialized():
-        timeout = datetime.timedelta(seconds=timeout_s)
+        timeout = datetime.timedelta(minutes=parallel.collective_timeout_minutes)
         if "RANK" in os.environ:  # under torchrun/srun: rendezvous from the environment
             torch.distributed.init_process_group(backend, timeout=timeout)
         else:  # a plain single process; os.environ is left alone so child processes start clean
@@ -95,6 +97,7 @@ def initialize(parallel: ParallelConfig, seed: int, timeout_s: int = 300) -> Ran
         tensor_model_parallel_size=parallel.tp,
         pipeline_model_parallel_size=parallel.pp,
         expert_model_parallel_size=parallel.ep,
+        distributed_timeout_minutes=math.ceil(parallel.collective_timeout_minutes),  # its groups' (default 30)
     )
     compat.reset_rng_tracker()
     seed_everything(seed)

@@ -80,8 +80,11 @@ left after bubbles, recomputation and communication (model FLOPs / (step time x 
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from mm1.config import ParallelConfig, RunConfig
 from mm1.plan.facts import Facts, facts
@@ -313,7 +316,66 @@ def estimate(
     cfg: RunConfig, gpu: GPU | str, mfu: float | None = None, images_per_sequence: float | None = None
 ) -> Plan:
     """The plan of ``cfg``'s own layout on ``gpu``, fitting or not (:func:`mm1.plan.check` refuses);
-    ``mfu`` None: the config's parallel.plan_mfu."""
+    ``mfu`` None: the config's parallel.plan_mfu; parallel.recompute auto: :func:`resolve_recompute`."""
     gpu = find_gpu(gpu) if isinstance(gpu, str) else gpu
     mfu = resolve_mfu(cfg, mfu)
+    cfg = resolve_recompute(cfg, gpu.memory_gb, images_per_sequence)
     return plan_of(cfg, facts(cfg, images_per_sequence), ClusterLayout.of(cfg), gpu, mfu)
+
+
+# --- parallel.recompute auto, and the MFU bench/gpu_mfu.py measured ----------------------------------
+
+RECOMPUTE_ORDER = ("none", "selective", "full")  # least recomputation (fastest) first
+
+
+def least_recompute(cfg: RunConfig, memory_gb: float, images_per_sequence: float | None = None) -> str:
+    """The least recomputation whose estimated memory per GPU (the fuller pipeline stage, overhead
+    included) fits ``memory_gb`` for ``cfg``'s layout; full when none does (the planner's check
+    then says what else to change)."""
+    f, lay = facts(cfg, images_per_sequence), ClusterLayout.of(cfg)
+    for rc in RECOMPUTE_ORDER:
+        trial = replace(lay, recompute=rc)
+        if max(stage_memory(f, trial, s).total for s in {0, lay.pp - 1}) <= memory_gb:
+            return rc
+    return "full"
+
+
+def resolve_recompute(cfg: RunConfig, memory_gb: float | None, images_per_sequence: float | None = None) -> RunConfig:
+    """``cfg`` with parallel.recompute auto replaced by :func:`least_recompute` for a GPU of ``memory_gb``
+    (None: no GPU, e.g. a CPU run: none); any other value is returned unchanged. Call it before
+    building a model (mm1.models.megatron_config.MegatronLayout refuses auto)."""
+    if cfg.parallel.recompute != "auto":
+        return cfg
+    rc = "none" if memory_gb is None else least_recompute(cfg, memory_gb, images_per_sequence)
+    return cfg.model_copy(update={"parallel": cfg.parallel.model_copy(update={"recompute": rc})})
+
+
+LEVERS = ("fusions", "attention_backend", "compile_layers")  # parallel fields bench/gpu_mfu.py --levers measures
+
+
+def measured_mfu(results: Iterable[dict], par: ParallelConfig, device: str = "H100") -> float | None:
+    """The MFU bench/gpu_mfu.py measured (its JSON files, newest ``created`` first) on a GPU whose
+    name contains ``device`` with ``par``'s levers (parallel.fusions, attention_backend,
+    compile_layers) and recompute; None when none was. A run with --levers records each lever off and
+    on and all of them on (``results.levers``), beside the levers-off run: a value for ``mm1 plan --mfu``."""
+    want = {name: getattr(par, name) for name in LEVERS}
+    runs = sorted(results, key=lambda r: r.get("created", ""), reverse=True)
+    for data in runs:
+        if data.get("dry_run") or device not in str(data.get("machine", {}).get("device", {}).get("name", "")):
+            continue
+        res = data.get("results", {})
+        rows = [res.get("run", {}), *(row.get(side, {}) for row in res.get("levers", []) for side in ("on", "off"))]
+        for row in rows:
+            chosen = row.get("chosen", {})
+            levers = {name: chosen.get(name, default) for name, default in _LEVER_DEFAULTS.items()}
+            if row.get("mfu") and levers == want and chosen.get("recompute") == par.recompute:
+                return float(row["mfu"])
+    return None
+
+
+def read_mfu_results(folder: Path) -> list[dict]:
+    """Every gpu_mfu*.json in ``folder`` (bench/results), parsed."""
+    return [json.loads(p.read_text()) for p in sorted(Path(folder).glob("gpu_mfu*.json"))]
+
+
+_LEVER_DEFAULTS = {name: ParallelConfig.model_fields[name].default for name in LEVERS}

@@ -8,7 +8,9 @@ node (unidirectional NVLink per GPU: H100/H200 NVLink 4 450 GB/s, A100 NVLink 3 
 ``network_gbps`` per GPU between nodes (one InfiniBand NIC per GPU: NDR 400 Gb/s = 50 GB/s on H100
 and H200 nodes, HDR 200 Gb/s = 25 GB/s on A100 nodes). A node's NICs work side by side: a
 data-parallel group with k ranks on each node moves its traffic between nodes over k NICs at once
-(:mod:`mm1.plan.estimate`), so it sees k x ``network_gbps``.
+(:mod:`mm1.plan.estimate`), so it sees k x ``network_gbps``. ``hbm_gbps``, for decoding
+(:mod:`mm1.plan.infer`): 80% of the device memory's peak (H100 SXM 3.35 TB/s, H200 4.8, A100 80 GB
+2.04, A100 40 GB 1.56).
 """
 
 from __future__ import annotations
@@ -28,15 +30,16 @@ class GPU:
     nvlink_gbps: float  # collective bandwidth per GPU inside a node, GB/s
     network_gbps: float  # collective bandwidth per GPU between nodes, GB/s
     gpus_per_node: int = 8  # HGX/DGX nodes
+    hbm_gbps: float = 2700  # device-memory bandwidth decoding achieves, GB/s (80% of the SXM part's peak)
 
 
 GPUS: dict[str, GPU] = {
     g.name: g
     for g in (
-        GPU("h100-80gb", memory_gb=80, bf16_tflops=989, nvlink_gbps=360, network_gbps=40),
-        GPU("h200-141gb", memory_gb=141, bf16_tflops=989, nvlink_gbps=360, network_gbps=40),
-        GPU("a100-80gb", memory_gb=80, bf16_tflops=312, nvlink_gbps=240, network_gbps=20),
-        GPU("a100-40gb", memory_gb=40, bf16_tflops=312, nvlink_gbps=240, network_gbps=20),
+        GPU("h100-80gb", memory_gb=80, bf16_tflops=989, nvlink_gbps=360, network_gbps=40, hbm_gbps=2680),
+        GPU("h200-141gb", memory_gb=141, bf16_tflops=989, nvlink_gbps=360, network_gbps=40, hbm_gbps=3840),
+        GPU("a100-80gb", memory_gb=80, bf16_tflops=312, nvlink_gbps=240, network_gbps=20, hbm_gbps=1630),
+        GPU("a100-40gb", memory_gb=40, bf16_tflops=312, nvlink_gbps=240, network_gbps=20, hbm_gbps=1240),
     )
 }
 

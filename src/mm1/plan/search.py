@@ -6,7 +6,7 @@ import math
 from dataclasses import replace
 
 from mm1.config import RunConfig
-from mm1.plan.estimate import Plan, evaluate, plan_of, resolve_mfu
+from mm1.plan.estimate import Plan, evaluate, plan_of, resolve_mfu, resolve_recompute
 from mm1.plan.facts import Facts, facts
 from mm1.plan.gpus import GPU, find_gpu
 from mm1.plan.layout import ClusterLayout, PlanError, apply, problems
@@ -72,7 +72,9 @@ def _fixes(f: Facts, lay: ClusterLayout, cfg: RunConfig, gpu: GPU, mfu: float) -
 def check(cfg: RunConfig, gpu: GPU | str, mfu: float | None = None, images_per_sequence: float | None = None) -> Plan:
     """The plan of ``cfg``'s own layout; PlanError naming the field and the fix if it does not
     divide or does not fit in ``gpu``'s memory. ``mfu`` None: the config's parallel.plan_mfu."""
-    gpu, lay = _gpu(gpu), ClusterLayout.of(cfg)
+    gpu = _gpu(gpu)
+    cfg = resolve_recompute(cfg, gpu.memory_gb)  # parallel.recompute auto: the least that fits this GPU
+    lay = ClusterLayout.of(cfg)
     mfu = resolve_mfu(cfg, mfu)
     issues = problems(lay, cfg)
     if issues:
@@ -120,6 +122,7 @@ def choose(
     (parallel.overlap_grad_reduce). ``mfu`` None: the config's parallel.plan_mfu. Ties (equal estimated time) go to
     fewer model-parallel ranks (tp x pp), then a smaller ep, then less memory."""
     gpu = _gpu(gpu)
+    cfg = resolve_recompute(cfg, gpu.memory_gb)
     mfu = resolve_mfu(cfg, mfu)
     if nodes is None:
         return check(cfg, gpu, mfu, images_per_sequence)

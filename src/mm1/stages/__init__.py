@@ -32,8 +32,9 @@ from dataclasses import dataclass
 DATA = "data"  # an input from the pre-training data: the world or the acquire stage, per data.source
 PACKING = ("model.decoder.seq_length", "model.connector.num_tokens")  # what sequence packing reads of the model
 TRAINED = ("model", "parallel", "train")  # what the trainer reads: every training stage's sections
-# What sequence packing depends on: the data, the sequence layout, the draw's seed and its size.
-PACKED = ("data", *PACKING, "train.seed", "train.steps", "train.global_batch_size")
+# What sequence packing depends on: the data, the sequence layout, the draw's seed and size, and the
+# micro-batch (the packed file's blocks of rows, each checksummed, are one micro-batch: mm1.data.stream).
+PACKED = ("data", *PACKING, "train.seed", "train.steps", "train.global_batch_size", "train.micro_batch_size")
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,11 @@ class Stage:
     sft_only: bool = False  # it applies an experiment's sft_only overrides (MM1 Fig 7: SFT resolution)
     training: bool = False  # its resources come from the parallel layout (GPUs under SLURM)
     multicore: bool = False  # it uses the job's threads (training, evaluation); the others run on one core
+    # it runs a checkpoint (its --checkpoint input) on GPUs under SLURM, in a layout mm1.plan.infer sizes
+    inference: bool = False
+    # what its memory and time grow with on a GPU cluster (mm1.plan.data_jobs): "sequences" (the run's
+    # train.steps x global_batch_size), "sources" (data.sources' bytes); "" = the constants below
+    scales_with: str = ""
     mem_mb: int = 2000  # a single-process job's memory and time limit (minutes) on a cluster
     runtime: int = 30
     # study.init_decoder / study.init_encoder: the checkpoints it may start from (multimodal pre-training)
@@ -142,6 +148,7 @@ _STAGES = (
         inputs=(),
         outputs=(Output("manifest", "manifest.parquet"), Output("quarantine", "quarantine.parquet")),
         runtime=240,
+        scales_with="sources",
     ),
     Stage(
         "tokenizer",
@@ -152,6 +159,7 @@ _STAGES = (
         honors=("tokenizer",),
         inputs=(MANIFEST,),
         outputs=(Output("tokenizer", "tokenizer.json"), *RECORD),
+        scales_with="sources",
     ),
     # The LLM is the paper's fixed pre-trained LLM: only the decoder's shape and layout reach it.
     Stage(
@@ -164,6 +172,7 @@ _STAGES = (
         inputs=(MANIFEST, TOKENIZER),
         outputs=_packed(Output("mixture", "mixture.csv")),
         mem_mb=4000,
+        scales_with="sequences",
     ),
     Stage(
         "llm",
@@ -208,6 +217,7 @@ _STAGES = (
         inputs=(MANIFEST, TOKENIZER),
         outputs=_packed(Output("mixture", "mixture.csv")),
         mem_mb=4000,
+        scales_with="sequences",
     ),
     Stage(
         "train",
@@ -239,6 +249,7 @@ _STAGES = (
         outputs=_evaluated(),
         scored=("summary.csv", "scores.csv"),
         multicore=True,
+        inference=True,
         mem_mb=4000,
         runtime=60,
     ),
@@ -253,6 +264,7 @@ _STAGES = (
         outputs=_packed(),
         sft_only=True,
         mem_mb=4000,
+        scales_with="sources",
     ),
     Stage(
         "sft",
@@ -285,6 +297,7 @@ _STAGES = (
         scored=("summary.csv", "scores.csv"),
         sft_only=True,
         multicore=True,
+        inference=True,
         mem_mb=4000,
         runtime=60,
     ),

@@ -36,13 +36,14 @@ from mm1.data.quarantine import Quarantine
 from mm1.data.tokenizer import TextTokenizer
 from mm1.models.aim import AimModel
 from mm1.models.clip import ClipModel
-from mm1.models.megatron_config import MegatronLayout
+from mm1.models.megatron_config import MegatronLayout, levers
 from mm1.models.size import encoder_params, peak_lr, torch_weight_decay
 from mm1.parallel.setup import Rank
 from mm1.stages import STAGES
 from mm1.train import checkpoint, encoder_eval
 from mm1.train.loop import Objective, TrainingRun
 from mm1.train.optim import build_optimizer, wrap_ddp
+from mm1.train.trainer import with_recompute_resolved
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -53,7 +54,8 @@ SECTIONS = STAGES["encoder"].reads  # the config sections this stage reads (mm1.
 
 def build_encoder_model(cfg: RunConfig, vocab_size: int) -> ClipModel | AimModel:
     """The encoder with its pre-training head, for the current process groups."""
-    enc, layout = cfg.model.encoder, MegatronLayout(tp=cfg.parallel.tp, recompute=cfg.parallel.recompute)
+    par = cfg.parallel
+    enc, layout = cfg.model.encoder, MegatronLayout(tp=par.tp, recompute=par.recompute, **levers(par))
     return ClipModel(enc, vocab_size, layout) if enc.objective == "clip" else AimModel(enc, layout)
 
 
@@ -120,6 +122,7 @@ def train_encoder(
     :class:`~mm1.train.signals.Preempted` (exit code 75) instead of finishing.
     """
     check_layout(cfg)
+    cfg = with_recompute_resolved(cfg)
     out_dir = Path(out_dir)
     tok = TextTokenizer(tokenizer_path)
     quarantine = Quarantine()

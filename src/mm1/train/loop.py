@@ -13,9 +13,13 @@ forward and backward passes of one step. Everything else is here, once::
     # leaving the block after an early stop raises Preempted (exit 75: requeue me)
 
 Resumable checkpoints go to ``out_dir/resume`` (:mod:`mm1.train.state`) every ``train.save_interval``
-steps, at the end (``train.save_at_end``) and at a stop; with ``train.resume`` a run continues from
-the newest one and repeats the uninterrupted loss curve bit for bit (same layout). A preemption
-signal (:mod:`mm1.train.signals`) stops every rank after the same step. Per-step rows go to
+steps, every ``train.save_every_minutes``, at the end (``train.save_at_end``) and at a stop; with
+``train.resume`` a run continues from the newest one rank 0 sees and repeats the uninterrupted loss
+curve bit for bit (same layout). A preemption signal (:mod:`mm1.train.signals`) or the SLURM job's
+time limit drawing near (``train.stop_minutes_before_limit``) stops every rank after the same step;
+after the save the run exits 75 and, inside a SLURM batch job, requeues it
+(:func:`mm1.parallel.supervise.requeue_slurm_job`). Decisions that read a clock (a timed save, the
+time limit) are rank 0's, agreed by all ranks in the one collective after each step. Per-step rows go to
 DVCLive's files as they come (:class:`~mm1.train.metrics.MetricsLog`); the stage writes metrics.csv.
 """
 
@@ -33,13 +37,16 @@ import torch
 
 from mm1 import outlock, provenance
 from mm1.config import RunConfig
+from mm1.parallel.launch import under_launcher
 from mm1.parallel.setup import Rank, distributed
+from mm1.parallel.supervise import job_end_time, requeue_slurm_job
 from mm1.progress import progress
 from mm1.train import state
 from mm1.train.metrics import MetricsLog
-from mm1.train.signals import REQUEUE_EXIT, Preempted, StopSignals, report_exit, signal_hook
+from mm1.train.signals import REQUEUE_EXIT, Preempted, StopSignals, agree, report_exit, signal_hook
 
 RESUME = "resume"  # out_dir/resume: resumable checkpoints; not a declared output, so reruns keep it
+now = time.time  # the clock of timed saves and of the time limit (rank 0's is read); tests replace it
 
 
 @dataclass(frozen=True)
@@ -118,6 +125,8 @@ class TrainingRun:
             self._inner.__exit__(exc_type, exc, tb)
             if stopped:
                 self.signals.hand_over()  # e.g. submitit's checkpoint-and-requeue
+                if not under_launcher():  # under torchrun/srun the launcher asks (mm1.parallel.launch)
+                    requeue_slurm_job()
                 raise Preempted(self.last)
             if exc_type is None:
                 report_exit(0, self.rank.rank)
@@ -159,24 +168,27 @@ class TrainingRun:
         """Run steps ``start+1 .. train.steps``; True when training reached its last step, False when
         a signal (or ``stop_after``) stopped it after a saved step.
 
-        After each step every rank agrees on a stop (a collective), then saves at a stop, every
-        ``train.save_interval`` steps and at the end (``train.save_at_end``).
+        After each step every rank agrees on a stop and a timed save (:meth:`_decide`, a collective),
+        then saves at a stop, every ``train.save_interval`` steps, when ``train.save_every_minutes``
+        have passed since the last save, and at the end (``train.save_at_end``).
         """
         tc, rank = self.cfg.train, self.rank
         bar = progress(total=tc.steps, initial=self.start, desc=objective.name, unit="step", disable=not rank.is_main)
         rows = self.log.rows
         self._clock = time.perf_counter() - (rows[-1]["elapsed_s"] if rows else 0.0)  # elapsed_s goes on
+        self._saved_at, self._stop_at = now(), self._time_limit()
         for step in range(self.start + 1, tc.steps + 1):
             row = self._step(objective, step)
             bar.update(1)
             if step % tc.log_interval == 0 or step == self.start + 1:
                 bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}")
-            stopping = step < tc.steps and (self.signals.agreed() or step == self.stop_after)
+            stopping, timed = self._decide(step)
             at_end = step == tc.steps and tc.save_at_end
             self.last = step
-            if stopping or at_end or (tc.save_interval and step % tc.save_interval == 0):
+            if stopping or at_end or timed or (tc.save_interval and step % tc.save_interval == 0):
                 t0 = time.perf_counter()
                 path = self.save(step)
+                self._saved_at = now()
                 if rank.is_main:
                     bar.write(f"{objective.name}: saved {path} in {time.perf_counter() - t0:.1f} s")
             if stopping:
@@ -185,6 +197,36 @@ class TrainingRun:
         self.log.close()
         self.stopped = self.last < tc.steps
         return not self.stopped
+
+    def _time_limit(self) -> float | None:
+        """Rank 0: when to stop before the SLURM job's time limit (``train.stop_minutes_before_limit``
+        earlier); None elsewhere, outside a job with a limit, or when that option is 0."""
+        margin = 60 * self.cfg.train.stop_minutes_before_limit
+        end = job_end_time() if margin and self.rank.is_main else None
+        if end is None:
+            return None
+        if end - now() <= margin:
+            print(
+                f"mm1 train: warning: the job's time limit is {(end - now()) / 60:.1f} min away, within "
+                f"train.stop_minutes_before_limit={margin / 60:g}: each run of this job stops after one step; "
+                "ask for a longer time limit or lower train.stop_minutes_before_limit",
+                flush=True,
+            )
+        return end - margin
+
+    def _decide(self, step: int) -> tuple[bool, bool]:
+        """After ``step``: (stop now, save now because ``train.save_every_minutes`` passed), the same
+        on every rank. One collective agrees on any rank's signal and on rank 0's clock (a timed save,
+        the time limit); the other ranks' clocks are never read, so they cannot disagree."""
+        tc, main = self.cfg.train, self.rank.is_main
+        t = now() if main else 0.0
+        due = main and tc.save_every_minutes > 0 and t - self._saved_at >= 60 * tc.save_every_minutes
+        late = main and self._stop_at is not None and t >= self._stop_at
+        signalled, due, late = agree(self.signals.signum is not None, due, late)
+        stopping = step < tc.steps and (signalled or late or step == self.stop_after)
+        if stopping and late and main:
+            print(f"mm1 train: the SLURM job's time limit is near: stopping after step {step} to save", flush=True)
+        return stopping, due
 
     def _step(self, objective: Objective, step: int) -> dict:
         """One optimizer step; its metrics row, logged."""

@@ -7,10 +7,11 @@ the same step, saves a resumable checkpoint and raises :class:`Preempted` (a ``S
 (:func:`report_exit`, read by :func:`mm1.parallel.supervise.run_supervised`, which waits through the
 signal; torchrun itself reports any worker exit as 1).
 
-A requeued job (SLURM ``--requeue``, submitit's :class:`~mm1.train.submitit_job.TrainJob`, a Snakemake
-retry) runs the same command again and resumes from the checkpoint (``train.resume``). SIGINT
-(Ctrl-C) still stops at once. :class:`SignalAt` is the fault tests' way to raise a signal at an exact
-point of training.
+A requeued job (``scontrol requeue`` of its own job by the process that exits 75 inside a SLURM batch
+job, :func:`mm1.parallel.supervise.requeue_slurm_job`; submitit's
+:class:`~mm1.train.submitit_job.TrainJob`; a Snakemake retry) runs the same command again and
+resumes from the checkpoint (``train.resume``). SIGINT (Ctrl-C) still stops at once.
+:class:`SignalAt` is the fault tests' way to raise a signal at an exact point of training.
 """
 
 from __future__ import annotations
@@ -27,7 +28,16 @@ import torch
 
 from mm1.parallel.supervise import EXIT_STATUS_ENV, REQUEUE_EXIT, SIGNALS
 
-__all__ = ["REQUEUE_EXIT", "SIGNALS", "TEST_SIGNAL_ENV", "Preempted", "SignalAt", "StopSignals", "report_exit"]
+__all__ = [
+    "REQUEUE_EXIT",
+    "SIGNALS",
+    "TEST_SIGNAL_ENV",
+    "Preempted",
+    "SignalAt",
+    "StopSignals",
+    "agree",
+    "report_exit",
+]
 
 TEST_SIGNAL_ENV = "MM1_TEST_SIGNAL_AT"  # a fault-test hook: SignalAt.from_env
 POINTS = ("start", "step", "save")
@@ -123,10 +133,7 @@ class StopSignals:
 
     def agreed(self) -> bool:
         """True on every rank when any rank got a signal (a collective: all ranks call it each step)."""
-        flag = torch.tensor([float(self.signum is not None)])
-        if torch.distributed.is_initialized():
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag.item())
+        return agree(self.signum is not None)[0]
 
     def hand_over(self) -> None:
         """Call the handler each noted signal had before (if it was a Python function), in the order
@@ -135,6 +142,16 @@ class StopSignals:
             previous = self._previous.get(signum)
             if callable(previous):
                 previous(signum, None)
+
+
+def agree(*flags: bool) -> list[bool]:
+    """Each flag, true on every rank when it is true on any rank: one all-reduce (MAX) for all of
+    them, a collective that every rank calls with as many flags. A decision of rank 0 alone (its
+    clock) is agreed by passing ``rank == 0 and decision``: the other ranks pass False."""
+    values = torch.tensor([float(f) for f in flags])
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.MAX)
+    return [v > 0 for v in values.tolist()]
 
 
 def report_exit(code: int, rank: int) -> None:

@@ -14,7 +14,8 @@
 
 The data position is the step itself (step t reads sequences [t*G, (t+1)*G) of the packed file), so
 model, optimizer, scheduler, RNG and step are the whole state. Only the newest ``keep_last``
-complete checkpoints are kept. A checkpoint of another model, another schedule or other inputs is
+complete checkpoints are kept. Every rank resumes the step rank 0 sees as the newest
+(:func:`chosen_by_rank0`). A checkpoint of another model, another schedule or other inputs is
 refused (:class:`IncompatibleCheckpoint` names the differing fields), never silently resumed.
 """
 
@@ -37,7 +38,7 @@ import torch
 
 from mm1 import atomic
 from mm1.parallel.supervise import LATEST  # the pointer's name: the launcher reads it too
-from mm1.train import safe_load
+from mm1.train import checksums, safe_load
 from mm1.train.checkpoint import (  # noqa: F401  (CheckpointWriteError: raised by save, re-exported)
     DELETING,
     CheckpointWriteError,
@@ -62,7 +63,16 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 OPTIMIZER_FORMAT = {"distrib_optim_sharding_type": "fully_reshardable", "chained_optim_avoid_prefix": True}
 # train.* fields that may change between the run that saved a checkpoint and the one resuming it.
 RESUMABLE_TRAIN_CHANGES = frozenset(
-    {"resume", "save_interval", "save_at_end", "keep_last", "log_interval", "micro_batch_size"}
+    {
+        "resume",
+        "save_interval",
+        "save_every_minutes",
+        "stop_minutes_before_limit",
+        "save_at_end",
+        "keep_last",
+        "log_interval",
+        "micro_batch_size",
+    }
 )
 
 
@@ -107,14 +117,44 @@ def latest(root: Path) -> Path | None:
     return done[-1] if done else None
 
 
+class CheckpointNotVisible(RuntimeError):
+    """Rank 0 chose a checkpoint to resume that another rank does not see (yet)."""
+
+
+def chosen_by_rank0(root: Path) -> Path | None:
+    """The newest complete checkpoint under ``root`` as rank 0 sees it, the same on every rank (a
+    collective): on a shared filesystem whose metadata lags, ranks listing the folder themselves could
+    pick different steps. Every rank then checks that it sees that checkpoint (its ``state.json`` and
+    checksum manifest, the files written last); if any does not, every rank raises
+    :class:`CheckpointNotVisible` naming them."""
+    newest = latest(root) if _rank() == 0 else None
+    step = [int(_STEP_DIR.match(newest.name)[1]) if newest is not None else None]
+    if not torch.distributed.is_initialized():
+        return newest
+    torch.distributed.broadcast_object_list(step, src=0)
+    if step[0] is None:
+        return None
+    chosen = step_dir(root, step[0])
+    seen: list[bool] = [False] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(seen, all((chosen / name).is_file() for name in (STATE, checksums.MANIFEST)))
+    if not all(seen):
+        blind = ", ".join(str(r) for r, ok in enumerate(seen) if not ok)
+        raise CheckpointNotVisible(
+            f"cannot resume: rank(s) {blind} do not see {chosen}/{STATE}, the newest checkpoint rank 0 sees; "
+            "a shared filesystem may still be syncing: run again once every node lists it"
+        )
+    return chosen
+
+
 def resumable(root: Path, facts: dict) -> Path | None:
-    """The newest complete checkpoint under ``root`` if this run (``facts``) may continue from it.
+    """The newest complete checkpoint under ``root`` (rank 0's choice, :func:`chosen_by_rank0`) if
+    this run (``facts``) may continue from it.
 
     One saved by another run -- the model, schedule or inputs changed, which is why Snakemake
     reruns the stage -- is not resumed and not deleted: ``root`` moves aside to
     ``<root>.stale-<UTC time>`` with a message naming what differs, and the run starts over.
     """
-    found = latest(root)
+    found = chosen_by_rank0(root)
     if found is None:
         return None
     safe_load.verify_on_every_rank(found)  # a checkpoint that holds code is refused, not moved aside

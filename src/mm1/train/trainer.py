@@ -6,7 +6,8 @@ all caption tokens of the global batch (per-token loss, so it is the same for ev
 
 The steps run in the training loop every stage shares (:mod:`mm1.train.loop`): resumable
 checkpoints, bit-for-bit resume, preemption (save and exit for requeue), metrics.csv and DVCLive.
-This module adds the objective: megatron's forward-backward schedule over the packed sequences.
+This module adds the objective: megatron's forward-backward schedule over the packed sequences,
+streamed block by block (:mod:`mm1.data.stream`): each data-parallel rank reads only its micro-batches.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ import torch
 
 from mm1 import atomic, provenance
 from mm1.config import RunConfig
-from mm1.data.batches import PackedData, micro_batches, step_indices
+from mm1.data.stream import RankBatches, StepLoader, open_packed
 from mm1.data.tokenizer import TextTokenizer
 from mm1.models.init import init_weights
 from mm1.models.megatron_config import MegatronLayout
 from mm1.models.mm1_model import MM1Model
 from mm1.models.size import optimizer_hparams
 from mm1.parallel.setup import Rank
+from mm1.plan.estimate import resolve_recompute
 from mm1.stages import TRAINED
 from mm1.train import checkpoint
 from mm1.train.loop import RESUME, Objective, TrainingRun, facts
@@ -66,16 +68,32 @@ def _forward_step(data_iterator, model):
     return out, functools.partial(_loss_func, batch["loss_mask"])
 
 
-def _step_loss(reports: list[dict], rank: Rank) -> float:
-    """Mean caption-token loss of the step across micro-batches and data-parallel ranks."""
-    stats = torch.zeros(2)
+def _step_loss(reports: list[dict], rank: Rank, images: int) -> tuple[float, int]:
+    """Mean caption-token loss of the step across micro-batches and data-parallel ranks, and the
+    step's number of images (``images``: those this rank's micro-batches held)."""
+    stats = torch.zeros(3)
     if rank.is_last_stage:
         for report in reports:
-            stats += report["lm loss"].detach().float().cpu()
-    torch.distributed.all_reduce(stats)  # every rank learns it (non-last stages add zeros)
+            stats[:2] += report["lm loss"].detach().float().cpu()
+    stats[2] = images
+    torch.distributed.all_reduce(stats)  # every rank learns it (non-last stages add zero losses)
     tp = parallel_state.get_tensor_model_parallel_world_size()
-    stats /= tp  # each TP rank of the last stage reported the same numbers
-    return (stats[0] / stats[1].clamp(min=1)).item()
+    stats[:2] /= tp  # each TP rank of the last stage reported the same numbers
+    readers = rank.world_size // rank.dp_size  # every TP and PP rank of a data-parallel rank reads its batches
+    return (stats[0] / stats[1].clamp(min=1)).item(), round(stats[2].item() / readers)
+
+
+def _loader_workers(cfg: RunConfig) -> int:
+    """DataLoader worker processes that build the micro-batches (0: the training process does)."""
+    return cfg.parallel.loader_workers
+
+
+def with_recompute_resolved(cfg: RunConfig) -> RunConfig:
+    """``parallel.recompute: auto`` replaced by the least recomputation the planner finds fits this
+    device's memory (none on CPU); any other value unchanged. The resolved value is what the run's
+    provenance and resume checks record."""
+    memory_gb = torch.cuda.get_device_properties(0).total_memory / 1e9 if torch.cuda.is_available() else None
+    return resolve_recompute(cfg, memory_gb)
 
 
 # Where ``train(init=...)`` loads weights from: (checkpoint, the model parts it provides or None for all).
@@ -93,9 +111,7 @@ def build(cfg: RunConfig, tok: TextTokenizer, init: Init | None = None) -> torch
     """
     bf16 = use_bf16(cfg.train.precision)
     par = cfg.parallel
-    layout = MegatronLayout(
-        tp=par.tp, pp=par.pp, ep=par.ep, bf16=bf16, recompute=par.recompute, sequence_parallel=par.sequence_parallel
-    )
+    layout = MegatronLayout.of(par, bf16=bf16)  # recompute resolved: see with_recompute_resolved
     model = MM1Model(
         cfg.model,
         vocab_size=tok.vocab_size,
@@ -111,16 +127,23 @@ def build(cfg: RunConfig, tok: TextTokenizer, init: Init | None = None) -> torch
     return Float16Module(model.config, model) if bf16 else model
 
 
-def _objective(cfg: RunConfig, data: PackedData, model, rank: Rank) -> Objective:
+def _objective(cfg: RunConfig, loader: StepLoader, model, rank: Rank) -> Objective:
     """Next-token loss on the caption tokens of step t's global batch, through megatron's schedule."""
     tc, mc = cfg.train, cfg.model
     n_micro = tc.global_batch_size // (tc.micro_batch_size * rank.dp_size)
     forward_backward = get_forward_backward_func()
     moe = MoEStats(model, mc.decoder.num_layers, mc.moe.num_experts, n_micro) if mc.moe.enabled else None
     tokens_per_step = tc.global_batch_size * mc.decoder.seq_length
+    seen = {"images": 0}  # images of this rank's micro-batches, then of the step (after step_loss)
+
+    def counted(batches):
+        for batch in batches:
+            seen["images"] += len(batch["images"])
+            yield batch
 
     def step_loss(step: int) -> float:  # step t uses the sequences of batch t - 1
-        it = micro_batches(data, step - 1, tc.global_batch_size, tc.micro_batch_size, rank.dp_rank, rank.dp_size)
+        seen["images"] = 0
+        it = counted(loader.step(step - 1))
         reports = forward_backward(
             forward_step_func=_forward_step,
             data_iterator=it,
@@ -130,11 +153,11 @@ def _objective(cfg: RunConfig, data: PackedData, model, rank: Rank) -> Objective
             micro_batch_size=tc.micro_batch_size,
             forward_only=False,
         )
-        return _step_loss(reports, rank)
+        loss, seen["images"] = _step_loss(reports, rank, seen["images"])
+        return loss
 
     def throughput(step: int, seconds: float) -> dict[str, float]:
-        images = sum(len(data.sequences[i].images) for i in step_indices(len(data), tc.global_batch_size, step - 1))
-        return {"tokens_per_s": tokens_per_step / seconds, "images_per_s": images / seconds}
+        return {"tokens_per_s": tokens_per_step / seconds, "images_per_s": seen["images"] / seconds}
 
     return Objective("train", step_loss, throughput, moe.collect if moe else None)
 
@@ -191,19 +214,28 @@ def train(
     ``init`` (see :func:`build`) applies to a fresh start only; a resumed run has its own weights.
     While it runs, ``out_dir`` is locked (:mod:`mm1.outlock`): a second run on it fails at once.
     """
+    cfg = with_recompute_resolved(cfg)
     out_dir = Path(out_dir)
     tok = TextTokenizer(tokenizer_path)
     inputs = {"packed": Path(packed_path), "tokenizer": Path(tokenizer_path)}
     inputs |= {f"init_{'+'.join(parts or ('all',))}": Path(ckpt) for ckpt, parts in init or []}
     tc, mc = cfg.train, cfg.model
     with TrainingRun(cfg, SECTIONS, out_dir, inputs, stop_after=stop_after) as run:
-        data = PackedData.load(packed_path, mc.decoder.seq_length, mc.encoder.image_size)
         found, rank = run.found, run.rank  # found: another run's checkpoints are moved aside
+        reader = open_packed(packed_path, mc.decoder.seq_length)  # reads one block; blocks are read as needed
+        batches = RankBatches(
+            reader, mc.encoder.image_size, tc.global_batch_size, tc.micro_batch_size, rank.dp_rank, rank.dp_size
+        )
+        loader = StepLoader(batches, tc.steps, _loader_workers(cfg))
         model = wrap_ddp(build(cfg, tok, None if found else init).to(rank.device), cfg.parallel)
         lr, weight_decay = optimizer_hparams(cfg, vocab_size=tok.vocab_size)  # config, or MM1's law
         optimizer, scheduler = build_optimizer(model, tc, lr, weight_decay)
         run.restore(model, optimizer, scheduler)
-        if run.train(_objective(cfg, data, model, rank)):
+        try:
+            done = run.train(_objective(cfg, loader, model, rank))
+        finally:
+            loader.close()
+        if done:
             metrics = run.metrics()
             extra = {"peak_lr": lr, "weight_decay": weight_decay, "resumed_from": str(found) if found else None}
             ckpt = _write_outputs(cfg, tok, model.module, metrics, rank, out_dir, inputs, extra)
