@@ -158,7 +158,7 @@ class Megatron:
         self.optimizer.step()
         self.scheduler.step(increment=1)
         t2 = time.perf_counter()
-        loss = _step_loss(reports, self.rank)
+        loss, _ = _step_loss(reports, self.rank, images=len(batch["images"]))
         self.loss_tokens = int(sum(r["lm loss"][1] for r in reports))
         self.phases |= {
             "backward": t1 - t0 - self.phases["forward"],
