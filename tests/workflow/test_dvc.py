@@ -8,6 +8,7 @@ test_dvc_remote.py; the offline plots page is checked at the bottom.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -48,10 +49,11 @@ def dry_run_jobs(cwd: Path, targets: list[str]) -> list[dict]:
     return jobs
 
 
-def target_rules(cwd: Path) -> list[str]:
+@functools.cache  # one Snakemake start per project (several tests ask)
+def target_rules(cwd: Path) -> tuple[str, ...]:
     """``snakemake --list-target-rules``: one rule a line, its docstring after it in parentheses."""
     lines = run(["snakemake", "--list-target-rules"], cwd).stdout.splitlines()
-    return [line.split()[0] for line in lines if re.match(r"^\w+( \(|$)", line)]
+    return tuple(line.split()[0] for line in lines if re.match(r"^\w+( \(|$)", line))
 
 
 def dvc_stages(path: Path = REPO / "dvc.yaml") -> dict[str, dict]:
