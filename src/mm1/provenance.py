@@ -42,6 +42,7 @@ PACKAGES = (
     "megatron-core",
     "numpy",
     "polars",
+    "pyarrow",
     "pydantic",
     "tokenizers",
     "pillow",

@@ -214,6 +214,24 @@ def test_realised_mixture_counts(tok: TextTokenizer) -> None:
     assert realised_mixture([], tok.pad_id)["padding"].to_list() == [0.0, 0.0, 0.0]
 
 
+def test_a_tally_fed_one_sequence_at_a_time_gives_the_realised_mixture(tok: TextTokenizer) -> None:
+    """What the pack stage does: count each sequence as it is drawn, never holding them."""
+    sampler = _sampler(tok)
+    tally, seqs = sampler.tally(), []
+    for seq in itertools.islice(sampler, 150):
+        seqs.append(tally.add(seq))
+        if len(seqs) == 40:  # a table part-way does not disturb the counting
+            assert tally.frame().equals(realised_mixture(seqs, tok.pad_id, sampler.mixture))
+    df = tally.frame()
+    assert df.write_csv() == realised_mixture(seqs, tok.pad_id, sampler.mixture).write_csv()
+    assert df["target_share"].to_list() == [sampler.mixture.fractions[s] for s in ("caption", "interleaved", "text")]
+    for row in df.iter_rows(named=True):
+        mine = [q for q in seqs if q.source == row["source"]]
+        assert row["sequences"] == len(mine) and row["images"] == sum(len(q.images) for q in mine)
+        assert row["loss_tokens"] == sum(int(q.loss_mask.sum()) for q in mine)
+    assert df["sequences"].sum() == 150
+
+
 # --- determinism, resume, data parallelism --------------------------------------------------------
 
 

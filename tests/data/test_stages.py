@@ -1,9 +1,14 @@
-"""The data stages: the world's manifest describes its files; the tokenizer stage can reuse a file."""
+"""The data stages: the world's manifest describes its files; the tokenizer stage can reuse a file;
+the pack stage writes the sampler's stream and its realised mixture, in memory flat in their number."""
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import polars as pl
@@ -11,6 +16,10 @@ import pytest
 from tokenizers import Tokenizer, models
 
 from mm1.config import load
+from mm1.data.mixture import MixtureSampler, realised_mixture
+from mm1.data.packed_io import BLOCK_ROWS_KEY, read_packed
+from mm1.data.quarantine import Quarantine
+from mm1.data.sources import load_pretraining_sources
 from mm1.data.stages import make_tokenizer, pack
 from mm1.data.tokenizer import TextTokenizer
 from mm1.world.export import make_world
@@ -74,7 +83,20 @@ def test_pack_writes_the_runs_sequences_and_the_realised_mixture(world: Path, tm
     mixture = pack(cfg, manifest, tok.path, tmp_path / "packed")
     packed = pl.read_parquet(tmp_path / "packed" / "train.parquet")
     assert packed.height == 3 * 4 == int(mixture["sequences"].sum())
-    assert (tmp_path / "packed" / "mixture.csv").is_file()
+    assert pl.read_parquet_metadata(tmp_path / "packed" / "train.parquet")[BLOCK_ROWS_KEY] == "4"  # a micro-batch
+    sampler = MixtureSampler(
+        load_pretraining_sources(manifest, Quarantine()),
+        cfg.data.mixture,
+        tok,
+        seq_length=cfg.model.decoder.seq_length,
+        image_tokens=cfg.model.connector.num_tokens,
+        seed=cfg.train.seed,
+    )
+    seqs = read_packed(tmp_path / "packed" / "train.parquet")
+    assert seqs == list(itertools.islice(sampler, 12))  # the sampler's stream, in order
+    expected = realised_mixture(seqs, tok.pad_id, cfg.data.mixture)  # counted over the whole list at once
+    assert (tmp_path / "packed" / "mixture.csv").read_text() == expected.write_csv()
+    assert mixture.equals(expected)
     assert pl.read_parquet(tmp_path / "packed" / "quarantine.parquet").height == 0
     assert TextTokenizer(tok.path).vocab_size <= 300
 
@@ -100,3 +122,57 @@ def test_sft_pack_writes_sequences_with_loss_on_answers_and_split_images(world: 
     assert 0 < batch["loss_mask"].sum() < (batch["tokens"] != TextTokenizer(tok.path).pad_id).sum()
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["stage"] == "sft_pack" and prov["config"]["sft"]["image_grid"] == grid
+
+
+PACK = """
+import dataclasses, json, sys
+from pathlib import Path
+import numpy as np
+from mm1.config import load
+from mm1.data import mixture, stages
+
+def kib(field):  # VmRSS (now) or VmHWM (peak since the last reset), KiB
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field + ":"))
+    return int(line.split()[1])
+
+draw = mixture.MixtureSampler.__next__
+
+def heavy(self):  # every sequence carries 4 fresh 64 KiB images: incompressible, none shared
+    seq = draw(self)
+    rng = np.random.default_rng(self.next_index)
+    return dataclasses.replace(seq, images=[rng.bytes(64 * 1024) for _ in range(4)])
+
+mixture.MixtureSampler.__next__ = heavy
+overrides, manifest, tokenizer, out = json.loads(sys.argv[1]), *map(Path, sys.argv[2:])
+cfg = load(None, overrides)
+Path("/proc/self/clear_refs").write_text("5")  # the peak restarts here: imports are not counted
+before = kib("VmRSS")
+stages.pack(cfg, manifest, tokenizer, out)
+print(json.dumps({"growth_kib": kib("VmHWM") - before}))
+"""
+
+
+def _pack_growth(steps: int, manifest: Path, tokenizer: Path, out: Path) -> int:
+    """Peak RSS growth (KiB) of a fresh process that packs ``steps`` x 4 sequences of 256 KiB of images."""
+    args = [json.dumps([*SMALL, f"train.steps={steps}"]), str(manifest), str(tokenizer), str(out)]
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(PACK), *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])["growth_kib"]
+
+
+def test_pack_peak_memory_is_flat_in_the_number_of_sequences(world: Path, tmp_path: Path):
+    """The pack stage on 32 and on 256 sequences (8 and 64 MiB of images): the packing process's peak
+    RSS grows by the same amount (within 1.2x, and by far less than the larger file's extra size,
+    which holding the sequences until the end would cost several times over)."""
+    cfg = load(None, SMALL)
+    manifest = world / "world" / "manifest.parquet"
+    tok = make_tokenizer(cfg.tokenizer, manifest, tmp_path / "tok", cfg.data.max_bad_fraction)
+    n = _pack_growth(8, manifest, tok.path, tmp_path / "n")
+    eight_n = _pack_growth(64, manifest, tok.path, tmp_path / "8n")
+    small, large = (tmp_path / run / "train.parquet" for run in ("n", "8n"))
+    rows = [pl.scan_parquet(path).select(pl.len()).collect().item() for path in (small, large)]
+    assert rows == [32, 256]
+    extra_kib = (large.stat().st_size - small.stat().st_size) / 1024
+    assert extra_kib > 7 * 32 * 256 * 0.95  # the 224 extra sequences' images are all in the file
+    assert eight_n < 1.2 * n, (n, eight_n)
+    assert eight_n - n < 0.25 * extra_kib, (n, eight_n, extra_kib)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -139,6 +139,10 @@ class MixtureSampler:
         """:func:`realised_mixture` with this sampler's pad id and configured fractions."""
         return realised_mixture(sequences, self.layout.pad_id, self.mixture)
 
+    def tally(self) -> MixtureTally:
+        """An empty :class:`MixtureTally` with this sampler's pad id and configured fractions."""
+        return MixtureTally(self.layout.pad_id, self.mixture)
+
 
 @functools.lru_cache(maxsize=4)
 def _block_sources(cdf: bytes, seed: int, block: int) -> np.ndarray:
@@ -149,51 +153,70 @@ def _block_sources(cdf: bytes, seed: int, block: int) -> np.ndarray:
     return rng.permutation(ids).astype(np.int8)
 
 
+class MixtureTally:
+    """The counts of :func:`realised_mixture`, fed one sequence at a time (memory independent of
+    how many): :meth:`add` each, :meth:`frame` for the table."""
+
+    def __init__(self, pad_id: int, mixture: MixtureConfig | None = None) -> None:
+        self.pad_id, self.mixture = pad_id, mixture
+        self.counts = {s: [0, 0, 0, 0, 0] for s in SOURCES}  # sequences, tokens, loss tokens, images, positions
+
+    def add(self, seq: PackedSequence) -> PackedSequence:
+        """Count ``seq``; returns it (so a stream of sequences can be counted as it passes)."""
+        row = self.counts[seq.source]
+        row[0] += 1
+        row[1] += int(np.count_nonzero(seq.tokens[:-1] != self.pad_id))
+        row[2] += int(np.count_nonzero(seq.loss_mask))
+        row[3] += len(seq.images)
+        row[4] += seq.seq_length
+        return seq
+
+    def frame(self) -> pl.DataFrame:
+        """The realised mixture of the sequences added so far (see :func:`realised_mixture`)."""
+        mixture = self.mixture
+        cols = list(zip(*self.counts.values(), strict=True))
+        df = pl.DataFrame(
+            {
+                "source": list(SOURCES),
+                "sequences": cols[0],
+                "tokens": cols[1],
+                "loss_tokens": cols[2],
+                "images": cols[3],
+                "padding": [1 - t / p if p else 0.0 for t, p in zip(cols[1], cols[4], strict=True)],
+            },
+            schema_overrides={c: pl.Int64 for c in ("sequences", "tokens", "loss_tokens", "images")},
+        )
+        share = {c: pl.col(c) / pl.col(c).sum() if sum(cols[k]) else pl.lit(0.0) for k, c in enumerate(df.columns[1:5])}
+        df = df.with_columns(
+            sequence_share=share["sequences"],
+            token_share=share["tokens"],
+            loss_token_share=share["loss_tokens"],
+            image_share=share["images"],
+        )
+        if mixture is not None:
+            df = df.with_columns(target_share=pl.Series([mixture.fractions[s] for s in SOURCES]))
+        return df.select(
+            "source",
+            *(c for c in ("target_share",) if mixture is not None),
+            "sequences",
+            "sequence_share",
+            "tokens",
+            "token_share",
+            "loss_tokens",
+            "loss_token_share",
+            "images",
+            "image_share",
+            "padding",
+        )
+
+
 def realised_mixture(
-    sequences: Sequence[PackedSequence], pad_id: int, mixture: MixtureConfig | None = None
+    sequences: Iterable[PackedSequence], pad_id: int, mixture: MixtureConfig | None = None
 ) -> pl.DataFrame:
     """Per source (one row each, always): sequences, non-pad input tokens (of tokens[:-1]), loss
     tokens and images, with their shares; ``padding``, the share of that source's input positions
     that are ``<pad>`` (0 without sequences); plus the configured fraction when ``mixture`` is given."""
-    counts = {s: [0, 0, 0, 0, 0] for s in SOURCES}
+    tally = MixtureTally(pad_id, mixture)
     for seq in sequences:
-        row = counts[seq.source]
-        row[0] += 1
-        row[1] += int(np.count_nonzero(seq.tokens[:-1] != pad_id))
-        row[2] += int(np.count_nonzero(seq.loss_mask))
-        row[3] += len(seq.images)
-        row[4] += seq.seq_length
-    cols = list(zip(*counts.values(), strict=True))
-    df = pl.DataFrame(
-        {
-            "source": list(SOURCES),
-            "sequences": cols[0],
-            "tokens": cols[1],
-            "loss_tokens": cols[2],
-            "images": cols[3],
-            "padding": [1 - t / p if p else 0.0 for t, p in zip(cols[1], cols[4], strict=True)],
-        },
-        schema_overrides={c: pl.Int64 for c in ("sequences", "tokens", "loss_tokens", "images")},
-    )
-    share = {c: pl.col(c) / pl.col(c).sum() if sum(cols[k]) else pl.lit(0.0) for k, c in enumerate(df.columns[1:5])}
-    df = df.with_columns(
-        sequence_share=share["sequences"],
-        token_share=share["tokens"],
-        loss_token_share=share["loss_tokens"],
-        image_share=share["images"],
-    )
-    if mixture is not None:
-        df = df.with_columns(target_share=pl.Series([mixture.fractions[s] for s in SOURCES]))
-    return df.select(
-        "source",
-        *(c for c in ("target_share",) if mixture is not None),
-        "sequences",
-        "sequence_share",
-        "tokens",
-        "token_share",
-        "loss_tokens",
-        "loss_token_share",
-        "images",
-        "image_share",
-        "padding",
-    )
+        tally.add(seq)
+    return tally.frame()

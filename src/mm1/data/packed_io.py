@@ -10,19 +10,26 @@ is an error naming the file, never a silently different training batch.
 
 Rows are written in blocks of ``mm1.block_rows`` rows (one parquet row group each), and the footer
 holds each block's content sha256 too (``mm1.block_sha256``, space-separated): the streaming reader
-(:mod:`mm1.data.stream`) reads and checks one block at a time, never the whole file.
+(:mod:`mm1.data.stream`) reads and checks one block at a time, never the whole file. The writer
+(:class:`PackedWriter`, pyarrow's ``ParquetWriter``: polars cannot append row groups) likewise holds
+one block: each is written and hashed as its last row arrives, the footer at the end. What still
+grows with the file is the footer itself: pyarrow keeps each row group's metadata until close
+(~10 KiB a block in memory, ~0.7 KiB on disk) and the block hashes take 65 bytes each.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import hashlib
+import os
 import struct
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from mm1 import atomic
 from mm1.data.packing import PackedSequence
@@ -38,6 +45,7 @@ CONTENT_KEY = "mm1.content_sha256"  # parquet key-value metadata: content_sha256
 BLOCK_ROWS_KEY = "mm1.block_rows"  # rows per block (= parquet row group)
 BLOCKS_KEY = "mm1.block_sha256"  # content_sha256 of each block's rows, space-separated, in order
 BLOCK_ROWS = 16  # default rows per block; the pack stage writes one micro-batch per block
+ARROW_SCHEMA = pl.DataFrame(schema=SCHEMA).to_arrow(compat_level=pl.CompatLevel.oldest()).schema  # as polars writes
 
 
 def content_sha256(rows: Iterable[tuple[int, PackedSequence]]) -> str:
@@ -66,6 +74,81 @@ def update_digest(digest, index: int, seq: PackedSequence) -> None:
         digest.update(image)
 
 
+class PackedWriter:
+    """Rows written to a parquet file as they come, one block (row group) of ``block_rows`` rows at a
+    time: at most one block is held. Closing writes the footer (:data:`CONTENT_KEY`,
+    :data:`BLOCK_ROWS_KEY`, :data:`BLOCKS_KEY`) and fsyncs the file. It writes ``where`` itself, in
+    place; :func:`write_rows` publishes a file atomically through it."""
+
+    def __init__(self, where: Path, block_rows: int = BLOCK_ROWS):
+        if block_rows < 1:
+            raise ValueError(f"block_rows must be at least 1, got {block_rows}")
+        self.block_rows, self.rows = block_rows, 0
+        self._file = open(where, "wb")  # closed by close() or __exit__
+        try:
+            self._parquet = pq.ParquetWriter(self._file, ARROW_SCHEMA, compression="zstd")
+        except BaseException:
+            self._file.close()
+            raise
+        self._block: list[tuple[int, PackedSequence]] = []
+        self._digest, self._blocks = new_digest(), []
+        self._width: int | None = None
+
+    def __enter__(self) -> PackedWriter:
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        if kind is None:
+            self.close()
+        else:  # a half-written file, not synced: the caller discards it (and sees its own error)
+            with contextlib.suppress(Exception):
+                self._parquet.close()
+            self._file.close()
+
+    def add(self, index: int, seq: PackedSequence) -> None:
+        """Append the row (global ``index``, ``seq``); a full block goes to disk."""
+        if self._width is None:
+            self._width = len(seq.tokens)
+        elif len(seq.tokens) != self._width:
+            raise ValueError(
+                f"one packed file holds one sequence length, got token lengths {sorted({self._width, len(seq.tokens)})}"
+            )
+        update_digest(self._digest, index, seq)
+        self._block.append((index, seq))
+        self.rows += 1
+        if len(self._block) == self.block_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._block:
+            self._parquet.write_table(_table(self._block), row_group_size=self.block_rows)
+            self._blocks.append(content_sha256(self._block))
+            self._block = []
+
+    def close(self) -> None:
+        """Write the last (partial) block and the footer, fsync and close the file."""
+        self._flush()
+        blocks = " ".join(self._blocks)
+        meta = {CONTENT_KEY: self._digest.hexdigest(), BLOCK_ROWS_KEY: str(self.block_rows), BLOCKS_KEY: blocks}
+        self._parquet.add_key_value_metadata(meta)
+        self._parquet.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+
+def write_rows(rows: Iterable[tuple[int, PackedSequence]], path: Path, block_rows: int = BLOCK_ROWS) -> Path:
+    """Write (global index, sequence) ``rows`` to ``path`` as they are drawn from the iterable, in
+    memory bounded by one block; the file appears under ``path`` only once complete (atomic)."""
+
+    def write(tmp: Path) -> None:
+        with PackedWriter(tmp, block_rows) as writer:
+            for index, seq in rows:
+                writer.add(index, seq)
+
+    return atomic.write_with(Path(path), write)
+
+
 def write_packed(
     seqs: Sequence[PackedSequence], path: Path, indices: Sequence[int] | None = None, block_rows: int = BLOCK_ROWS
 ) -> Path:
@@ -74,26 +157,22 @@ def write_packed(
     indices = range(len(seqs)) if indices is None else indices
     if len(indices) != len(seqs):
         raise ValueError(f"{len(indices)} indices for {len(seqs)} sequences")
-    if block_rows < 1:
-        raise ValueError(f"block_rows must be at least 1, got {block_rows}")
-    lengths = {len(s.tokens) for s in seqs}
-    if len(lengths) > 1:
-        raise ValueError(f"one packed file holds one sequence length, got token lengths {sorted(lengths)}")
-    width = lengths.pop() if lengths else 1
+    return write_rows(zip(indices, seqs, strict=True), path, block_rows)
+
+
+def _table(rows: Sequence[tuple[int, PackedSequence]]) -> pa.Table:
+    """One block of rows as an arrow table of :data:`ARROW_SCHEMA`."""
+    seqs = [seq for _, seq in rows]
     df = pl.DataFrame(
         {
-            "index": pl.Series(list(indices), dtype=pl.Int64),
+            "index": pl.Series([index for index, _ in rows], dtype=pl.Int64),
             "source": pl.Series([s.source for s in seqs], dtype=pl.String),
-            "tokens": _lists(np.stack([s.tokens for s in seqs]) if seqs else np.empty((0, width), np.int32)),
-            "loss_mask": _lists(np.stack([s.loss_mask for s in seqs]) if seqs else np.empty((0, width - 1), np.uint8)),
+            "tokens": _lists(np.stack([s.tokens for s in seqs])),
+            "loss_mask": _lists(np.stack([s.loss_mask for s in seqs])),
             "images": pl.Series([s.images for s in seqs], dtype=pl.List(pl.Binary)),
         }
     )
-    rows = list(zip(indices, seqs, strict=True))
-    blocks = [content_sha256(rows[i : i + block_rows]) for i in range(0, len(rows), block_rows)]
-    metadata = {CONTENT_KEY: content_sha256(rows), BLOCK_ROWS_KEY: str(block_rows), BLOCKS_KEY: " ".join(blocks)}
-    write = functools.partial(df.write_parquet, metadata=metadata, row_group_size=block_rows)
-    return atomic.write_with(Path(path), write)
+    return df.to_arrow(compat_level=pl.CompatLevel.oldest()).cast(ARROW_SCHEMA)
 
 
 def _lists(rows: np.ndarray) -> pl.Series:
