@@ -32,9 +32,12 @@ study: install
 
 ## The whole test suite (what CI runs), slow and multi-process tests included. As root it installs the
 ## system packages and starts the local SLURM cluster itself; without root it skips what needs them
-## (one summary line names what and how to enable it). PYTEST_ARGS="-x -k dvc" narrows it.
+## (one summary line names what and how to enable it). PYTEST_ARGS="-x -k dvc" narrows it. It runs in two
+## pytest-xdist workers, one test module per unit of work (tests/conftest.py); PYTEST_WORKERS="-n 0" runs it
+## in one process.
+PYTEST_WORKERS ?= -n 2 --dist loadgroup --no-loadscope-reorder
 test: test-packages install lint
-	$(RUN) scripts/test-env run pytest $(PYTEST_ARGS)
+	$(RUN) scripts/test-env run pytest $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 test-packages:
 	@scripts/test-env packages

@@ -44,3 +44,33 @@ def tiny_model(tiny_tokenizer: TextTokenizer) -> Callable[..., MM1Model]:
     """``tiny_model(*overrides)``: a freshly initialised megatron model of :func:`tinykit.tiny` over
     the tiny tokenizer; call it inside ``mm1.parallel.setup.distributed``."""
     return lambda *overrides: build_model(tiny(*overrides), tiny_tokenizer)
+
+
+# --- running on two cores: pytest-xdist ------------------------------------------------------------
+# `make test` runs the suite in two pytest-xdist workers (`-n 2 --dist loadgroup --no-loadscope-reorder`):
+# much of it waits on subprocesses (Snakemake, SLURM's polls, torchrun start-up), so a second worker
+# fills the idle core. The hook below makes each test module one unit of work, so a module's fixtures
+# are built once, and puts every SLURM test in one unit, since they share the one-node cluster and its 2 CPUs.
+# It also orders the units longest first, so the long end-to-end runs start at once and the many short
+# tests fill the other worker around them.
+LONGEST_FIRST = ("tests/workflow/test_snakemake.py", "slurm")
+"""Work units by measured length (`--durations`), longest first; then modules with slow tests, then the rest."""
+
+
+def _unit(item: pytest.Item) -> str:
+    return "slurm" if item.get_closest_marker("slurm") else item.nodeid.split("::")[0]
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group markers
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    slow = {_unit(i) for i in items if i.get_closest_marker("slow")}
+
+    def rank(item: pytest.Item) -> tuple[int, int]:
+        unit = _unit(item)
+        first = LONGEST_FIRST.index(unit) if unit in LONGEST_FIRST else len(LONGEST_FIRST)
+        return first, unit not in slow
+
+    items.sort(key=rank)  # stable: tests keep their order inside a unit
+    if config.pluginmanager.hasplugin("xdist") and config.getoption("dist", "no") == "loadgroup":
+        for item in items:
+            item.add_marker(pytest.mark.xdist_group(_unit(item)))

@@ -52,17 +52,28 @@ def pytest_collection_modifyitems(items):
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
+    """Tag a fault test's reports with its item (and whether it lost data): the tags travel with the
+    report, so the table below is built where reports are logged -- in the one process, or in the
+    controller when pytest-xdist runs the tests in workers."""
     report = yield
     marker = item.get_closest_marker("faults")
-    if marker is None or report.when == "teardown" and report.passed:
-        return report
-    entry = _RESULTS.setdefault(item.nodeid, {"item": marker.kwargs["item"], "outcome": "passed", "lost": False})
+    if marker is not None:
+        lost = report.failed and call.excinfo is not None and call.excinfo.errisinstance(DataLost)
+        report.user_properties.append(("faults_item", marker.kwargs["item"]))
+        report.user_properties.append(("faults_lost", bool(lost)))
+    return report
+
+
+def pytest_runtest_logreport(report):
+    tags = dict(report.user_properties)
+    if "faults_item" not in tags or report.when == "teardown" and report.passed:
+        return
+    entry = _RESULTS.setdefault(report.nodeid, {"item": tags["faults_item"], "outcome": "passed", "lost": False})
     if report.failed:
         entry["outcome"] = "failed"
-        entry["lost"] |= call.excinfo is not None and call.excinfo.errisinstance(DataLost)
+        entry["lost"] |= tags["faults_lost"]
     elif report.skipped:
         entry["outcome"] = "skipped"
-    return report
 
 
 def table() -> list[dict]:
@@ -83,7 +94,7 @@ def table() -> list[dict]:
 
 
 def pytest_terminal_summary(terminalreporter, config):
-    if not _RESULTS:
+    if not _RESULTS or hasattr(config, "workerinput"):  # an xdist worker: the controller writes the table
         return
     rows = table()
     out = Path(os.environ.get("MM1_FAULT_REPORT") or config._tmp_path_factory.getbasetemp() / "fault_report.json")
