@@ -126,12 +126,13 @@ def test_the_30b_study_plans_every_figure_with_the_planners_resources(project: P
             want = expected(study, job["rule"], job["exp"])
             assert int(got["mem_mb"]) == want["mem_mb"] and int(got["runtime"]) == want["runtime"], job
             if job["rule"] in INFERENCE:  # evaluation runs on GPUs, one task per GPU
-                assert int(got["gpu"]) == int(got["tasks"]) == want["tasks"] >= 1, job
+                assert int(got["tasks"]) == want["tasks"] >= 1 and "gpu" not in got, job
+                assert got["slurm_extra"] == f"--ntasks-per-node={want['tasks']} --gpus-per-node={want['tasks']}", job
                 assert int(got["nodes"]) == 1 and int(got["cpus_per_task"]) == want["cpus_per_task"], job
                 evaluated += 1
             continue
         if job["rule"] not in TRAINING:
-            assert "gpu" not in got, job  # figure jobs take no GPU
+            assert "gpu" not in got and "slurm_extra" not in got, job  # figure jobs take no GPU
             continue
         resolved = json.loads(study.stage_json(job["rule"], job["exp"]))
         del resolved["name"]
@@ -139,12 +140,15 @@ def test_the_30b_study_plans_every_figure_with_the_planners_resources(project: P
         if key not in planned:
             planned[key] = job_resources(from_dict(resolved), "h100-80gb")
         want = planned[key]
-        assert int(got["nodes"]) == want["nodes"] and int(got["gpu"]) == int(got["tasks"]) == want["tasks"], job
+        assert int(got["nodes"]) == want["nodes"] and int(got["tasks"]) == want["tasks"] and "gpu" not in got, job
+        per_node = f"--ntasks-per-node={want['tasks_per_node']} --gpus-per-node={want['gpus_per_node']}"
+        assert got["slurm_extra"] == per_node, job  # every node its GPUs, one task each
         assert int(got["mem_mb"]) == want["mem_mb"] and int(got["runtime"]) == want["runtime"], job
         assert int(got["cpus_per_task"]) == want["cpus_per_task"], job
         checked += 1
     train = [j for j in jobs if j["rule"] == "train" and j["exp"] == "base"]
-    assert train and train[0]["resources"]["nodes"] == "64" and train[0]["resources"]["gpu"] == "512"
+    assert train and train[0]["resources"]["nodes"] == "64" and train[0]["resources"]["tasks"] == "512"
+    assert train[0]["resources"]["slurm_extra"] == "--ntasks-per-node=8 --gpus-per-node=8"
     stats = out.split("Job stats:", 1)[1].split("Reasons:", 1)[0]
     counts = {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)$", stats, flags=re.M)}
     assert checked == sum(counts[s] for s in TRAINING) > 50

@@ -100,25 +100,32 @@ def _planned(stage_json):
 
 
 def training(stage):
-    def field(name, local):
-        def get(w):
-            if GPU:
-                resolved = json.loads(STUDY.stage_json(stage, w.exp))
-                del resolved["name"]
-                return _planned(json.dumps(resolved, sort_keys=True))[name]
-            return local(STUDY.stage_config(stage, w.exp))
+    """A training job's resources: on a GPU cluster the planner's nodes, tasks per node, GPUs per
+    node, CPUs per task, memory per node and time (mm1.parallel.launch.slurm_resources: the job
+    mm1's srun launch expects, one rank per GPU); else the stage config's nodes and constants."""
 
-        return get
+    def planned(w):
+        resolved = json.loads(STUDY.stage_json(stage, w.exp))
+        del resolved["name"]
+        return _planned(json.dumps(resolved, sort_keys=True))
 
-    res = dict(
-        mem_mb=field("mem_mb", lambda c: 4000),
-        runtime=field("runtime", lambda c: 120),
-        nodes=field("nodes", lambda c: getattr(c.parallel, "nodes", 1)),
-    )
     if GPU:
-        res |= dict(gpu=field("tasks", None), tasks=field("tasks", None), tasks_per_gpu=1)
-        res |= dict(cpus_per_task=field("cpus_per_task", None))
-    return res
+        return _slurm_fields(planned)
+    return dict(
+        mem_mb=4000,
+        runtime=120,
+        nodes=lambda w: getattr(STUDY.stage_config(stage, w.exp).parallel, "nodes", 1),
+    )
+
+
+SLURM_FIELDS = ("nodes", "tasks", "cpus_per_task", "mem_mb", "runtime", "slurm_extra")
+
+
+def _slurm_fields(planned):
+    """The resources of slurm_resources(planned(w)), each a function of the job's wildcards."""
+    from mm1.parallel.launch import slurm_resources
+
+    return {k: (lambda w, k=k: slurm_resources(planned(w))[k]) for k in SLURM_FIELDS}
 
 
 # Evaluation jobs on a GPU cluster: the planner's inference layout of the checkpoint they run
@@ -134,11 +141,7 @@ def _inferred(stage, exp):
 
 
 def inference(stage):
-    def field(name):
-        return lambda w: _inferred(stage, w.exp)[name]
-
-    res = {k: field(k) for k in ("mem_mb", "runtime", "nodes", "cpus_per_task")}
-    return res | dict(gpu=field("tasks"), tasks=field("tasks"), tasks_per_gpu=1)
+    return _slurm_fields(lambda w: _inferred(stage, w.exp))
 
 
 # Data jobs on a GPU cluster: memory and time from the data they make or read (mm1.plan.data_jobs;

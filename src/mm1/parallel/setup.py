@@ -83,8 +83,8 @@ def initialize(parallel: ParallelConfig, seed: int) -> Rank:
             f"parallel.world_size={parallel.world_size} but {world_size} process(es) were started; "
             f"launch with `torchrun --nproc-per-node {parallel.world_size}` or set parallel.world_size={world_size}"
         )
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if torch.cuda.is_available():  # srun binds one GPU per rank (it sees only that one); torchrun shows all
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     if not torch.distributed.is_initialized():
         timeout = datetime.timedelta(minutes=parallel.collective_timeout_minutes)
         if "RANK" in os.environ:  # under torchrun/srun: rendezvous from the environment
