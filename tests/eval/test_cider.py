@@ -1,16 +1,35 @@
-"""CIDEr-D: agreement with the COCO toolkit, hand-computed values, properties, tokenizer, errors."""
+"""CIDEr-D: agreement with the COCO toolkit's scorer, hand-computed values, properties, tokenizer, errors.
+
+The scorer's tests tokenise with the Python PTB tokenizer (no JVM per call); the Java one and the
+toolkit's whole pipeline are compared in test_ptb_tokenizer.py."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from mm1.eval.cider import cider_d, tokenize
+from mm1.eval.cider import cider_d, tokenize, tokenize_runs
+from mm1.eval.harness import _score_captioning, _score_task
+from mm1.eval.ptb_java import find_jar
+from mm1.eval.scoring import score_captions
 from mm1.world.language import reference_captions as sample_captions
 from mm1.world.scene import sample_scene
+
+needs_java = pytest.mark.skipif(
+    shutil.which("java") is None or find_jar() is None, reason="needs java and CoreNLP's jar (scripts/test-env)"
+)
+
+
+@pytest.fixture(autouse=True)
+def _python_tokenizer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MM1_CIDER_TOKENIZER", "python")
 
 
 def _random_corpus(seed: int) -> tuple[dict[str, str], dict[str, list[str]]]:
@@ -29,12 +48,14 @@ def _world_corpus(seed: int) -> tuple[dict[str, str], dict[str, list[str]]]:
     """World captions: the candidate is a paraphrase of the image's caption, or another image's."""
     rng = np.random.default_rng(seed)
     scenes = [sample_scene(rng, 3) for _ in range(40)]
-    refs = {f"test-{k}": [tokenize(c) for c in sample_captions(s, rng, 4)] for k, s in enumerate(scenes)}
-    cands = {}
-    for k, scene in enumerate(scenes):
+    raw_refs = [sample_captions(s, rng, 4) for s in scenes]
+    raw_cands = []
+    for scene in scenes:
         source = scene if rng.random() < 0.5 else scenes[int(rng.integers(len(scenes)))]
-        cands[f"test-{k}"] = tokenize(sample_captions(source, rng, 1)[0])
-    return cands, refs
+        raw_cands.append(sample_captions(source, rng, 1)[0])
+    flat_refs, cands = tokenize_runs([[r for rs in raw_refs for r in rs], raw_cands], "python")
+    refs = {f"test-{k}": flat_refs[4 * k : 4 * k + 4] for k in range(len(scenes))}
+    return {f"test-{k}": c for k, c in enumerate(cands)}, refs
 
 
 @pytest.mark.parametrize("corpus", [_random_corpus(s) for s in range(6)] + [_world_corpus(s) for s in range(3)])
@@ -46,7 +67,7 @@ def test_matches_pycocoevalcap(corpus: tuple[dict[str, str], dict[str, list[str]
     assert score == pytest.approx(float(ref_score), abs=1e-9)
     assert list(per_image) == list(refs)
     np.testing.assert_allclose(list(per_image.values()), ref_per_image, rtol=0, atol=1e-9)
-    assert cider_d(cands, refs) == (score, per_image)  # the text is already tokenised
+    assert cider_d(cands, refs, tokenizer="python") == (score, per_image)  # the text is already tokenised
 
 
 def test_hand_computed_length_penalty() -> None:
@@ -102,16 +123,51 @@ def test_length_penalty_lowers_a_padded_candidate() -> None:
     assert cider_d(padded, refs)[0] < 0.5 * cider_d(exact, refs)[0]
 
 
-def test_tokenize_mimics_ptb_and_is_idempotent() -> None:
+@pytest.mark.parametrize("tokenizer", ["python", pytest.param("java", marks=needs_java)])
+def test_tokenize_is_ptb_without_punctuation(tokenizer: str) -> None:
     examples = {
         "Two shapes: a big RED circle, and a cube.": "two shapes a big red circle and a cube",
-        "A man's T-shirt isn't (really) blue!": "a man 's t-shirt is n't really blue",
+        "A man's T-shirt isn't (really) blue!": "a man 's t-shirt is n't -lrb- really -rrb- blue",
         'They can\'t see 3.5 or 1,000 "dogs"...': "they ca n't see 3.5 or 1,000 dogs",
         "It's the 3rd time -- at 5 o'clock; ok?": "it 's the 3rd time at 5 o'clock ok",
+        "A dog in the U.S. with J. Smith at 5 p.m. named J.": "a dog in the u.s. with j. smith at 5 p.m. named j.",
     }
-    for raw, expected in examples.items():
-        assert tokenize(raw) == expected
-        assert tokenize(expected) == expected
+    assert tokenize_runs([list(examples)], tokenizer) == [list(examples.values())]
+    assert tokenize("A dog named J.", tokenizer) == "a dog named j."
+
+
+def test_score_captions_and_scores_csv_name_the_tokenizer(tmp_path: Path) -> None:
+    images = [{"id": k} for k in range(3)]
+    texts = ["A red (big) cube.", "Two U.S. dogs", "Mr. J."]
+    refs = [{"image_id": k, "id": k, "caption": c} for k, c in enumerate(texts)]
+    (tmp_path / "refs.json").write_text(json.dumps({"images": images, "annotations": refs}))
+    preds = [{"image_id": k, "caption": c} for k, c in enumerate(["a red big cube", "two dogs", "mr. j"])]
+    (tmp_path / "pred.json").write_text(json.dumps(preds))
+    scored = score_captions(tmp_path / "pred.json", tmp_path / "refs.json")
+    assert scored["tokenizer"] == "ptb-python"  # MM1_CIDER_TOKENIZER=python (the fixture)
+    assert (
+        scored["CIDEr"]
+        == 100 * cider_d({k: p["caption"] for k, p in enumerate(preds)}, {k: [t] for k, t in enumerate(texts)})[0]
+    )
+
+    # The harness's rows: VQA scored at once; captioning rows filled in together (one tokenizer run),
+    # each with the CIDEr of its own task as cider_d gives it alone.
+    items = [SimpleNamespace(key=k, targets=(t,), answer_type="other") for k, t in enumerate(texts)]
+    other = [SimpleNamespace(key=k, targets=(t, t.upper()), answer_type="other") for k, t in enumerate(texts[::-1])]
+    predicted = {k: p["caption"] for k, p in enumerate(preds)}
+    (vqa,) = _score_task(SimpleNamespace(name="v", task="vqa", items=items), 0, predicted, 0, 0.0, "{caption}")
+    assert (vqa["metric"], vqa["tokenizer"]) == ("accuracy", "") and vqa["value"] is not None
+    tasks = []
+    for bench in (SimpleNamespace(name="a", task="captioning", items=items),
+                  SimpleNamespace(name="b", task="captioning", items=other)):  # fmt: skip
+        (row,) = _score_task(bench, 0, predicted, 0, 0.0, "{caption}")
+        assert row["metric"] == "CIDEr" and row["value"] is None
+        tasks.append((row, bench, predicted))
+    _score_captioning(tasks)
+    for row, bench, _ in tasks:
+        alone = cider_d({k: predicted[k] for k in predicted}, {it.key: list(it.targets) for it in bench.items})[0]
+        assert row["tokenizer"] == "ptb-python" and row["value"] == pytest.approx(100 * alone, abs=1e-12)
+    assert tasks[0][0]["value"] != tasks[1][0]["value"]
 
 
 def test_inputs_are_checked() -> None:

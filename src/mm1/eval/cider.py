@@ -13,21 +13,28 @@ sigma = 6 and l(s) is the number of words. A cosine whose norm is 0 is left at 0
 `counts2vec` counts bigrams as the length, i.e. words - 1; the difference of two lengths is the
 same whenever both sentences are non-empty, and an empty sentence scores 0 either way.)
 
-Tokenisation: the toolkit runs Stanford's PTB tokenizer (Java, -lowerCase) and drops punctuation
-tokens. We have no Java; `tokenize` lower-cases, splits off the clitics 's 're 've 'll 'd 'm n't
-as PTB does, keeps hyphenated words, numbers like 3.5 or 1,000 and internal apostrophes in one
-token, and drops punctuation. Differences from PTB show only on unusual text: PTB turns [ ] into
--LSB- -RSB- (which coco keeps) and has special cases for abbreviations (a.m., U.S.) and some
-symbols; we drop all brackets and split abbreviations at their periods. For the plain captions
-of this project the two agree.
+Tokenisation is the toolkit's: Stanford's PTB tokenizer (CoreNLP 3.4.1, ``-preserveLines
+-lowerCase``), then its punctuation tokens dropped (`PUNCTUATION`). Two implementations give the
+same tokens: "ptb-java" runs the toolkit's own jar (`mm1.eval.ptb_java`; the default where ``java``
+and the jar are found, as the paper's numbers used it) and "ptb-python" is a port of its lexer
+(`mm1.eval.ptb`, for machines without Java; where it is known to differ is said there). Pick one
+with ``tokenizer=`` or ``MM1_CIDER_TOKENIZER=java|python``; `resolve_tokenizer` says which runs.
+PTB looks ahead across lines (an initial "J." keeps its period unless the next caption starts a
+sentence), so as in the toolkit the references are tokenised as one run and the candidates as
+another, each in the order given, one caption a line (line breaks inside a caption become spaces).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from mm1.eval.ptb import tokenize_lines
+from mm1.eval.ptb_java import java_available, java_tokenize
 
 MAX_N = 4
 """CIDEr uses n-grams of 1 to 4 words."""
@@ -36,24 +43,46 @@ SIGMA = 6.0
 
 NGram = tuple[str, ...]
 
-_CLITIC_NT = re.compile(r"(?<=[^\W_])n't\b")
-_CLITIC_APOSTROPHE = re.compile(r"(?<=[^\W_])'(s|re|ve|ll|d|m)\b")
-_TOKEN = re.compile(
-    r"\d+(?:[.,]\d+)+"  # numbers with a decimal or thousands separator: 3.5, 1,000
-    r"|[^\W_]+(?:[-'][^\W_]+)*"  # words, with internal hyphens/apostrophes: 3rd, t-shirt, o'clock
-    r"|n't|'(?:s|re|ve|ll|d|m)\b"  # clitics split off above
-    r"|[^\s\w]|_"  # any other single symbol
+PUNCTUATION = frozenset(
+    ("''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";")
 )
-_PUNCTUATION = frozenset(".,?!:;-'`\"()[]{}")
-"""Tokens dropped after tokenising: coco's list (. ? ! , : ; - -- ... quotes, brackets)."""
+"""Tokens pycocoevalcap drops after PTB (its ptbtokenizer.py list). Its bracket names are upper case and
+the tokens lower case, so -lrb- -rrb- -lsb- -rsb- -lcb- -rcb- stay, as they do in the toolkit."""
+TOKENIZERS = {"java": "ptb-java", "python": "ptb-python"}
+"""Names accepted by ``tokenizer=`` and MM1_CIDER_TOKENIZER -> the name recorded in scores.csv."""
+TOKENIZER_ENV = "MM1_CIDER_TOKENIZER"
+_LINE_BREAK = re.compile("[\r\n\u2028\u2029\x0b\x0c]")
 
 
-def tokenize(caption: str) -> str:
-    """Lower-case, split into PTB-like tokens, drop punctuation; tokens joined by single spaces."""
-    text = caption.lower()
-    text = _CLITIC_NT.sub(" n't", text)
-    text = _CLITIC_APOSTROPHE.sub(r" '\1", text)
-    return " ".join(t for t in _TOKEN.findall(text) if t not in _PUNCTUATION)
+def resolve_tokenizer(choice: str = "auto") -> str:
+    """The tokenizer that runs for ``choice``, "ptb-java" or "ptb-python".
+
+    "auto": $MM1_CIDER_TOKENIZER (java / python) if set, else Java when ``java`` and the jar are found."""
+    if choice == "auto":
+        choice = os.environ.get(TOKENIZER_ENV) or ("java" if java_available() else "python")
+    name = TOKENIZERS.get(choice, choice)
+    if name not in TOKENIZERS.values():
+        raise ValueError(f"CIDEr tokenizer {choice!r} is not one of java, python (or auto); set {TOKENIZER_ENV} to one")
+    if name == "ptb-java" and not java_available():
+        raise ValueError(f"CIDEr tokenizer java needs `java` on PATH and the CoreNLP jar; use {TOKENIZER_ENV}=python")
+    return name
+
+
+def tokenize_runs(runs: Sequence[Sequence[str]], tokenizer: str = "auto") -> list[list[str]]:
+    """Each run of captions tokenised as one toolkit PTBTokenizer run, punctuation dropped, tokens
+    joined by single spaces (one Java process for all runs)."""
+    name = resolve_tokenizer(tokenizer)
+    one_line = [[_LINE_BREAK.sub(" ", s) for s in run] for run in runs]
+    if name == "ptb-java":
+        lines = java_tokenize(one_line)
+    else:
+        lines = [[" ".join(tokens) for tokens in tokenize_lines(run)] for run in one_line]
+    return [[" ".join(w for w in line.rstrip().split(" ") if w not in PUNCTUATION) for line in run] for run in lines]
+
+
+def tokenize(caption: str, tokenizer: str = "auto") -> str:
+    """One caption as the toolkit tokenises it alone: PTB tokens, lower case, punctuation dropped."""
+    return tokenize_runs([[caption]], tokenizer)[0][0]
 
 
 def ngram_counts(sentence: str, max_n: int = MAX_N) -> Counter[NGram]:
@@ -110,20 +139,30 @@ def _check_inputs(candidates: dict[str, str], references: dict[str, list[str]]) 
 
 
 def cider_d(
-    candidates: dict[str, str], references: dict[str, list[str]], *, tokenize_text: bool = True
+    candidates: dict[str, str],
+    references: dict[str, list[str]],
+    *,
+    tokenize_text: bool = True,
+    tokenizer: str = "auto",
 ) -> tuple[float, dict[str, float]]:
     """CIDEr-D of one candidate caption per image against that image's reference captions.
 
-    Returns the corpus score (the mean over images) and the score of every image id. With
-    tokenize_text=False the strings are taken as already tokenised (split on whitespace), which
-    is what the toolkit's `Cider.compute_score` expects; `tokenize` is idempotent, so feeding
-    tokenised text with the default gives the same result.
+    Returns the corpus score (the mean over images) and the score of every image id. The captions
+    are tokenised with ``tokenizer`` (see the module's docstring; `resolve_tokenizer` names the one
+    "auto" picks); with tokenize_text=False the strings are taken as already tokenised (split on
+    whitespace), which is what the toolkit's `Cider.compute_score` expects.
     """
     _check_inputs(candidates, references)
-    prepare = tokenize if tokenize_text else (lambda s: s)
     ids = list(candidates)
-    cand_counts = {i: ngram_counts(prepare(candidates[i])) for i in ids}
-    ref_counts = {i: [ngram_counts(prepare(r)) for r in references[i]] for i in ids}
+    refs = {i: list(references[i]) for i in ids}
+    cands = {i: candidates[i] for i in ids}
+    if tokenize_text:
+        flat_refs, flat_cands = tokenize_runs([[r for i in ids for r in refs[i]], list(cands.values())], tokenizer)
+        cands = dict(zip(ids, flat_cands, strict=True))
+        it = iter(flat_refs)
+        refs = {i: [next(it) for _ in refs[i]] for i in ids}
+    cand_counts = {i: ngram_counts(cands[i]) for i in ids}
+    ref_counts = {i: [ngram_counts(r) for r in refs[i]] for i in ids}
 
     doc_freq: Counter[NGram] = Counter()  # images whose references contain the n-gram
     for i in ids:

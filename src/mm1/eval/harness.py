@@ -18,7 +18,8 @@ Outputs in ``out_dir``:
                                              ``mm1 eval score-captions`` / ``score-vqa``)
     predictions/<vqa>_<k>shot_ll.json        the top-ranked candidates, [{"question_id", "answer"}]
     predictions/<captioning>_<k>shot_nll.json  [{"image_id", "nll"}]: each image's mean reference NLL
-    scores.csv     one row per (benchmark, shots, metric), with the template, demos dropped, n;
+    scores.csv     one row per (benchmark, shots, metric), with the template, demos dropped, n, and
+                   for CIDEr the tokenizer ("ptb-java" / "ptb-python", mm1.eval.cider);
                    metric: "CIDEr" (x 100) / "accuracy" (%) from generation; "ll_accuracy" (%, VQA),
                    "ref_nll" (nats per token) and "ref_prob" (100 exp(-ref_nll), captioning) from
                    likelihood; "accuracy" of TextCore / multiple choice (and per kind "<name>/<kind>")
@@ -52,7 +53,7 @@ from mm1.data.packing import PackLayout, encode_text
 from mm1.data.sft import user_turn
 from mm1.data.tokenizer import TextTokenizer
 from mm1.eval.benchmarks import Benchmark, demo_example, load_benchmark
-from mm1.eval.cider import cider_d
+from mm1.eval.cider import cider_d, resolve_tokenizer, tokenize_runs
 from mm1.eval.context import EvalContext
 from mm1.eval.generate import greedy
 from mm1.eval.likelihood import Candidate, continuation_logprobs
@@ -122,6 +123,7 @@ def evaluate(
         checkpoint.load_into(model, ckpt)
         model.eval()
         ctx = EvalContext(cfg, sft, model, mc, tok, rank.device)
+        captioning: list[tuple[dict, Benchmark, dict[int, str]]] = []  # CIDEr rows, scored together below
         for bench in benches:
             inputs |= {f"{bench.name}/{k}": p for k, p in bench.files.items()}
             order = _demo_order(ctx, bench, max(shots))  # every val item; generation reads the first n_gen
@@ -131,8 +133,11 @@ def evaluate(
                 if rank.is_main:
                     _write_predictions(out_dir, generated, k, predictions)
                 rows += _score_task(generated, k, predictions, dropped, kept, _template_text(ctx, bench.task))
+                if bench.task == "captioning":
+                    captioning.append((rows[-1], generated, predictions))
             if likelihood:  # every shot count at once: the images and continuations are shared
                 rows += _likelihood_task(ctx, bench, order, shots, out_dir if rank.is_main else None)
+        _score_captioning(captioning)
         if sft is None and cfg.textcore is not None:
             path = _resolve(data_root, cfg.textcore)
             inputs["textcore"] = path
@@ -148,10 +153,11 @@ def evaluate(
                                      lambda text: _answer_text(ctx, "vqa", text))  # fmt: skip
             rows, inputs = rows + more, inputs | files
     for r in rows:
-        r |= {"run": run_name, "mode": "sft" if sft is not None else "pretrained", "train_steps": meta["steps"]}
+        r |= {"run": run_name, "mode": "sft" if sft is not None else "pretrained", "train_steps": meta["steps"],
+              "tokenizer": r.get("tokenizer", "")}  # fmt: skip
     scores = pl.DataFrame(rows).select(
         "run", "mode", "benchmark", "task", "shots", "metric", "value", "n_examples", "demos_dropped",
-        "mean_shots", "template", "train_steps",
+        "mean_shots", "template", "train_steps", "tokenizer",
     )  # fmt: skip
     summary = summarise(scores)
     if rank.is_main:
@@ -308,18 +314,35 @@ def _write_predictions(out_dir: Path, bench: Benchmark, k: int, predictions: dic
 def _score_task(
     bench: Benchmark, k: int, predictions: dict[int, str], dropped: int, kept: float, template: str
 ) -> list[dict]:
-    """CIDEr-D (x 100, the paper's scale) or VQA accuracy (%) of one benchmark at k shots."""
-    if bench.task == "captioning":
-        score, _ = cider_d({str(it.key): predictions[it.key] for it in bench.items},
-                           {str(it.key): list(it.targets) for it in bench.items})  # fmt: skip
-        value = 100.0 * score
-    else:
+    """VQA accuracy (%) of one benchmark at k shots; a captioning row's CIDEr-D is filled in by
+    :func:`_score_captioning` once every captioning task has its predictions."""
+    value = None
+    if bench.task != "captioning":
         value = vqa_scores(predictions, {it.key: (it.targets, it.answer_type) for it in bench.items})["accuracy"]
     return [
         {"benchmark": bench.name, "task": bench.task, "shots": k, "metric": GENERATION_METRIC[bench.task],
          "value": value, "n_examples": len(predictions), "demos_dropped": dropped, "mean_shots": kept,
-         "template": template}
+         "template": template, "tokenizer": ""}
     ]  # fmt: skip
+
+
+def _score_captioning(tasks: list[tuple[dict, Benchmark, dict[int, str]]]) -> None:
+    """CIDEr-D (x 100, the paper's scale) of each captioning row, and the PTB tokenizer that scored it
+    (mm1.eval.cider). Every task's references and predictions are tokenised in one call -- each set
+    as the toolkit's own tokenizer run, but one Java start for all of them, not two per row."""
+    if not tasks:
+        return
+    tokenizer = resolve_tokenizer()
+    runs = []
+    for _, bench, predictions in tasks:
+        runs += [[t for it in bench.items for t in it.targets], [predictions[it.key] for it in bench.items]]
+    tokens = iter(tokenize_runs(runs, tokenizer))
+    for row, bench, _ in tasks:
+        refs, cands = iter(next(tokens)), next(tokens)
+        score, _ = cider_d({str(it.key): c for it, c in zip(bench.items, cands, strict=True)},
+                           {str(it.key): [next(refs) for _ in it.targets] for it in bench.items},
+                           tokenize_text=False)  # fmt: skip
+        row |= {"value": 100.0 * score, "tokenizer": tokenizer}
 
 
 # --- multiple choice by likelihood ---------------------------------------------------------------

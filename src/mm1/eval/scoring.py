@@ -22,7 +22,7 @@ from mm1.atomic import write_bytes
 from mm1.data.formats._common import FormatError, check_fields, dump_json, load_json
 from mm1.data.formats.coco import read_coco_references
 from mm1.data.formats.vqa import read_vqa_answers
-from mm1.eval.cider import cider_d
+from mm1.eval.cider import cider_d, resolve_tokenizer
 from mm1.eval.vqa_metric import VQAReference, vqa_scores
 
 _SHOWN = 5
@@ -43,10 +43,11 @@ def _reading(**files: Path) -> Iterator[None]:
         raise FormatError(f"{named}: JSON nested too deeply to be a results or benchmark file") from None
 
 
-def score_captions(pred_path: Path, refs_path: Path) -> dict[str, Any]:
+def score_captions(pred_path: Path, refs_path: Path, *, tokenizer: str = "auto") -> dict[str, Any]:
     """CIDEr-D of a caption results file against a COCO captions JSON.
 
-    Returns ``CIDEr`` (corpus CIDEr-D x 100), ``n_images`` and ``per_image`` (image_id -> x 100)."""
+    Returns ``CIDEr`` (corpus CIDEr-D x 100), ``n_images``, ``per_image`` (image_id -> x 100) and
+    ``tokenizer``, the PTB tokenizer used ("ptb-java" / "ptb-python"; see `mm1.eval.cider`)."""
     with _reading(refs=refs_path):
         refs = read_coco_references(refs_path)
     if not refs:
@@ -54,8 +55,10 @@ def score_captions(pred_path: Path, refs_path: Path) -> dict[str, Any]:
     with _reading(pred=pred_path):
         preds = read_caption_predictions(pred_path)
     _check_ids(pred_path, preds, refs_path, refs, "image_id")
-    score, per_image = cider_d({i: preds[i] for i in refs}, refs)
-    return {"CIDEr": 100 * score, "n_images": len(refs), "per_image": {i: 100 * s for i, s in per_image.items()}}
+    name = resolve_tokenizer(tokenizer)
+    score, per_image = cider_d({i: preds[i] for i in refs}, refs, tokenizer=name)
+    per_image = {i: 100 * s for i, s in per_image.items()}
+    return {"CIDEr": 100 * score, "n_images": len(refs), "per_image": per_image, "tokenizer": name}
 
 
 def score_vqa(
