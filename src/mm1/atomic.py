@@ -1,9 +1,10 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic writes of files and folders: a reader sees the old one or the new one, never half of one."""
 
 from __future__ import annotations
 
 import glob
 import os
+import shutil
 import socket
 import tempfile
 import zlib
@@ -14,6 +15,14 @@ from pathlib import Path
 def _owner() -> str:
     """This process, as it appears in its temp files' names: ``<pid>-<host crc>`` (no dots)."""
     return f"{os.getpid()}-{zlib.crc32(socket.gethostname().encode()):08x}"
+
+
+def _remove(path: Path) -> None:
+    """Delete a file or a folder tree, if there is one."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _remove_stale(path: Path) -> None:
@@ -27,7 +36,7 @@ def _remove_stale(path: Path) -> None:
         try:
             os.kill(int(pid), 0)
         except ProcessLookupError:
-            tmp.unlink(missing_ok=True)
+            _remove(tmp)
         except PermissionError:  # alive, another user's
             pass
 
@@ -47,6 +56,27 @@ def write_with(path: Path, write: Callable[[Path], object]) -> Path:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_dir_with(path: Path, write: Callable[[Path], object]) -> Path:
+    """Call ``write(tmp)`` on a new temporary folder beside ``path``, then put it in ``path``'s place:
+    an old ``path`` (file or folder) is renamed aside first and deleted after, so ``path`` is always
+    either the old one or the complete new one. Temp folders of killed writers are removed first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{_owner()}.", suffix=".tmp"))
+    aside = path.parent / f".{path.name}.{_owner()}.old.tmp"
+    try:
+        write(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes 0700; artifacts are meant to be shared
+        if path.exists() or path.is_symlink():
+            os.replace(path, aside)
+        os.replace(tmp, path)
+    finally:
+        _remove(tmp)
+        _remove(aside)
     return path
 
 

@@ -83,7 +83,9 @@ def test_pack_writes_the_runs_sequences_and_the_realised_mixture(world: Path, tm
     mixture = pack(cfg, manifest, tok.path, tmp_path / "packed")
     packed = pl.read_parquet(tmp_path / "packed" / "train.parquet")
     assert packed.height == 3 * 4 == int(mixture["sequences"].sum())
-    assert pl.read_parquet_metadata(tmp_path / "packed" / "train.parquet")[BLOCK_ROWS_KEY] == "4"  # a micro-batch
+    (shard,) = (tmp_path / "packed" / "train.parquet").iterdir()  # a sharded set: 3 blocks fill one shard
+    assert shard.name == "part-00000-of-00001.parquet"
+    assert pl.read_parquet_metadata(shard)[BLOCK_ROWS_KEY] == "4"  # a micro-batch
     sampler = MixtureSampler(
         load_pretraining_sources(manifest, Quarantine()),
         cfg.data.mixture,
@@ -172,7 +174,8 @@ def test_pack_peak_memory_is_flat_in_the_number_of_sequences(world: Path, tmp_pa
     small, large = (tmp_path / run / "train.parquet" for run in ("n", "8n"))
     rows = [pl.scan_parquet(path).select(pl.len()).collect().item() for path in (small, large)]
     assert rows == [32, 256]
-    extra_kib = (large.stat().st_size - small.stat().st_size) / 1024
+    size = [sum(f.stat().st_size for f in path.iterdir()) for path in (small, large)]  # sharded sets: folders
+    extra_kib = (size[1] - size[0]) / 1024
     assert extra_kib > 7 * 32 * 256 * 0.95  # the 224 extra sequences' images are all in the file
     assert eight_n < 1.2 * n, (n, eight_n)
     assert eight_n - n < 0.25 * extra_kib, (n, eight_n, extra_kib)

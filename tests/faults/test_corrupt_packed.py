@@ -13,16 +13,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mm1.data.batches import PackedData
-from mm1.data.packed_io import CONTENT_KEY, read_packed, read_packed_indexed
+from mm1.data.packed_io import CONTENT_KEY, read_packed, read_packed_indexed, shard_paths
 
 pytestmark = pytest.mark.faults(item=4)
 
 
 @pytest.fixture(scope="module")
 def packed(tiny_world, tmp_path_factory):
-    """The tiny packed file, its sequences and its bytes."""
+    """The tiny packed set's one shard (a packed file), its sequences and its bytes."""
+    (shard,) = shard_paths(tiny_world["packed"])
     path = tmp_path_factory.mktemp("packed") / "train.parquet"
-    shutil.copy(tiny_world["packed"], path)
+    shutil.copy(shard, path)
     return path, read_packed(path), path.read_bytes()
 
 

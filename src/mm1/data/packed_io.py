@@ -15,13 +15,22 @@ holds each block's content sha256 too (``mm1.block_sha256``, space-separated): t
 one block: each is written and hashed as its last row arrives, the footer at the end. What still
 grows with the file is the footer itself: pyarrow keeps each row group's metadata until close
 (~10 KiB a block in memory, ~0.7 KiB on disk) and the block hashes take 65 bytes each.
+
+So the pack stage writes a **sharded set**: a folder (still named ``train.parquet``; polars and
+pyarrow read a folder of parquet files as one table) of shards ``part-<i>-of-<n>.parquet``, each a
+packed file as above of at most :data:`SHARD_BLOCKS` blocks (:func:`write_shards`). Footers, writer
+memory and a reader's footer parse are then bounded by one shard whatever the set's size (at MM1's
+102 M one-row blocks, one file's footer would hold ~1 TB in the writer). Every reader here takes a
+file or a sharded folder; shard i holds global rows ``i * rows_per_shard ...`` in order.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
+import re
 import struct
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -45,6 +54,8 @@ CONTENT_KEY = "mm1.content_sha256"  # parquet key-value metadata: content_sha256
 BLOCK_ROWS_KEY = "mm1.block_rows"  # rows per block (= parquet row group)
 BLOCKS_KEY = "mm1.block_sha256"  # content_sha256 of each block's rows, space-separated, in order
 BLOCK_ROWS = 16  # default rows per block; the pack stage writes one micro-batch per block
+SHARD_BLOCKS = 4096  # blocks per shard of a sharded set: ~40 MiB of writer footer memory at most
+_SHARD = re.compile(r"part-(\d+)-of-(\d+)\.parquet")
 ARROW_SCHEMA = pl.DataFrame(schema=SCHEMA).to_arrow(compat_level=pl.CompatLevel.oldest()).schema  # as polars writes
 
 
@@ -149,6 +160,56 @@ def write_rows(rows: Iterable[tuple[int, PackedSequence]], path: Path, block_row
     return atomic.write_with(Path(path), write)
 
 
+def shard_name(i: int, n: int) -> str:
+    """File name of shard ``i`` (0-based) of ``n``."""
+    return f"part-{i:05d}-of-{n:05d}.parquet"
+
+
+def write_shards(
+    rows: Iterable[tuple[int, PackedSequence]],
+    path: Path,
+    block_rows: int = BLOCK_ROWS,
+    shard_blocks: int = SHARD_BLOCKS,
+) -> Path:
+    """Write (global index, sequence) ``rows`` as a sharded set: the folder ``path`` of shards of
+    ``shard_blocks`` blocks of ``block_rows`` rows (the last may be shorter; an empty set is one empty
+    shard). One block in memory, as :func:`write_rows`; the folder appears only once complete."""
+    if shard_blocks < 1:
+        raise ValueError(f"shard_blocks must be at least 1, got {shard_blocks}")
+    per_shard = block_rows * shard_blocks
+    rows = iter(rows)
+
+    def write(tmp: Path) -> None:
+        written: list[Path] = []
+        while (first := next(rows, None)) is not None or not written:
+            written.append(tmp / f"{len(written)}.part")
+            with PackedWriter(written[-1], block_rows) as writer:
+                for index, seq in itertools.chain([first] if first else [], itertools.islice(rows, per_shard - 1)):
+                    writer.add(index, seq)
+            if first is None:
+                break
+        for i, part in enumerate(written):
+            part.rename(tmp / shard_name(i, len(written)))
+
+    return atomic.write_dir_with(Path(path), write)
+
+
+def shard_paths(path: Path) -> list[Path]:
+    """The shards of sharded set ``path`` in order; an error names what is missing or foreign. Hidden
+    files are not looked at (Snakemake leaves ``.snakemake_timestamp`` in a folder output)."""
+    names = sorted(p.name for p in Path(path).iterdir() if not p.name.startswith("."))
+    found = [_SHARD.fullmatch(n) for n in names]
+    counts = {int(m[2]) for m in found if m}
+    if not names or None in found or len(counts) != 1 or [int(m[1]) for m in found] != list(range(counts.pop())):
+        foreign = [n for n, m in zip(names, found, strict=True) if not m]
+        raise ValueError(
+            f"packed sequence set {path} is not a complete set of shards part-<i>-of-<n>.parquet "
+            f"({len(names)} files{', unexpected: ' + ', '.join(foreign[:3]) if foreign else ''}): it is incomplete "
+            "or was edited; rerun the pack stage"
+        )
+    return [Path(path) / n for n in names]
+
+
 def write_packed(
     seqs: Sequence[PackedSequence], path: Path, indices: Sequence[int] | None = None, block_rows: int = BLOCK_ROWS
 ) -> Path:
@@ -187,8 +248,11 @@ def read_packed(path: Path) -> list[PackedSequence]:
 
 
 def read_packed_indexed(path: Path) -> list[tuple[int, PackedSequence]]:
-    """(global index, sequence) pairs of a file written by :func:`write_packed`."""
+    """(global index, sequence) pairs of a file written by :func:`write_packed`, or of every shard of
+    a sharded set (:func:`write_shards`) in order, each checked against its content hash."""
     path = Path(path)
+    if path.is_dir():
+        return [row for shard in shard_paths(path) for row in read_packed_indexed(shard)]
     if not path.is_file():
         raise FileNotFoundError(f"packed sequence file {path} does not exist; run the packing stage first")
     try:

@@ -14,7 +14,7 @@ import polars as pl
 from mm1 import atomic, provenance
 from mm1.config import RunConfig, TokenizerConfig
 from mm1.data.mixture import MixtureSampler
-from mm1.data.packed_io import write_rows
+from mm1.data.packed_io import write_shards
 from mm1.data.quarantine import Quarantine
 from mm1.data.sft import build_sft, load_conversations
 from mm1.data.sources import load_pretraining_sources, training_text
@@ -63,8 +63,8 @@ def _read_checked(read, manifest: Path, out_dir: Path, max_bad_fraction: float):
 def pack(cfg: RunConfig, manifest: Path, tokenizer: Path, out_dir: Path) -> pl.DataFrame:
     """Draw the run's train.steps x global_batch_size sequences from the mixture; write them and the
     realised mixture (``mixture.csv``). Returns the realised mixture. Each sequence is written (a block
-    of train.micro_batch_size rows at a time) and counted as it is drawn: memory does not grow with
-    their number (the source records are held whole)."""
+    of train.micro_batch_size rows at a time, into the shards of the folder ``train.parquet``) and
+    counted as it is drawn: memory does not grow with their number (the source records are held whole)."""
     out_dir = Path(out_dir)
     tok = TextTokenizer(tokenizer)
     sources, quarantine = _read_checked(load_pretraining_sources, manifest, out_dir, cfg.data.max_bad_fraction)
@@ -80,7 +80,7 @@ def pack(cfg: RunConfig, manifest: Path, tokenizer: Path, out_dir: Path) -> pl.D
     tally = sampler.tally()
     drawn = progress(itertools.islice(sampler, n), total=n, desc="pack", unit="seq")
     rows = ((index, tally.add(seq)) for index, seq in enumerate(drawn))  # written and counted as drawn
-    write_rows(rows, out_dir / "train.parquet", block_rows=cfg.train.micro_batch_size)  # a block per micro-batch
+    write_shards(rows, out_dir / "train.parquet", block_rows=cfg.train.micro_batch_size)  # a block per micro-batch
     mixture = tally.frame()
     atomic.write_text(out_dir / "mixture.csv", mixture.write_csv())
     provenance.record(

@@ -35,10 +35,12 @@ from mm1.data.packed_io import (
     content_sha256,
     new_digest,
     sequences,
+    shard_paths,
     update_digest,
 )
 from mm1.data.packing import PackedSequence
 
+CACHED_SHARDS = 2  # shard readers a sharded reader keeps open (each with its blocks)
 CACHED_BLOCKS = 2  # blocks a reader keeps: a micro-batch spans at most two when blocks are not aligned to it
 PREFETCH = 2  # micro-batches each loader worker prepares ahead
 
@@ -131,9 +133,63 @@ class PackedReader:
         return out
 
 
-def open_packed(path: Path, seq_length: int) -> PackedReader:
-    """A reader of the packed file of a run at ``seq_length`` (the checks of ``PackedData.load``)."""
-    reader = PackedReader(path)
+class ShardedReader:
+    """The rows of a sharded packed set (:func:`mm1.data.packed_io.write_shards`) by global row number:
+    shard i holds rows ``i * shard_rows ...``; each shard is a :class:`PackedReader`, opened when a row
+    of it is asked for (the first and the last when the set is opened, to learn its length)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.shards = shard_paths(self.path)
+        self._open: OrderedDict[int, PackedReader] = OrderedDict()
+        self.shard_rows: int | None = None  # the first shard's rows; every other is checked against it
+        first = self._shard(0)
+        self.block_rows, self.shard_rows = first.block_rows, len(first)
+        self.n = self.shard_rows * (len(self.shards) - 1) + len(self._shard(len(self.shards) - 1))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getstate__(self) -> dict:  # a loader worker opens its own shards
+        return self.__dict__ | {"_open": OrderedDict()}
+
+    def _check(self, i: int, shard: PackedReader) -> None:
+        full = i < len(self.shards) - 1
+        if shard.block_rows != self.block_rows or (
+            len(shard) != self.shard_rows if full else len(shard) > self.shard_rows
+        ):
+            raise ValueError(
+                f"packed sequence set {self.path}: shard {self.shards[i].name} has {len(shard)} rows in blocks of "
+                f"{shard.block_rows}, the first {self.shard_rows} in blocks of {self.block_rows}: it was edited; "
+                "rerun the pack stage"
+            )
+
+    def _shard(self, i: int) -> PackedReader:
+        if i in self._open:
+            self._open.move_to_end(i)
+            return self._open[i]
+        shard = self._open[i] = PackedReader(self.shards[i])
+        if self.shard_rows is not None:
+            self._check(i, shard)
+        while len(self._open) > CACHED_SHARDS:
+            self._open.popitem(last=False)
+        return shard
+
+    def rows(self, numbers: np.ndarray) -> list[PackedSequence]:
+        """The sequences at global rows ``numbers`` (0-based, in that order)."""
+        out = []
+        for i in numbers:
+            if not 0 <= i < self.n:
+                raise IndexError(f"row {i} of packed sequence set {self.path}, which has {self.n}")
+            shard, offset = divmod(int(i), self.shard_rows)
+            out += self._shard(shard).rows(np.array([offset]))
+        return out
+
+
+def open_packed(path: Path, seq_length: int) -> PackedReader | ShardedReader:
+    """A reader of the packed file or sharded set of a run at ``seq_length`` (the checks of
+    ``PackedData.load``)."""
+    reader = ShardedReader(path) if Path(path).is_dir() else PackedReader(path)
     if not len(reader):
         raise ValueError(f"{path} holds no sequences; rerun the pack stage")
     found = len(reader.rows(np.zeros(1, np.int64))[0].loss_mask)
@@ -151,7 +207,7 @@ class RankBatches(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        reader: PackedReader,
+        reader: PackedReader | ShardedReader,
         image_size: int,
         global_batch: int,
         micro_batch: int,

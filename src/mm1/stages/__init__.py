@@ -109,8 +109,11 @@ def _trained(*extra: Output) -> tuple[Output, ...]:
     return (Output("checkpoint", "checkpoint", folder=True), curve, *extra, *dvclive, *RECORD)
 
 
-def _packed(*extra: Output) -> tuple[Output, ...]:
-    return (Output("packed", "train.parquet"), *extra, Output("quarantine", "quarantine.parquet"), *RECORD)
+def _packed(*extra: Output, sharded: bool = False) -> tuple[Output, ...]:
+    """A packing stage's outputs: ``train.parquet`` is a file, or a folder of shards (``sharded``:
+    the pre-training packs, mm1.data.packed_io.write_shards)."""
+    packed = Output("packed", "train.parquet", folder=sharded)
+    return (packed, *extra, Output("quarantine", "quarantine.parquet"), *RECORD)
 
 
 def _evaluated() -> tuple[Output, ...]:
@@ -170,7 +173,7 @@ _STAGES = (
         params=PACKED,
         honors=("model.decoder.seq_length",),
         inputs=(MANIFEST, TOKENIZER),
-        outputs=_packed(Output("mixture", "mixture.csv")),
+        outputs=_packed(Output("mixture", "mixture.csv"), sharded=True),
         mem_mb=4000,
         scales_with="sequences",
     ),
@@ -215,7 +218,7 @@ _STAGES = (
             "train.global_batch_size",
         ),
         inputs=(MANIFEST, TOKENIZER),
-        outputs=_packed(Output("mixture", "mixture.csv")),
+        outputs=_packed(Output("mixture", "mixture.csv"), sharded=True),
         mem_mb=4000,
         scales_with="sequences",
     ),
