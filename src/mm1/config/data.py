@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -61,6 +62,10 @@ ROLES_OF_FORMAT: dict[str, tuple[str, ...]] = {
     "llava": ("sft",),
 }
 """The roles a source of each format can be read for (what the acquire stage and the readers support)."""
+_FSSPEC_WRAPPERS = frozenset(
+    "blockcache cached filecache simplecache dir reference zip tar libarchive async_wrapper asyncwrapper generic".split()
+)
+"""fsspec schemes that wrap another file system (they need a chained URL, which sources do not take)."""
 DEFAULT_MAX_BYTES = 16 << 30
 """A download without a declared size stops here (16 GiB; the biggest single files MM1-style data
 comes in, such as a COCO image archive or an OBELICS parquet shard, are smaller)."""
@@ -72,7 +77,13 @@ class SourceSpec(Section):
     name: str = Field(pattern=FILE_NAME)
     """Folder name under results/acquired/ (letters, digits, _ . -; not starting with . or -)."""
     url: str
-    """http(s):// or file:// URL, or a local path, of one file (a tar shard, parquet, jsonl or json)."""
+    """Where the one file is (a tar shard, parquet, jsonl or json): an http(s):// or file:// URL, a
+    local path, or a URL of any file system fsspec knows: s3://, gs://, az://, hf:// (Hugging Face
+    repositories, e.g. ``hf://datasets/<org>/<name>/<file>``), memory://... (the scheme's package must
+    be installed: s3fs, gcsfs, adlfs). No globs: each file is its own source with its own sha256.
+    Credentials are never written here: each file system reads its own from the environment
+    (AWS_* for s3://, GOOGLE_APPLICATION_CREDENTIALS for gs://, AZURE_STORAGE_* for az://, HF_TOKEN
+    for hf://)."""
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     """Expected sha256 of the file; a mismatch stops the stage."""
     format: Format
@@ -89,6 +100,25 @@ class SourceSpec(Section):
     max_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1)
     """Most bytes a download of this source may hold when ``bytes`` is not declared (default 16 GiB);
     a download that passes it stops with an error naming the source. Raise it for a bigger file."""
+
+    @field_validator("url")
+    @classmethod
+    def _url_scheme(cls, url: str) -> str:
+        scheme = url.split("://", 1)[0] if "://" in url else ""
+        if scheme.lower() in ("", "http", "https", "file"):
+            return url
+        from fsspec.registry import known_implementations, registry  # only configs with such a URL import it
+
+        if scheme in _FSSPEC_WRAPPERS or "::" in url:
+            raise ValueError(f"{url!r}: chained or wrapping fsspec URLs are not supported; give the file's own URL")
+        if scheme not in known_implementations and scheme not in registry:
+            raise ValueError(
+                f"URL scheme {scheme!r} is not one mm1 can read: use http(s)://, file://, a local path, "
+                "or a scheme fsspec knows (s3://, gs://, az://, hf://, memory://...)"
+            )
+        if re.search(r"[*?[]", url.split("://", 1)[1]):
+            raise ValueError(f"{url!r} is a glob: a source is one file with its own sha256; list each file as a source")
+        return url
 
     @field_validator("role")
     @classmethod

@@ -3,7 +3,8 @@
 For each SourceSpec the file at its URL lands in ``out_dir/<name>/<file name>``:
 
 - http(s):// URLs stream through urllib to ``<file>.partial``; file:// URLs and local paths are
-  copied the same way. At most the source's cap is ever written (its declared ``bytes``, else
+  copied the same way; any other scheme (s3://, gs://, az://, hf://, memory://...) is read through
+  fsspec by mm1.data.remote under the same cap, hash and publish rules. At most the source's cap is ever written (its declared ``bytes``, else
   ``max_bytes``): a size announced over it, or different from the declared one, is refused before
   a byte is written, and a source that sends more (a URL that never ends, /dev/zero) is stopped at
   the cap; either way AcquireError names the source and the cap, and the download is deleted.
@@ -13,7 +14,8 @@ For each SourceSpec the file at its URL lands in ``out_dir/<name>/<file name>``:
 - A download cut off is resumed with an HTTP Range request from the partial file's size, with
   ``If-Range`` set to the first response's strong ETag (else Last-Modified), kept in
   ``<file>.partial.json`` for a later run: a file that changed meanwhile comes whole again instead
-  of being spliced onto the old part (a local file is resumed only with the same size and mtime).
+  of being spliced onto the old part (a local file is resumed only with the same size and mtime; a
+  file on another file system by seeking to the partial size when its size and identity are unchanged).
   A server that ignores Range sends the whole file again, and the partial file is restarted.
 - A download is retried only when the network fails; a write that fails (disk full, quota, read-only
   file system), while downloading or extracting, raises AcquireError naming the file at once (a
@@ -29,7 +31,9 @@ For each SourceSpec the file at its URL lands in ``out_dir/<name>/<file name>``:
 
 ``out_dir/quarantine.parquet`` is always written (also when a later check fails);
 ``out_dir/manifest.parquet`` only when every source is acquired, non-empty, and within
-``max_bad_fraction``. The network is used only for the sources' URLs (and redirects they answer with).
+``max_bad_fraction``. The network is used only for the sources' URLs (and redirects they answer with;
+for s3:// and gs:// without credentials in the environment, also the cloud's metadata service, as
+their clients always do).
 """
 
 from __future__ import annotations

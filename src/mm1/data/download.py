@@ -2,6 +2,8 @@
 
 :func:`fetch` brings one SourceSpec's file into its folder (the rules are in :mod:`mm1.data.acquire`'s
 docstring: the cap, the streamed sha256, Range + If-Range resumes, retries only on network failures).
+http(s)://, file:// and local paths are read here; every other scheme (s3://, gs://, az://, hf://,
+memory://...) through fsspec, by :mod:`mm1.data.remote`, under the same rules.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from urllib.parse import unquote, urlparse
 
 from mm1.atomic import write_with
 from mm1.config.data import SourceSpec
+from mm1.data import remote
 from mm1.data.sources import DataChecksumError, sha256_file
 from mm1.progress import progress
 
@@ -66,6 +69,10 @@ def fetch(spec: SourceSpec, folder: Path, timeout_s: float = 60) -> Path:
         except _Interrupted as e:
             log.warning("%s: download attempt %d interrupted (%s); resuming", spec.name, attempt + 1, e)
             last = e
+        except remote.Unavailable as e:  # a file system's error while reading that no retry helps
+            raise AcquireError(
+                f"source {spec.name!r}: {e} ({download.written} bytes are kept in {download.partial})"
+            ) from e
     else:
         raise AcquireError(
             f"source {spec.name!r}: download of {spec.url} failed {attempt + 1} times; last: {last} "
@@ -77,7 +84,12 @@ def fetch(spec: SourceSpec, folder: Path, timeout_s: float = 60) -> Path:
 
 def file_name(spec: SourceSpec) -> str:
     """The last component of the URL's path where it is a plain file name, else ``<name>.<suffix>``."""
-    name = PurePosixPath(unquote(urlparse(spec.url).path)).name if "://" in spec.url else Path(spec.url).name
+    if "://" not in spec.url:
+        name = Path(spec.url).name
+    else:
+        url = urlparse(spec.url)
+        where = url.netloc + url.path if remote.is_remote(spec.url) else url.path  # s3://bucket/key, memory://file
+        name = PurePosixPath(unquote(where)).name
     if _FILE_NAME.match(name) and name != "extracted":
         return name
     return spec.name + _SUFFIX.get(spec.format, ".json")
@@ -201,6 +213,8 @@ class _Download:
 def _read(body: BinaryIO, size: int) -> bytes:
     try:
         return body.read(size)
+    except remote.Transient as e:  # a file system's network failure, already described
+        raise _Interrupted(str(e)) from e
     except (OSError, HTTPException) as e:
         raise _Interrupted(f"{type(e).__name__}: {e}") from e
 
@@ -232,7 +246,7 @@ def _open(spec: SourceSpec, offset: int, validator: str | None, timeout_s: float
     elif "://" not in spec.url:
         path = Path(spec.url)
     else:
-        raise AcquireError(f"source {spec.name!r}: URL scheme {url.scheme!r} is not one of http, https, file")
+        return _open_remote(spec, offset, validator)
     try:
         f = open(path, "rb")
     except OSError as e:
@@ -244,6 +258,16 @@ def _open(spec: SourceSpec, offset: int, validator: str | None, timeout_s: float
     start = offset if offset <= st.st_size and now == validator else 0
     f.seek(start)
     return _Body(f, start, st.st_size, now)
+
+
+def _open_remote(spec: SourceSpec, offset: int, validator: str | None) -> _Body:
+    """A file on a file system fsspec knows, resumed at ``offset`` where it is the same file still."""
+    try:
+        return _Body(*remote.open_file(spec.url, offset, validator))
+    except remote.Transient as e:
+        raise _Interrupted(str(e)) from e
+    except remote.Unavailable as e:
+        raise AcquireError(f"source {spec.name!r}: {e}") from e
 
 
 def _open_http(spec: SourceSpec, offset: int, validator: str | None, timeout_s: float) -> _Body:
