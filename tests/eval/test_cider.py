@@ -152,10 +152,13 @@ def test_score_captions_and_scores_csv_name_the_tokenizer(tmp_path: Path) -> Non
 
     # The harness's rows: VQA scored at once; captioning rows filled in together (one tokenizer run),
     # each with the CIDEr of its own task as cider_d gives it alone.
-    items = [SimpleNamespace(key=k, targets=(t,), answer_type="other") for k, t in enumerate(texts)]
-    other = [SimpleNamespace(key=k, targets=(t, t.upper()), answer_type="other") for k, t in enumerate(texts[::-1])]
+    items = [SimpleNamespace(key=k, targets=(t,), answer_type="other", domain="") for k, t in enumerate(texts)]
+    other = [SimpleNamespace(key=k, targets=(t, t.upper()), answer_type="other", domain="")
+             for k, t in enumerate(texts[::-1])]  # fmt: skip
     predicted = {k: p["caption"] for k, p in enumerate(preds)}
-    (vqa,) = _score_task(SimpleNamespace(name="v", task="vqa", items=items), 0, predicted, 0, 0.0, "{caption}")
+    spec = SimpleNamespace(answer_metric="vqa_accuracy")
+    vqa_bench = SimpleNamespace(name="v", task="vqa", items=items, spec=spec)
+    (vqa,) = _score_task(vqa_bench, 0, predicted, 0, 0.0, "{caption}")
     assert (vqa["metric"], vqa["tokenizer"]) == ("accuracy", "") and vqa["value"] is not None
     tasks = []
     for bench in (SimpleNamespace(name="a", task="captioning", items=items),
@@ -163,7 +166,7 @@ def test_score_captions_and_scores_csv_name_the_tokenizer(tmp_path: Path) -> Non
         (row,) = _score_task(bench, 0, predicted, 0, 0.0, "{caption}")
         assert row["metric"] == "CIDEr" and row["value"] is None
         tasks.append((row, bench, predicted))
-    _score_captioning(tasks)
+    assert _score_captioning(tasks) == []  # no NoCaps domains
     for row, bench, _ in tasks:
         alone = cider_d({k: predicted[k] for k in predicted}, {it.key: list(it.targets) for it in bench.items})[0]
         assert row["tokenizer"] == "ptb-python" and row["value"] == pytest.approx(100 * alone, abs=1e-12)

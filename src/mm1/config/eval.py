@@ -20,15 +20,21 @@ GENERATION_METRIC: dict[str, str] = {"captioning": "CIDEr", "vqa": "accuracy"}
 LIKELIHOOD_METRIC: dict[str, str] = {"captioning": "ref_prob", "vqa": "ll_accuracy"}
 """Each task's 0-100 likelihood score in scores.csv (captioning also writes "ref_nll", its source)."""
 TASK_FORMATS: dict[str, tuple[str, ...]] = {
-    "captioning": ("coco",),
-    "vqa": ("vqav2",),
+    "captioning": ("coco", "textcaps", "nocaps"),
+    "vqa": ("vqav2", "textvqa", "vizwiz", "gqa"),
     "multiple_choice": ("scienceqa", "mmmu", "mmbench", "seed_bench"),
     "yes_no": ("pope", "mme"),
     "math": ("mathvista",),
 }
-"""Each task type's file formats (the first is its default); the last three are MM1's Table 4
+"""Each task type's file formats (the first is its default): captioning and vqa read the official files of
+MM1's Table 3 benchmarks (OK-VQA comes in VQAv2's layout; :mod:`mm1.eval.official`); the last three are MM1's Table 4
 benchmarks that can be scored offline (:mod:`mm1.eval.table4`), 0-shot with ``mm1 eval run --sft``."""
 TABLE4_TASKS: tuple[str, ...] = ("multiple_choice", "yes_no", "math")
+ONE_FILE_VQA: tuple[str, ...] = ("textvqa", "vizwiz", "gqa")
+"""VQA formats whose questions and answers are in one file (no annotations JSON)."""
+EXACT_MATCH_FORMATS: tuple[str, ...] = ("gqa",)
+"""Formats scored by exact match (:func:`mm1.eval.vqa_metric.exact_match_scores`), not VQA accuracy:
+GQA has one answer per question, against which VQA accuracy is always 0."""
 UNSUPPORTED: dict[str, str] = {
     "llava_bench": "LLaVA-Bench-in-the-Wild",
     "llava_bench_in_the_wild": "LLaVA-Bench-in-the-Wild",
@@ -42,33 +48,43 @@ cannot be computed offline or reproduced without that model."""
 
 
 class BenchmarkSpec(Section):
-    """One benchmark: files in the real formats (COCO captions JSON, VQAv2 questions + annotations
-    JSON, each with an image folder). Relative paths are read from the eval stage's ``--data``
-    folder (the world stage's output); absolute paths point anywhere, e.g. at the real COCO."""
+    """One benchmark: files in their official formats (COCO captions JSON, VQAv2 questions + annotations
+    JSON, the TextVQA, VizWiz, GQA, TextCaps and NoCaps files; Table 4's), each with an image folder.
+    Relative paths are read from the eval stage's ``--data`` folder (the world stage's output);
+    absolute paths point anywhere, e.g. at the real COCO."""
 
     name: str = Field(pattern=FILE_NAME)
     """Name in results (predictions/<name>_<k>shot.json, scores.csv)."""
     task: Literal["captioning", "vqa", "multiple_choice", "yes_no", "math"]
-    """captioning: COCO caption JSON, CIDEr; vqa: VQAv2 questions/annotations, VQA accuracy;
+    """captioning: CIDEr (NoCaps also per domain); vqa: VQA accuracy (GQA: exact match);
     multiple_choice, yes_no, math: MM1's Table 4 benchmarks with their official scores, scored
     0-shot by ``mm1 eval run --sft`` only (the pre-trained evaluation leaves them out).
     LLaVA-Bench-in-the-Wild and MM-Vet are not supported (their score is a GPT-4 judge's)."""
     format: (
-        Literal["coco", "vqav2", "scienceqa", "mmmu", "mmbench", "seed_bench", "pope", "mme", "mathvista"] | None
-    ) = None
-    """The files' official format (see docs/evaluation.md, Table 4): captioning: coco; vqa: vqav2;
-    multiple_choice: scienceqa, mmmu, mmbench, seed_bench; yes_no: pope, mme; math: mathvista.
-    Default: the task's first (required for multiple_choice and yes_no)."""
+        Literal[
+            "coco", "textcaps", "nocaps", "vqav2", "textvqa", "vizwiz", "gqa",
+            "scienceqa", "mmmu", "mmbench", "seed_bench", "pope", "mme", "mathvista",
+        ]
+        | None
+    ) = None  # fmt: skip
+    """The files' official format (docs/evaluation.md): captioning: coco, textcaps, nocaps; vqa: vqav2
+    (also OK-VQA), textvqa, vizwiz, gqa; multiple_choice: scienceqa, mmmu, mmbench, seed_bench; yes_no:
+    pope, mme; math: mathvista. Default: the task's first (required for multiple_choice and yes_no)."""
     val: str
-    """The evaluated split: captions_*.json (captioning), the questions JSON (vqa); scienceqa:
-    problems.json; mmmu: a parquet or JSON file; mmbench: the TSV; seed_bench: SEED-Bench.json;
-    pope: the jsonl; mathvista: testmini.json; mme: the MME_Benchmark_release_version folder."""
+    """The evaluated split: coco: captions_*.json; vqav2: the questions JSON; textvqa:
+    TextVQA_0.5.1_val.json; vizwiz: val.json; gqa: val_balanced_questions.json; textcaps:
+    TextCaps_0.1_val.json; nocaps: nocaps_val_4500_captions.json; scienceqa: problems.json; mmmu: a
+    parquet or JSON file; mmbench: the TSV; seed_bench: SEED-Bench.json; pope: the jsonl; mathvista:
+    testmini.json; mme: the MME_Benchmark_release_version folder."""
     val_annotations: str | None = None
-    """vqa: the annotations JSON; default: ``val`` with "_questions" replaced by "_annotations".
-    scienceqa: pid_splits.json (default: beside problems.json)."""
+    """vqav2: the annotations JSON; default: ``val`` with "_questions" replaced by "_annotations".
+    scienceqa: pid_splits.json (default: beside problems.json). Not set for the other formats."""
     val_images: str | None = None
-    """Image folder of ``val``; default: images/<split> beside it (scienceqa: images/ beside
-    problems.json; seed_bench: SEED-Bench-image/; pope, mathvista: the file's folder)."""
+    """Image folder of ``val``; default: images/<split> beside it (coco, vqav2); textvqa, textcaps:
+    train_images/ beside it; nocaps: images/ beside it; gqa: images/ beside it or beside its folder;
+    vizwiz: the folder named as the file (val/) beside it or beside its folder (annotations/val.json);
+    scienceqa: images/ beside problems.json; seed_bench: SEED-Bench-image/; pope, mathvista: the
+    file's folder."""
     split: str | None = None
     """scienceqa only: the split of pid_splits.json to score; default "test" (ScienceQA-IMG is the
     test split's questions that have an image)."""
@@ -96,7 +112,7 @@ class BenchmarkSpec(Section):
     @model_validator(mode="after")
     def _format_fits_task(self) -> BenchmarkSpec:
         formats = TASK_FORMATS[self.task]
-        if self.format is None and len(formats) > 1:
+        if self.format is None and self.task in TABLE4_TASKS and len(formats) > 1:
             raise ValueError(f"benchmark {self.name}: task {self.task} needs a format, one of {list(formats)}")
         if self.format is not None and self.format not in formats:
             raise ValueError(
@@ -110,8 +126,13 @@ class BenchmarkSpec(Section):
 
     @property
     def file_format(self) -> str:
-        """``format``, or the task's only format when it is not set."""
+        """``format``, or the task's first format when it is not set."""
         return self.format or TASK_FORMATS[self.task][0]
+
+    @property
+    def answer_metric(self) -> Literal["vqa_accuracy", "exact_match"]:
+        """How a VQA benchmark's answers are scored: exact match for GQA, VQA accuracy otherwise."""
+        return "exact_match" if self.file_format in EXACT_MATCH_FORMATS else "vqa_accuracy"
 
     @model_validator(mode="after")
     def _annotations_only_for_vqa(self) -> BenchmarkSpec:
@@ -119,6 +140,11 @@ class BenchmarkSpec(Section):
             raise ValueError(
                 f"benchmark {self.name}: captioning references live in the captions JSON; "
                 "val_annotations / train_annotations are for vqa"
+            )
+        if self.file_format in ONE_FILE_VQA and (self.val_annotations or self.train_annotations):
+            raise ValueError(
+                f"benchmark {self.name}: format {self.file_format} keeps its answers in the questions file; "
+                "remove val_annotations / train_annotations"
             )
         return self
 

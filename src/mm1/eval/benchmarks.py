@@ -4,7 +4,9 @@ A captioning benchmark (COCO caption JSON) gives one item per image with its ref
 benchmark (VQAv2 questions + annotations) one item per question with its human answers. The
 train split, when configured, is the pool few-shot demonstrations come from: each train image
 with its first reference caption, or each train question with its most frequent answer (VQAv2's
-``multiple_choice_answer``). The synthetic world's benchmarks are read by the same code.
+``multiple_choice_answer``). The synthetic world's benchmarks are read by the same code, and the
+official files of TextVQA, VizWiz, GQA, TextCaps and NoCaps by :mod:`mm1.eval.official` (the spec's
+``format``), with no conversion step.
 """
 
 from __future__ import annotations
@@ -15,25 +17,10 @@ from pathlib import Path
 
 from mm1.config.eval import BenchmarkSpec
 from mm1.data.formats import read_coco_captions, read_vqa
+from mm1.eval.official import READERS, Item, default_images
 from mm1.eval.prompts import Example
 
-
-@dataclass(frozen=True)
-class Item:
-    """One evaluated example: ``key`` is the image id (captioning) or question id (vqa)."""
-
-    key: int
-    image_id: int
-    image: bytes
-    question: str | None
-    targets: tuple[str, ...]
-    """Reference captions, or the human answers."""
-    answer_type: str = "other"
-    question_type: str = ""
-    """VQA: the question's kind (VQAv2's question_type; the world writes the kind of question)."""
-
-    def example(self) -> Example:
-        return Example(self.image, {} if self.question is None else {"question": self.question})
+__all__ = ["Benchmark", "Item", "demo_example", "load_benchmark"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +62,9 @@ def _read(spec: BenchmarkSpec, root: Path, split: str) -> tuple[list[Item], dict
     images = _path(root, getattr(spec, f"{split}_images"))
     if not questions.is_file():
         raise FileNotFoundError(f"eval.benchmarks[{spec.name}].{split}: {questions} does not exist")
+    if spec.file_format in READERS:
+        images = images if images is not None else default_images(spec.file_format, questions)
+        return READERS[spec.file_format](questions, images), {split: questions}
     if spec.task == "captioning":
         bench = read_coco_captions(questions, images)
         items = [

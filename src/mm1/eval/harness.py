@@ -22,7 +22,9 @@ Outputs in ``out_dir``:
                    for CIDEr the tokenizer ("ptb-java" / "ptb-python", mm1.eval.cider);
                    metric: "CIDEr" (x 100) / "accuracy" (%) from generation; "ll_accuracy" (%, VQA),
                    "ref_nll" (nats per token) and "ref_prob" (100 exp(-ref_nll), captioning) from
-                   likelihood; "accuracy" of TextCore / multiple choice (and per kind "<name>/<kind>")
+                   likelihood; "accuracy" of TextCore / multiple choice (and per kind "<name>/<kind>");
+                   NoCaps' CIDEr per domain: benchmark "<name>/in-domain" (near-, out-), task
+                   "captioning_domain"; VQA "accuracy" is exact match for GQA (its official metric)
     summary.csv    per shots: captioning_avg, vqa_avg, average (generation: the averages the paper
                    plots), captioning_ll, vqa_ll, average_ll (the same means of the 0-100 likelihood
                    scores: ref_prob, ll_accuracy; empty without them), n_benchmarks, demos_dropped
@@ -58,12 +60,13 @@ from mm1.eval.context import EvalContext
 from mm1.eval.generate import greedy
 from mm1.eval.likelihood import Candidate, continuation_logprobs
 from mm1.eval.ll_scores import caption_likelihood, vqa_likelihood
+from mm1.eval.official import NOCAPS_DOMAINS
 from mm1.eval.prompts import Prompt, Template, build_prompt, cut_at_stops
 from mm1.eval.scoring import write_caption_predictions, write_vqa_predictions
 from mm1.eval.shard import map_batches
 from mm1.eval.table4_run import run_table4
 from mm1.eval.tables import metrics_json, summarise
-from mm1.eval.vqa_metric import vqa_scores
+from mm1.eval.vqa_metric import answer_scores
 from mm1.models.encoder import patch_features
 from mm1.models.megatron_config import MegatronLayout
 from mm1.models.mm1_model import MM1Model
@@ -72,6 +75,8 @@ from mm1.progress import progress
 from mm1.stages import STAGES
 from mm1.train import checkpoint
 
+DOMAIN_TASK = "captioning_domain"
+"""scores.csv task of NoCaps' per-domain CIDEr rows (not averaged with the benchmarks)."""
 SECTIONS = STAGES["eval"].reads  # the config sections the evaluation stages read (mm1.stages)
 """Config sections the stage reads (sft: the chat template of SFT checkpoints)."""
 
@@ -137,7 +142,7 @@ def evaluate(
                     captioning.append((rows[-1], generated, predictions))
             if likelihood:  # every shot count at once: the images and continuations are shared
                 rows += _likelihood_task(ctx, bench, order, shots, out_dir if rank.is_main else None)
-        _score_captioning(captioning)
+        rows += _score_captioning(captioning)
         if sft is None and cfg.textcore is not None:
             path = _resolve(data_root, cfg.textcore)
             inputs["textcore"] = path
@@ -314,11 +319,13 @@ def _write_predictions(out_dir: Path, bench: Benchmark, k: int, predictions: dic
 def _score_task(
     bench: Benchmark, k: int, predictions: dict[int, str], dropped: int, kept: float, template: str
 ) -> list[dict]:
-    """VQA accuracy (%) of one benchmark at k shots; a captioning row's CIDEr-D is filled in by
-    :func:`_score_captioning` once every captioning task has its predictions."""
+    """VQA accuracy (%; GQA: exact match, the spec's ``answer_metric``) of one benchmark at k shots; a
+    captioning row's CIDEr-D is filled in by :func:`_score_captioning` once every captioning task has its
+    predictions."""
     value = None
     if bench.task != "captioning":
-        value = vqa_scores(predictions, {it.key: (it.targets, it.answer_type) for it in bench.items})["accuracy"]
+        truth = {it.key: (it.targets, it.answer_type) for it in bench.items}
+        value = answer_scores(predictions, truth, bench.spec.answer_metric)["accuracy"]
     return [
         {"benchmark": bench.name, "task": bench.task, "shots": k, "metric": GENERATION_METRIC[bench.task],
          "value": value, "n_examples": len(predictions), "demos_dropped": dropped, "mean_shots": kept,
@@ -326,23 +333,38 @@ def _score_task(
     ]  # fmt: skip
 
 
-def _score_captioning(tasks: list[tuple[dict, Benchmark, dict[int, str]]]) -> None:
+def _score_captioning(tasks: list[tuple[dict, Benchmark, dict[int, str]]]) -> list[dict]:
     """CIDEr-D (x 100, the paper's scale) of each captioning row, and the PTB tokenizer that scored it
     (mm1.eval.cider). Every task's references and predictions are tokenised in one call -- each set
-    as the toolkit's own tokenizer run, but one Java start for all of them, not two per row."""
-    if not tasks:
-        return
+    as the toolkit's own tokenizer run, but one Java start for all of them, not two per row.
+
+    Returns NoCaps' per-domain rows: benchmark "<name>/<domain>" (in-domain, near-domain, out-domain),
+    task ``DOMAIN_TASK``, each domain's images scored as a corpus of their own, tokenised apart, as the
+    nocaps evaluation scores each domain (so the averages of summary.csv leave them out)."""
+    jobs, domain_rows = [], []
+    for row, bench, predictions in tasks:
+        jobs.append((row, bench.items, predictions))
+        present = {it.domain for it in bench.items}
+        for domain in (d for d in NOCAPS_DOMAINS if d in present):
+            items = [it for it in bench.items if it.domain == domain]
+            domain_rows.append(
+                row | {"benchmark": f"{bench.name}/{domain}", "task": DOMAIN_TASK, "n_examples": len(items)}
+            )
+            jobs.append((domain_rows[-1], items, predictions))
+    if not jobs:
+        return []
     tokenizer = resolve_tokenizer()
     runs = []
-    for _, bench, predictions in tasks:
-        runs += [[t for it in bench.items for t in it.targets], [predictions[it.key] for it in bench.items]]
+    for _, items, predictions in jobs:
+        runs += [[t for it in items for t in it.targets], [predictions[it.key] for it in items]]
     tokens = iter(tokenize_runs(runs, tokenizer))
-    for row, bench, _ in tasks:
+    for row, items, _ in jobs:
         refs, cands = iter(next(tokens)), next(tokens)
-        score, _ = cider_d({str(it.key): c for it, c in zip(bench.items, cands, strict=True)},
-                           {str(it.key): [next(refs) for _ in it.targets] for it in bench.items},
+        score, _ = cider_d({str(it.key): c for it, c in zip(items, cands, strict=True)},
+                           {str(it.key): [next(refs) for _ in it.targets] for it in items},
                            tokenize_text=False)  # fmt: skip
         row |= {"value": 100.0 * score, "tokenizer": tokenizer}
+    return domain_rows
 
 
 # --- multiple choice by likelihood ---------------------------------------------------------------

@@ -11,7 +11,7 @@ model itself (a longer answer must also predict its end).
   ``multiple_choice_answer``) of every train and val question with the same ``question_type``
   (the question's ``answer_type`` when it has none). Each candidate's score is the sum of its
   tokens' log-probabilities; the best one is the item's answer, scored with the official VQA
-  accuracy (min(#humans / 3, 1), :mod:`mm1.eval.vqa_metric`), in %. A closed answer set built from
+  accuracy (min(#humans / 3, 1), :mod:`mm1.eval.vqa_metric`; GQA: exact match), in %. A closed answer set built from
   the benchmark's answers is how VQA classifiers define their outputs; the paper decodes freely
   and is silent on likelihood scoring.
 * Captioning (metrics ``ref_nll`` and ``ref_prob``): the mean token negative log-likelihood (nats)
@@ -50,7 +50,7 @@ from mm1.eval.benchmarks import Benchmark, Item, demo_example
 from mm1.eval.context import EvalContext
 from mm1.eval.likelihood import Prefixed, prefix_logprobs
 from mm1.eval.prompts import Prompt, Template, build_prompt
-from mm1.eval.vqa_metric import vqa_scores
+from mm1.eval.vqa_metric import answer_scores
 
 
 def canonical_answer(item: Item) -> str:
@@ -150,7 +150,7 @@ def vqa_likelihood(
             it.key: opts[int(np.argmax([sum(lp) for lp in lps]))]
             for it, opts, lps in zip(bench.items, options, logprobs, strict=True)
         }
-        value = vqa_scores(chosen, truth)["accuracy"]
+        value = answer_scores(chosen, truth, bench.spec.answer_metric)["accuracy"]
         metric, shots_k = _metric(LIKELIHOOD_METRIC["vqa"], k)
         rows.append(_row(bench, shots_k, metric, value, prompts, ctx.cfg.vqa.template))
         if k != SHUFFLED:

@@ -33,13 +33,23 @@ Before comparing, the official code
     ("dont" -> "don't"), all word by word; words are rejoined by single spaces.
 Lower-casing is part of step 2, so it too is skipped for unanimous answers. The official code is
 Python 2, where `\\d` means [0-9] for these patterns; we use [0-9].
+
+GQA is scored by exact match instead (`exact_match_scores`): one answer per question, so VQA accuracy
+would be 0 for every prediction. GQA's official `eval.py` compares the prediction with the answer as
+strings (`predicted == gold`); its answers are lower-case words without punctuation, and the common VLM
+evaluations normalise the generated text first: LLaVA-1.5's `convert_gqa_for_eval.py` lower-cases it
+and strips trailing periods, lmms-eval's `gqa.yaml` scores `exact_match` with `ignore_case` and
+`ignore_punctuation` (every `string.punctuation` character deleted). `gqa_normalize` does the latter,
+plus stripping the ends and collapsing runs of spaces, on both sides; articles and number words are
+kept (GQA's answers hold none, and neither evaluation rewrites them).
 """
 
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 NUMBER_WORDS = {
     "none": "0",
@@ -151,6 +161,33 @@ def vqa_accuracy(prediction: str, answers: Sequence[str], *, always_normalize: b
     return sum(per_left_out) / len(per_left_out)
 
 
+_NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def gqa_normalize(s: str) -> str:
+    """GQA's answer normalisation (module docstring): lower-case, punctuation deleted, spaces collapsed."""
+    return " ".join(s.lower().translate(_NO_PUNCTUATION).split())
+
+
+def exact_match_scores(predictions: Mapping[int, str], items: Mapping[int, Sequence[Any]]) -> dict[str, Any]:
+    """GQA's metric: a question scores 1 when the normalised prediction equals a normalised answer (GQA:
+    its one answer), else 0. ``items`` and the result are as for :func:`vqa_scores` (percentages)."""
+    return _scores(predictions, items, lambda p, answers: float(gqa_normalize(p) in map(gqa_normalize, answers)))
+
+
+def answer_scores(
+    predictions: Mapping[int, str],
+    items: Mapping[int, Sequence[Any]],
+    metric: Literal["vqa_accuracy", "exact_match"] = "vqa_accuracy",
+) -> dict[str, Any]:
+    """:func:`vqa_scores` or :func:`exact_match_scores`, by a benchmark's ``answer_metric``."""
+    if metric == "exact_match":
+        return exact_match_scores(predictions, items)
+    if metric != "vqa_accuracy":
+        raise ValueError(f"unknown answer metric {metric!r}; use vqa_accuracy or exact_match")
+    return vqa_scores(predictions, items)
+
+
 def vqa_scores(
     predictions: Mapping[int, str], items: Mapping[int, Sequence[Any]], *, always_normalize: bool = False
 ) -> dict[str, Any]:
@@ -161,6 +198,11 @@ def vqa_scores(
     ``accuracy`` over all questions, ``per_answer_type``, ``per_question_type`` (over the questions
     that have a non-empty question type), ``per_question`` (question_id -> 100 x accuracy), and
     ``n_questions``. Every question needs a prediction and every prediction a question."""
+    return _scores(predictions, items, lambda p, answers: vqa_accuracy(p, answers, always_normalize=always_normalize))
+
+
+def _scores(predictions: Mapping[int, str], items: Mapping[int, Sequence[Any]], accuracy) -> dict[str, Any]:
+    """The result of :func:`vqa_scores` with ``accuracy(prediction, answers)`` in [0, 1] per question."""
     _check_ids(predictions, items)
     per_question: dict[int, float] = {}
     by_answer_type: dict[str, list[float]] = {}
@@ -171,7 +213,7 @@ def vqa_scores(
             raise ValueError(f"prediction for question {qid} must be a string, got {predictions[qid]!r}")
         if isinstance(ref.answers, str) or not ref.answers or not all(isinstance(a, str) for a in ref.answers):
             raise ValueError(f"question {qid}: answers must be a non-empty list of strings, got {ref.answers!r}")
-        acc = vqa_accuracy(predictions[qid], ref.answers, always_normalize=always_normalize)
+        acc = accuracy(predictions[qid], ref.answers)
         per_question[qid] = acc
         by_answer_type.setdefault(ref.answer_type, []).append(acc)
         if ref.question_type:
