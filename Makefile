@@ -35,9 +35,11 @@ study: install
 ## (one summary line names what and how to enable it). PYTEST_ARGS="-x -k dvc" narrows it. It runs in two
 ## pytest-xdist workers, one test module per unit of work (tests/conftest.py); PYTEST_WORKERS="-n 0" runs it
 ## in one process.
+## One OpenMP thread per test process (a Snakemake job still gets its `threads`), and OpenMP threads that
+## spin briefly before they sleep: libgomp's default spin makes oversubscribed processes ~5x slower.
 PYTEST_WORKERS ?= -n 2 --dist loadgroup --no-loadscope-reorder
 test: test-packages install lint
-	$(RUN) scripts/test-env run pytest $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	$(RUN) OMP_NUM_THREADS=1 GOMP_SPINCOUNT=1000 scripts/test-env run pytest $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 test-packages:
 	@scripts/test-env packages
