@@ -6,6 +6,7 @@ Built once per session under pytest's temp folder, on first use. The configs beh
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -74,3 +75,58 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if config.pluginmanager.hasplugin("xdist") and config.getoption("dist", "no") == "loadgroup":
         for item in items:
             item.add_marker(pytest.mark.xdist_group(_unit(item)))
+
+
+# --- the fault suite's table (issue 10) ------------------------------------------------------------
+# tests/faults/conftest.py tags each fault test's reports with its item number; the table is built here,
+# in the root conftest, because pytest-xdist's controller (which prints the summary) loads no folder's
+# conftest, only the reports the workers send back.
+FAULT_ITEMS = {
+    1: "preemption (SIGTERM/SIGUSR1/SIGUSR2, requeue)",
+    2: "kill -9 during a checkpoint write",
+    3: "Snakemake interrupted mid-DAG",
+    4: "corrupt inputs",
+    5: "hostile archives, paths and names",
+    6: "untrusted checkpoints",
+    7: "config fuzz",
+    8: "resource exhaustion",
+    9: "concurrency (Snakemake, DVC, output lock)",
+}
+_FAULT_RESULTS: dict[str, dict] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    tags = dict(report.user_properties)
+    if "faults_item" not in tags or report.when == "teardown" and report.passed:
+        return
+    entry = _FAULT_RESULTS.setdefault(report.nodeid, {"item": tags["faults_item"], "outcome": "passed", "lost": False})
+    if report.failed:
+        entry["outcome"] = "failed"
+        entry["lost"] |= tags["faults_lost"]
+    elif report.skipped:
+        entry["outcome"] = "skipped"
+
+
+def fault_table() -> list[dict]:
+    """One row per numbered item of the fault suite: cases tried (not skipped), survived, data lost."""
+    rows = []
+    for number, name in FAULT_ITEMS.items():
+        tried = [r for r in _FAULT_RESULTS.values() if r["item"] == number and r["outcome"] != "skipped"]
+        survived, lost = sum(r["outcome"] == "passed" for r in tried), sum(r["lost"] for r in tried)
+        rows.append({"item": number, "what": name, "tried": len(tried), "survived": survived, "data_lost": lost})
+    return rows
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    if not _FAULT_RESULTS or hasattr(config, "workerinput"):  # an xdist worker: the controller writes it
+        return
+    rows = fault_table()
+    out = Path(os.environ.get("MM1_FAULT_REPORT") or config._tmp_path_factory.getbasetemp() / "fault_report.json")
+    out.write_text(json.dumps(rows, indent=1) + "\n")
+    write = terminalreporter.write_line
+    write("")
+    write("fault suite (issue 10): item | cases tried | survived | data lost")
+    for r in rows:
+        write(f"  {r['item']} {r['what']:<40} {r['tried']:>4} {r['survived']:>8} {r['data_lost']:>9}")
+    total = {k: sum(r[k] for r in rows) for k in ("tried", "survived", "data_lost")}
+    write(f"  = {'all':<40} {total['tried']:>4} {total['survived']:>8} {total['data_lost']:>9}   -> {out}")
