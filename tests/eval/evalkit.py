@@ -28,12 +28,12 @@ def make(root: Path, *overrides: str) -> dict[str, Path]:
     return run | {"ckpt": make_checkpoint(run, root / "ckpt", *overrides)}
 
 
-def make_checkpoint(run: dict[str, Path], out: Path, *overrides: str) -> Path:
-    """A randomly initialised (seeded) checkpoint of the tiny model with ``overrides``."""
+def make_checkpoint(run: dict[str, Path], out: Path, *overrides: str, seed: int = 0) -> Path:
+    """A randomly initialised checkpoint (``seed``) of the tiny model with ``overrides``."""
     cfg = config(*overrides)
     tok = TextTokenizer(run["tokenizer"])
     with distributed(ParallelConfig(), seed=0):
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         model = build_model(cfg, tok)
         with torch.no_grad():  # sharper logits than the init's: greedy choices are not near-ties
             for p in model.language_model.output_layer.parameters():

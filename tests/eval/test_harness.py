@@ -18,6 +18,7 @@ from mm1.data.tokenizer import TextTokenizer
 from mm1.eval import harness
 from mm1.eval.benchmarks import Benchmark, load_benchmark
 from mm1.eval.context import EvalContext
+from mm1.eval.demos import demo_order
 from mm1.eval.likelihood import Candidate, continuation_logprobs
 from mm1.eval.scoring import score_captions, score_vqa
 from mm1.models.mm1_model import MM1Model
@@ -142,9 +143,9 @@ def _context(run: dict[str, Path], **eval_overrides) -> EvalContext:
 def test_random_demonstrations_are_seeded_distinct_and_shared_across_shot_counts(tiny_run) -> None:
     bench = load_benchmark(config().eval.benchmarks[3], tiny_run["data"], with_pool=True)  # vqav2
     with distributed(ParallelConfig(), seed=0):
-        a = harness._demo_order(_context(tiny_run, seed=0), bench, 4)
-        b = harness._demo_order(_context(tiny_run, seed=0), bench, 4)
-        c = harness._demo_order(_context(tiny_run, seed=1), bench, 4)
+        a = demo_order(_context(tiny_run, seed=0), bench, 4)
+        b = demo_order(_context(tiny_run, seed=0), bench, 4)
+        c = demo_order(_context(tiny_run, seed=1), bench, 4)
     assert a == b and a != c
     assert all(len(set(row)) == 4 for row in a)
     assert len({tuple(row) for row in a}) > 1  # each example draws its own
@@ -157,7 +158,7 @@ def test_rices_puts_the_most_similar_train_image_next_to_the_query(tiny_run) -> 
     pool[planted] = bench.items[0]  # the first query's own image is in the pool
     bench = Benchmark(bench.spec, bench.items, pool, bench.files)
     with distributed(ParallelConfig(), seed=0):
-        order = harness._demo_order(_context(tiny_run, demos="rices"), bench, 4)
+        order = demo_order(_context(tiny_run, demos="rices"), bench, 4)
     assert order[0][-1] == planted
     assert all(len(set(row)) == 4 for row in order)
 

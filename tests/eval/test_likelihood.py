@@ -13,9 +13,10 @@ from evalkit import config, make_checkpoint
 from mm1.config import ParallelConfig
 from mm1.config.eval import BenchmarkSpec
 from mm1.data.tokenizer import TextTokenizer
-from mm1.eval import harness, ll_scores
+from mm1.eval import ll_scores
 from mm1.eval.benchmarks import Benchmark, Item
 from mm1.eval.context import EvalContext
+from mm1.eval.demos import demo_order
 from mm1.eval.likelihood import Candidate, Prefixed, continuation_logprobs, prefix_logprobs
 from mm1.eval.prompts import Prompt, Template
 from mm1.models.mm1_model import MM1Model
@@ -205,7 +206,7 @@ def test_scoring_every_shot_count_at_once_equals_one_call_per_shot_count(ctx, ti
     for spec, score in ((config().eval.benchmarks[0], ll_scores.caption_likelihood),
                         (config().eval.benchmarks[3], ll_scores.vqa_likelihood)):  # fmt: skip
         bench = load_benchmark(spec, tiny_run["data"], with_pool=True)
-        order = harness._demo_order(ctx, bench, 2)
+        order = demo_order(ctx, bench, 2)
         rows, per_item = score(ctx, bench, order, [0, 2])
         for k in (0, 2):
             alone, alone_items = score(ctx, bench, order, [k])

@@ -229,7 +229,13 @@ class EvalConfig(Section):
     """Demonstrations per prompt; each count is a separate evaluation (MM1: 0, 4, 8)."""
     demos: Literal["random", "rices"] = "random"
     """How demonstrations are picked from the benchmark's train split: random (seeded per
-    example), or rices: the most similar images by the model's own encoder features (cosine)."""
+    example), or rices: the most similar images by encoder features (cosine; see rices_encoder)."""
+    rices_encoder: str | None = None
+    """RICES only: a checkpoint folder whose image encoder ranks the demonstrations for every
+    evaluated model (an encoder stage's checkpoint/, or ``mm1 import-hf --vision``'s), as
+    OpenFlamingo ranks with one fixed CLIP ViT-L/14; then an encoder ablation does not change its
+    own demonstrations. Unset: each model's own encoder. The folder must exist before evaluation
+    starts (it is not a stage of the workflow; provenance.json records its hash)."""
     seed: Seed = 0
     """Seed of the random demonstrations."""
     num_examples: int = Field(0, ge=0)
@@ -281,4 +287,9 @@ class EvalConfig(Section):
                     f"eval.shots asks for {max(self.shots)} demonstrations but benchmarks {no_pool} "
                     "have no train split to draw them from; set their train path or shots: [0]"
                 )
+        if self.rices_encoder and self.demos != "rices":
+            raise ValueError(
+                f"eval.rices_encoder is set ({self.rices_encoder!r}) but eval.demos is {self.demos!r}: "
+                "set eval.demos: rices, or remove rices_encoder"
+            )
         return self

@@ -36,14 +36,12 @@ Outputs in ``out_dir``:
 from __future__ import annotations
 
 import json
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import polars as pl
-import torch
 
 from mm1 import atomic, provenance
 from mm1.config import EvalConfig, ModelConfig, ParallelConfig, SFTConfig
@@ -57,6 +55,7 @@ from mm1.data.tokenizer import TextTokenizer
 from mm1.eval.benchmarks import Benchmark, demo_example, load_benchmark
 from mm1.eval.cider import cider_d, resolve_tokenizer, tokenize_runs
 from mm1.eval.context import EvalContext
+from mm1.eval.demos import demo_order, load_fixed_encoder
 from mm1.eval.generate import greedy
 from mm1.eval.likelihood import Candidate, continuation_logprobs
 from mm1.eval.ll_scores import caption_likelihood, vqa_likelihood
@@ -67,7 +66,6 @@ from mm1.eval.shard import map_batches
 from mm1.eval.table4_run import run_table4
 from mm1.eval.tables import metrics_json, summarise
 from mm1.eval.vqa_metric import answer_scores
-from mm1.models.encoder import patch_features
 from mm1.models.megatron_config import MegatronLayout
 from mm1.models.mm1_model import MM1Model
 from mm1.parallel.setup import distributed
@@ -128,10 +126,14 @@ def evaluate(
         checkpoint.load_into(model, ckpt)
         model.eval()
         ctx = EvalContext(cfg, sft, model, mc, tok, rank.device)
+        fixed = None
+        if cfg.demos == "rices" and cfg.rices_encoder and sft is None and max(shots) > 0:
+            fixed = load_fixed_encoder(Path(cfg.rices_encoder), rank.device, layout)
+            inputs["rices_encoder"] = Path(cfg.rices_encoder)
         captioning: list[tuple[dict, Benchmark, dict[int, str]]] = []  # CIDEr rows, scored together below
         for bench in benches:
             inputs |= {f"{bench.name}/{k}": p for k, p in bench.files.items()}
-            order = _demo_order(ctx, bench, max(shots))  # every val item; generation reads the first n_gen
+            order = demo_order(ctx, bench, max(shots), fixed)  # every val item; generation reads the first n_gen
             generated = replace(bench, items=bench.items[:n_gen])
             for k in shots:
                 predictions, dropped, kept = _run_task(ctx, generated, order[:n_gen], k)
@@ -181,42 +183,6 @@ def _resolve(root: Path, value: str) -> Path:
     if not p.is_file():
         raise FileNotFoundError(f"{p} does not exist")
     return p
-
-
-# --- demonstrations ----------------------------------------------------------------------------
-
-
-def _demo_order(ctx: EvalContext, bench: Benchmark, k_max: int) -> list[list[int]]:
-    """Per evaluated item, ``k_max`` pool indices; the k-shot prompt uses the last k of them.
-    random: a seeded draw per (seed, benchmark, item); rices: ascending similarity, so the most
-    similar demonstration stands next to the query."""
-    if k_max == 0:
-        return [[] for _ in bench.items]
-    if len(bench.pool) < k_max:
-        raise ValueError(
-            f"{bench.name}: {k_max}-shot needs {k_max} demonstrations, the train split has {len(bench.pool)}"
-        )
-    if ctx.cfg.demos == "random":
-        salt = zlib.crc32(bench.name.encode())
-        return [
-            [int(j) for j in np.random.default_rng([ctx.cfg.seed, salt, item.key]).choice(len(bench.pool), k_max, replace=False)]
-            for item in bench.items
-        ]  # fmt: skip
-    query = _features(ctx, [it.image for it in bench.items])
-    pool = _features(ctx, [it.image for it in bench.pool])
-    top = torch.topk(query @ pool.T, k_max, dim=1).indices  # most similar first
-    return [list(reversed(row)) for row in top.tolist()]
-
-
-@torch.no_grad()
-def _features(ctx: EvalContext, images: list[bytes], chunk: int = 64) -> torch.Tensor:
-    """L2-normalised mean patch features of the model's own encoder (RICES similarity)."""
-    out = []
-    for start in range(0, len(images), chunk):
-        x = stack_images(images[start : start + chunk], ctx.image_size).to(ctx.device)
-        f = patch_features(ctx.model.encoder(x), ctx.mc.encoder).float().mean(dim=1)
-        out.append(torch.nn.functional.normalize(f, dim=-1))
-    return torch.cat(out)
 
 
 # --- prompts and generation --------------------------------------------------------------------
