@@ -41,6 +41,15 @@ def test_summary_averages_each_kind_of_score_over_its_benchmarks() -> None:
     assert metrics["average_ll"] == pytest.approx(row["average_ll"])
 
 
+def test_nocaps_domain_rows_reach_metrics_json_but_not_the_averages() -> None:
+    domain = {"benchmark": "nocaps/out-domain", "task": "captioning_domain", "shots": 0, "metric": "CIDEr",
+              "value": 99.0, "demos_dropped": 0}  # fmt: skip
+    scores = pl.DataFrame(_rows(0, False) + [domain])
+    summary = summarise(scores)
+    assert summary["captioning_avg"][0] == pytest.approx(20.0)  # coco 30 and nocaps 10 only
+    assert metrics_json(scores, summary)["0shot"]["nocaps/out-domain"] == 99.0
+
+
 def test_without_likelihood_rows_the_ll_columns_are_empty() -> None:
     summary = summarise(pl.DataFrame(_rows(0, False)))
     assert summary.columns[:7] == ["shots", "captioning_avg", "vqa_avg", "average", "captioning_ll", "vqa_ll",

@@ -54,7 +54,8 @@ def summarise(scores: pl.DataFrame) -> pl.DataFrame:
 def metrics_json(scores: pl.DataFrame, summary: pl.DataFrame) -> dict:
     """DVC metrics: per shots the averages and every benchmark's scores ("<name>": generation,
     "<name> ll": its 0-100 likelihood score, "<name> ref_nll", and at 0 shots "<name> ll shuffled",
-    "average_ll_shuffled" and "image_gain"); TextCore / multiple choice."""
+    "average_ll_shuffled" and "image_gain"; NoCaps' per-domain CIDEr as "nocaps/in-domain" and so on);
+    TextCore / multiple choice."""
     out: dict = {}
     averages = ("average", "captioning_avg", "vqa_avg", "average_ll", "captioning_ll", "vqa_ll")
     averages += ("average_ll_shuffled", "image_gain")
@@ -63,7 +64,7 @@ def metrics_json(scores: pl.DataFrame, summary: pl.DataFrame) -> dict:
     suffix = {GENERATION_METRIC[t]: "" for t in GENERATION_METRIC} | {"ref_nll": " ref_nll"}
     suffix |= {LIKELIHOOD_METRIC[t]: " ll" for t in LIKELIHOOD_METRIC}
     suffix |= {SHUFFLED_METRIC[t]: " ll shuffled" for t in SHUFFLED_METRIC} | {"ref_nll_shuffled": " ref_nll shuffled"}
-    for row in scores.filter(pl.col("task").is_in(["captioning", "vqa"])).iter_rows(named=True):
+    for row in scores.filter(pl.col("task").is_in(["captioning", "vqa", "captioning_domain"])).iter_rows(named=True):
         out[f"{row['shots']}shot"][row["benchmark"] + suffix[row["metric"]]] = row["value"]
     for row in scores.filter(pl.col("task").is_in(["multiple_choice", "yes_no", "math"])).iter_rows(named=True):
         out[row["benchmark"]] = row["value"]
