@@ -278,7 +278,7 @@ def _cmd_acquire(args: argparse.Namespace) -> int:
         raise ConfigError(
             "data.sources is empty: list the datasets to acquire (name, url, sha256, format, role, licence)"
         )
-    manifest = acquire(cfg.sources, args.out, cfg.max_bad_fraction)  # AcquireError: one line (main)
+    manifest = acquire(cfg.sources, args.out, cfg.max_bad_fraction, fetch_cfg=cfg.fetch)  # AcquireError: one line
     print(f"acquire: {manifest.height} sources, {int(manifest['samples'].sum())} samples -> {args.out}")
     return 0
 

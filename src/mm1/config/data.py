@@ -51,7 +51,7 @@ class WorldConfig(Section):
     """Samples per webdataset tar shard."""
 
 
-Format = Literal["webdataset", "obelics", "jsonl", "coco", "vqa", "llava"]
+Format = Literal["webdataset", "obelics", "jsonl", "coco", "vqa", "llava", "obelics_urls", "url_captions"]
 Role = Literal["caption", "interleaved", "text", "benchmark", "sft"]
 ROLES_OF_FORMAT: dict[str, tuple[str, ...]] = {
     "webdataset": ("caption",),
@@ -60,6 +60,8 @@ ROLES_OF_FORMAT: dict[str, tuple[str, ...]] = {
     "coco": ("benchmark",),
     "vqa": ("benchmark",),
     "llava": ("sft",),
+    "obelics_urls": ("interleaved",),  # released OBELICS parquet: image URLs, fetched by the acquire stage
+    "url_captions": ("caption",),  # URL + caption tables (LAION parquet, CC3M/CC12M tsv, jsonl)
 }
 """The roles a source of each format can be read for (what the acquire stage and the readers support)."""
 _FSSPEC_WRAPPERS = frozenset(
@@ -87,10 +89,14 @@ class SourceSpec(Section):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     """Expected sha256 of the file; a mismatch stops the stage."""
     format: Format
-    """How the file is stored: webdataset (tar), obelics (parquet), jsonl, coco / vqa / llava (json)."""
+    """How the file is stored: webdataset (tar), obelics (parquet), jsonl, coco / vqa / llava (json);
+    obelics_urls (the released OBELICS parquet: image URLs, columns images / texts / metadata /
+    general_metadata) and url_captions (a parquet, jsonl or tsv of image URL + caption, as img2dataset
+    reads LAION / CC3M / CC12M), whose images the acquire stage fetches (see data.fetch)."""
     role: Role
     """What the data is used for; it must fit the format (webdataset: caption, obelics: interleaved,
-    jsonl: text, benchmark or sft, coco / vqa: benchmark, llava: sft)."""
+    jsonl: text, benchmark or sft, coco / vqa: benchmark, llava: sft, obelics_urls: interleaved,
+    url_captions: caption)."""
     licence: str
     """Licence of the data, recorded in the manifest."""
     bytes: int | None = Field(None, ge=1)
@@ -162,6 +168,36 @@ class MixtureConfig(Section):
         return {"caption": self.caption / total, "interleaved": self.interleaved / total, "text": self.text / total}
 
 
+class FetchConfig(Section):
+    """How the acquire stage fetches the images of URL-only sources (obelics_urls, url_captions), as
+    img2dataset does: in parallel, politely per host, resumably, dead links quarantined with the reason."""
+
+    workers: int = Field(16, ge=1, le=256)
+    """Downloads in flight at once (threads; image fetching waits on the network, not the CPU)."""
+    per_host_per_second: float = Field(2.0, gt=0)
+    """Most requests per second to one host (retries included): N requests to a host take at least
+    (N - 1) / this many seconds. Web hosts throttle or block scrapers that go faster."""
+    timeout_s: float = Field(10.0, gt=0)
+    """Seconds one image request may take (connecting, each read, and the whole body); a slower one
+    counts as a transient failure and is retried."""
+    retries: int = Field(2, ge=0, le=10)
+    """Retries of a transient failure (connection error, timeout, HTTP 408 / 429 / 5xx) before the
+    image counts as missing for this run (a later run tries it again)."""
+    backoff_s: float = Field(1.0, ge=0)
+    """Wait before the first retry, doubled for each next one (a 429's Retry-After replaces it)."""
+    max_retry_after_s: float = Field(60.0, ge=0)
+    """Longest Retry-After (seconds) of an HTTP 429 / 503 that is honoured; a longer one is cut to this."""
+    max_image_bytes: int = Field(16 << 20, ge=1)
+    """An image larger than this (announced or sent) is not kept: quarantined as too large (16 MiB:
+    web images are rarely over a few MiB)."""
+    max_missing_fraction: float = Field(0.5, ge=0, le=1)
+    """The stage fails when more than this share of a source's image URLs cannot be fetched. Real
+    link rot is large: a few years after release, tens of percent of OBELICS's and LAION's image URLs
+    are dead, blocked or opt-out (img2dataset reports success rates well under 100% even on fresh
+    sets), so the default only stops a run where most images are missing: a blocked host, a wrong
+    column, no network. Lower it when fetching a fresh set."""
+
+
 class DataConfig(Section):
     """Where pre-training data comes from and how it is mixed."""
 
@@ -173,6 +209,8 @@ class DataConfig(Section):
     """A stage fails when more than this share of samples is quarantined (undecodable, bad UTF-8...)."""
     mixture: MixtureConfig = MixtureConfig()
     """The pre-training mixture."""
+    fetch: FetchConfig = FetchConfig()
+    """How the images of URL-only sources (formats obelics_urls, url_captions) are fetched."""
 
     @model_validator(mode="after")
     def _sources(self) -> DataConfig:

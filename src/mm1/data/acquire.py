@@ -29,6 +29,15 @@ For each SourceSpec the file at its URL lands in ``out_dir/<name>/<file name>``:
   naming it before it is read or written; a truncated tar raises FormatError naming the file. A
   coco / vqa / llava source that is a bare JSON file is checked alone: its images are not part of it.
 
+Sources of format obelics_urls (the released OBELICS parquet) and url_captions (URL + caption
+tables) hold image URLs: after the file is verified, mm1.data.fetch_images fetches the images
+(parallel, per-host rate limit, retries, resumable cache in ``<name>/images/``) and writes what came
+as ``<name>/fetched/documents.parquet`` (obelics) or ``<name>/fetched/captions-000000.tar``
+(webdataset). The manifest row points at that file, with its format and sha256, and counts the image
+URLs tried (``images``) and missing (``images_missing``); more missing than
+``data.fetch.max_missing_fraction`` raises AcquireError. Missing images are in the quarantine but are
+not bad samples.
+
 ``out_dir/quarantine.parquet`` is always written (also when a later check fails);
 ``out_dir/manifest.parquet`` only when every source is acquired, non-empty, and within
 ``max_bad_fraction``. The network is used only for the sources' URLs (and redirects they answer with;
@@ -50,13 +59,15 @@ from pathlib import Path
 import polars as pl
 
 from mm1.atomic import write_with
-from mm1.config.data import SourceSpec
+from mm1.config.data import FetchConfig, SourceSpec
 from mm1.data import formats
 from mm1.data.download import AcquireError, fetch, free_space_note
+from mm1.data.fetch_images import materialise
 from mm1.data.formats import safe_tar
 from mm1.data.formats._common import Sink
 from mm1.data.formats.text import json_lines
 from mm1.data.quarantine import Quarantine
+from mm1.data.sources import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -72,43 +83,47 @@ MANIFEST_SCHEMA = {
     "bad_samples": pl.Int64,
     "path": pl.Utf8,  # relative to out_dir
     "fetched_at": pl.Utf8,  # ISO 8601, UTC: when the file was written
+    "images": pl.Int64,  # image URLs tried (obelics_urls, url_captions; 0 for other formats)
+    "images_missing": pl.Int64,  # of them, not fetched (dead, opted out, not an image...)
 }
 MAX_EXTRACTED_MEMBER_BYTES = 16 << 30
 """The largest member an archive source may extract (the biggest real annotation JSON is < 2 GiB)."""
 _FILE_NAME = re.compile(r"^[A-Za-z0-9_+=,-][A-Za-z0-9_.+=,-]*$")
-_SUFFIX = {"webdataset": ".tar", "obelics": ".parquet", "jsonl": ".jsonl"}
+URL_FORMATS = ("obelics_urls", "url_captions")
+"""Formats whose images are URLs, fetched by mm1.data.fetch_images after the source file is verified."""
 
 
 def acquire(
-    sources: Sequence[SourceSpec], out_dir: Path, max_bad_fraction: float, timeout_s: float = 60
+    sources: Sequence[SourceSpec],
+    out_dir: Path,
+    max_bad_fraction: float,
+    timeout_s: float = 60,
+    fetch_cfg: FetchConfig | None = None,
 ) -> pl.DataFrame:
-    """Download, verify and read every source; write and return the manifest (columns MANIFEST_SCHEMA)."""
+    """Download, verify and read every source; write and return the manifest (columns MANIFEST_SCHEMA).
+    The images of obelics_urls / url_captions sources are fetched as ``fetch_cfg`` says (default: the
+    defaults of data.fetch) and the manifest lists the files they became (mm1.data.fetch_images)."""
     out_dir = Path(out_dir)
+    fetch_cfg = fetch_cfg or FetchConfig()
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
         raise ValueError(f"source names must be unique, got {names}")
-    quarantine, rows = Quarantine(), []
+    quarantine, missing, rows = Quarantine(), Quarantine(), []
     try:
         for spec in sources:
             path = fetch(spec, out_dir / spec.name, timeout_s)
+            if spec.format in URL_FORMATS:
+                rows.append(_url_source_row(spec, path, out_dir, fetch_cfg, quarantine, missing))
+                continue
             samples = count_samples(spec, path, quarantine)
-            rows.append(
-                {
-                    **{k: getattr(spec, k) for k in ("name", "url", "format", "role", "licence", "sha256")},
-                    "bytes": path.stat().st_size,
-                    "samples": samples,
-                    "bad_samples": quarantine.rejected(spec.name),
-                    "path": path.relative_to(out_dir).as_posix(),
-                    "fetched_at": datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat(timespec="seconds"),
-                }
-            )
+            rows.append(_row(spec, out_dir, path, spec.sha256, samples, quarantine.rejected(spec.name)))
     except BaseException as e:  # the quarantine is written anyway, but never hides the first error
         try:
-            quarantine.write(out_dir / "quarantine.parquet")
+            _write_quarantine(out_dir, quarantine, missing)
         except Exception as also:
             e.add_note(f"the quarantine could not be written to {out_dir} either: {also}")
         raise
-    quarantine.write(out_dir / "quarantine.parquet")
+    _write_quarantine(out_dir, quarantine, missing)
     quarantine.check(max_bad_fraction, names)
     empty = [r["name"] for r in rows if r["samples"] == 0]
     if empty:
@@ -116,6 +131,49 @@ def acquire(
     manifest = pl.DataFrame(rows, schema=MANIFEST_SCHEMA)
     write_with(out_dir / "manifest.parquet", lambda tmp: manifest.write_parquet(tmp))
     return manifest
+
+
+def _row(spec: SourceSpec, out_dir: Path, path: Path, sha: str, samples: int, bad: int, **fmt_and_images) -> dict:
+    return {
+        **{k: getattr(spec, k) for k in ("name", "url", "format", "role", "licence")},
+        "sha256": sha,
+        "bytes": path.stat().st_size,
+        "samples": samples,
+        "bad_samples": bad,
+        "path": path.relative_to(out_dir).as_posix(),
+        "fetched_at": datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat(timespec="seconds"),
+        "images": 0,
+        "images_missing": 0,
+        **fmt_and_images,
+    }
+
+
+def _url_source_row(
+    spec: SourceSpec, path: Path, out_dir: Path, cfg: FetchConfig, quarantine: Quarantine, missing: Quarantine
+) -> dict:
+    """Fetch the images of a URL source and describe the file they became (its format, not the source's,
+    so that the pipeline's readers read it); AcquireError when too many images are missing."""
+    done = materialise(spec.name, spec.format, path, cfg, quarantine, missing)
+    rate = done.images_missing / done.images if done.images else 0.0
+    if rate > cfg.max_missing_fraction:
+        reasons = "; ".join(f"[{r.key}] {r.reason}" for r in missing.records if r.source == spec.name)
+        raise AcquireError(
+            f"source {spec.name!r}: {done.images_missing} of {done.images} images could not be fetched "
+            f"({rate:.1%} > data.fetch.max_missing_fraction {cfg.max_missing_fraction:.1%}); see "
+            f"{out_dir / 'quarantine.parquet'} (first: {reasons[:300]}), raise data.fetch.max_missing_fraction "
+            "to accept it"
+        )
+    out = done.path or path  # no pair had its image: the row names the source file, with 0 samples
+    sha = sha256_file(out) if done.path else spec.sha256
+    bad = quarantine.rejected(spec.name)
+    counts = {"images": done.images, "images_missing": done.images_missing}
+    return _row(spec, out_dir, out, sha, done.samples, bad, format=done.format, **counts)
+
+
+def _write_quarantine(out_dir: Path, quarantine: Quarantine, missing: Quarantine) -> None:
+    """Bad samples and missing images in one table (missing images are not counted as bad samples)."""
+    frame = pl.concat([quarantine.frame(), missing.frame()])
+    write_with(out_dir / "quarantine.parquet", lambda tmp: frame.write_parquet(tmp))
 
 
 # ---- download -------------------------------------------------------------------------------------

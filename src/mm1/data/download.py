@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO, NamedTuple
 from urllib.parse import unquote, urlparse
 
+from mm1 import __version__
 from mm1.atomic import write_with
 from mm1.config.data import SourceSpec
 from mm1.data import remote
@@ -35,7 +36,8 @@ RETRY_WAITS_S = (0.0, 2.0, 10.0)
 """Seconds to wait before each retry of an interrupted download (so 1 + 3 attempts in all)."""
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9_+=,-][A-Za-z0-9_.+=,-]*$")
-_SUFFIX = {"webdataset": ".tar", "obelics": ".parquet", "jsonl": ".jsonl"}
+USER_AGENT = f"mm1/{__version__} (dataset acquisition for research pre-training)"
+_SUFFIX = {"webdataset": ".tar", "obelics": ".parquet", "obelics_urls": ".parquet", "jsonl": ".jsonl"}
 
 
 class AcquireError(RuntimeError):
@@ -271,7 +273,7 @@ def _open_remote(spec: SourceSpec, offset: int, validator: str | None) -> _Body:
 
 
 def _open_http(spec: SourceSpec, offset: int, validator: str | None, timeout_s: float) -> _Body:
-    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    headers = {"User-Agent": USER_AGENT} | ({"Range": f"bytes={offset}-"} if offset else {})
     if offset and validator:  # the rest of the same file, or (if it changed) the whole new file
         headers["If-Range"] = validator
     try:

@@ -36,6 +36,8 @@ def _row(root: Path, path: Path, name: str, fmt: str, role: str, samples: int) -
         "bytes": len(data),
         "samples": samples,
         "bad_samples": 0,
+        "images": 0,  # image URLs fetched (acquired URL sources only)
+        "images_missing": 0,
         "path": str(path.relative_to(root)),
         "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }

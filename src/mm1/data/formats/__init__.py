@@ -6,6 +6,11 @@
     coco        captioning benchmarks  captions_{split}.json + images/{split}/
     vqa         VQA benchmarks         VQAv2 questions + annotations JSON + images/{split}/
     llava       SFT conversations      LLaVA JSON + images; multiple-choice and text-task jsonl
+    obelics_urls  interleaved documents  released OBELICS parquet: images are URLs (url_sources)
+    url_captions  caption pairs          parquet / jsonl / tsv of image URL + caption (url_sources)
+
+The two URL formats are read into UrlDoc / UrlCaption; the acquire stage fetches their images
+(mm1.data.fetch_images) and writes them as obelics / webdataset.
 
 Images are stored as the encoded bytes they come as; nothing is re-encoded. Every reader takes an
 optional Quarantine: with one, bad samples are recorded there (and the good ones counted as
@@ -28,12 +33,15 @@ from mm1.data.formats.llava import (
 from mm1.data.formats.obelics import read_documents, write_documents
 from mm1.data.formats.safe_tar import UnsafeArchiveError
 from mm1.data.formats.text import read_text, write_text
+from mm1.data.formats.url_sources import UrlCaption, UrlDoc, read_url_captions, read_url_documents
 from mm1.data.formats.vqa import count_vqa, read_vqa, write_vqa
 from mm1.data.formats.webdataset import read_caption_shards, write_caption_shards
 
 __all__ = [
     "FormatError",
     "UnsafeArchiveError",
+    "UrlCaption",
+    "UrlDoc",
     "count_coco_captions",
     "count_llava",
     "count_vqa",
@@ -44,6 +52,8 @@ __all__ = [
     "read_multiple_choice",
     "read_text",
     "read_text_tasks",
+    "read_url_captions",
+    "read_url_documents",
     "read_vqa",
     "write_caption_shards",
     "write_coco_captions",
