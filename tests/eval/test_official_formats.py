@@ -345,3 +345,42 @@ def test_a_checkpoint_is_evaluated_on_the_eight_official_files(tiny_run, tmp_pat
         for it in load_benchmark(cfg.benchmarks[6], tmp_path, with_pool=False).items
     }
     assert rows["gqa"]["value"] == exact_match_scores(gqa, truth)["accuracy"]
+    # the prediction files rescore to the table from the official val files alone (no image read)
+    from mm1.eval.scoring import score_official
+
+    rescored = {}
+    for spec in cfg.benchmarks:
+        if spec.file_format not in ("textvqa", "vizwiz", "gqa", "textcaps", "nocaps"):
+            continue
+        val = tmp_path / spec.val
+        again = rescored[spec.name] = score_official(out / "predictions" / f"{spec.name}_0shot.json", spec.file_format, val)
+        assert again["CIDEr" if spec.task == "captioning" else "accuracy"] == pytest.approx(
+            rows[spec.name]["value"], abs=1e-9
+        )
+    assert len(rescored) == 5
+    for domain, value in rescored["nocaps"]["per_domain"].items():
+        assert value == pytest.approx(rows[f"nocaps/{domain}"]["value"], abs=1e-9)
+
+
+def test_score_commands_read_the_official_files(tmp_path, capsys, monkeypatch):
+    from mm1.cli import main
+
+    monkeypatch.setenv(TOKENIZER_ENV, "python")
+    gqa = write_gqa(tmp_path / "gqa")
+    truth = {int(qid): q["answer"] for qid, q in json.loads(gqa.read_text()).items()}
+    first = min(truth)
+    pred = _write(tmp_path / "gqa_pred.json", [{"question_id": k, "answer": a.upper() if k != first else "no idea"}
+                                               for k, a in truth.items()])  # fmt: skip
+    assert main(["eval", "score-vqa", "--format", "gqa", "--pred", str(pred), "--questions", str(gqa)]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["accuracy"] == pytest.approx(100 * (len(truth) - 1) / len(truth))  # exact match, case folded
+    nocaps = write_nocaps(tmp_path / "nocaps")
+    pred = _write(
+        tmp_path / "nocaps_pred.json", [{"image_id": i, "caption": refs[0]} for i, (_, refs) in NOCAPS.items()]
+    )
+    assert main(["eval", "score-captions", "--format", "nocaps", "--pred", str(pred), "--refs", str(nocaps)]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert set(scored["per_domain"]) == {"in-domain", "near-domain", "out-domain"} and scored["n_images"] == len(NOCAPS)
+    assert main(["eval", "score-vqa", "--format", "gqa", "--pred", str(pred), "--questions", str(gqa),
+                 "--annotations", str(gqa)]) == 2  # fmt: skip
+    assert "drop --annotations" in capsys.readouterr().err

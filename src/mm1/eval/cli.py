@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from mm1.cli_errors import UsageError
 from mm1.config import ParallelConfig
 
 
@@ -56,16 +57,28 @@ def _brief(scores: dict, per_item: bool) -> dict:
 
 
 def _cmd_score_captions(args: argparse.Namespace) -> int:
-    from mm1.eval.scoring import score_captions
+    from mm1.eval.scoring import score_captions, score_official
 
-    print(json.dumps(_brief(score_captions(args.pred, args.refs), args.per_item), indent=2))
+    if args.format == "coco":
+        scores = score_captions(args.pred, args.refs)
+    else:
+        scores = score_official(args.pred, args.format, args.refs)
+    print(json.dumps(_brief(scores, args.per_item), indent=2))
     return 0
 
 
 def _cmd_score_vqa(args: argparse.Namespace) -> int:
-    from mm1.eval.scoring import score_vqa
+    from mm1.eval.scoring import score_official, score_vqa
 
-    print(json.dumps(_brief(score_vqa(args.pred, args.questions, args.annotations), args.per_item), indent=2))
+    if args.format == "vqav2":
+        if args.annotations is None:
+            raise UsageError("score-vqa --format vqav2 needs --annotations (the VQAv2 annotations JSON)")
+        scores = score_vqa(args.pred, args.questions, args.annotations)
+    elif args.annotations is not None:
+        raise UsageError(f"score-vqa --format {args.format}: the answers are in --questions; drop --annotations")
+    else:
+        scores = score_official(args.pred, args.format, args.questions)
+    print(json.dumps(_brief(scores, args.per_item), indent=2))
     return 0
 
 
@@ -89,14 +102,20 @@ def add_subcommands(ev: argparse.ArgumentParser, config_args: Callable, resolve:
         "--sft", action="store_true", help="an instruction-tuned checkpoint: 0-shot with the sft chat template"
     )
     run.set_defaults(func=_cmd_eval, resolve=resolve)
-    sc = cmds.add_parser("score-captions", help="CIDEr-D of [{image_id, caption}] against a COCO captions JSON")
+    sc = cmds.add_parser("score-captions", help="CIDEr-D of [{image_id, caption}] against a captions val file")
     sc.add_argument("--pred", type=Path, required=True, help='predictions: [{"image_id": int, "caption": str}]')
-    sc.add_argument("--refs", type=Path, required=True, help="COCO captions JSON with the references")
+    sc.add_argument("--refs", type=Path, required=True, help="the val file with the references (see --format)")
+    sc.add_argument("--format", choices=("coco", "textcaps", "nocaps"), default="coco",
+                    help="coco: a COCO captions JSON (default); textcaps / nocaps: their official val files "
+                         "(nocaps: also CIDEr per domain)")  # fmt: skip
     sc.add_argument("--per-item", action="store_true", help="also print every image's score")
     sc.set_defaults(func=_cmd_score_captions)
-    sv = cmds.add_parser("score-vqa", help="VQA accuracy of [{question_id, answer}] against VQAv2 files")
+    sv = cmds.add_parser("score-vqa", help="VQA accuracy (GQA: exact match) of [{question_id, answer}]")
     sv.add_argument("--pred", type=Path, required=True, help='predictions: [{"question_id": int, "answer": str}]')
-    sv.add_argument("--questions", type=Path, required=True, help="VQAv2 questions JSON")
-    sv.add_argument("--annotations", type=Path, required=True, help="VQAv2 annotations JSON")
+    sv.add_argument("--questions", type=Path, required=True, help="the questions val file (see --format)")
+    sv.add_argument("--annotations", type=Path, help="VQAv2 annotations JSON (--format vqav2 only)")
+    sv.add_argument("--format", choices=("vqav2", "textvqa", "vizwiz", "gqa"), default="vqav2",
+                    help="vqav2: questions + annotations JSONs (default); textvqa / vizwiz / gqa: their "
+                         "official val file, answers included")  # fmt: skip
     sv.add_argument("--per-item", action="store_true", help="also print every question's score")
     sv.set_defaults(func=_cmd_score_vqa)

@@ -19,7 +19,8 @@ Keys (``Item.key``, the ids of the prediction files): TextVQA's ``question_id``;
 image's file name (one question per image); GQA: the question id as an integer (GQA's ids are digit
 strings); TextCaps: the image's position in the file (its ids are hex strings); NoCaps: the image ``id``.
 String image ids become ``Item.image_id`` = their order of first appearance. Any missing or malformed
-field, or image, raises FormatError naming the file and the entry.
+field, or image, raises FormatError naming the file and the entry. Given no image folder (None), a
+reader reads the JSON alone and every ``Item.image`` is empty: what scoring a predictions file needs.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import NoReturn
 
 from mm1.data.formats import read_coco_captions
 from mm1.data.formats._common import FormatError, check_fields, load_json, read_image_file
+from mm1.data.formats.coco import read_coco_references
 from mm1.eval.prompts import Example
 
 NOCAPS_DOMAINS: tuple[str, ...] = ("in-domain", "near-domain", "out-domain")
@@ -59,12 +61,15 @@ class Item:
 
 
 class _Images:
-    """Image bytes by file name under one folder, each file read and checked once."""
+    """Image bytes by file name under one folder, each file read and checked once; with no folder
+    (``root`` None: scoring a predictions file) no image is read and every image is ``b""``."""
 
-    def __init__(self, root: Path, source: Path) -> None:
+    def __init__(self, root: Path | None, source: Path) -> None:
         self.root, self.source, self.cache = root, source, {}
 
     def get(self, file_name: str, where: str) -> bytes:
+        if self.root is None:
+            return b""
         if file_name not in self.cache:
             data, problem = read_image_file(self.root, file_name)
             if problem and not self.root.is_dir():
@@ -90,7 +95,7 @@ def _str_list(value: object) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
 
 
-def read_textvqa(path: Path, images: Path) -> list[Item]:
+def read_textvqa(path: Path, images: Path | None) -> list[Item]:
     """TextVQA 0.5.1 (module docstring): one item per question, its 10 human answers."""
     pictures, ordinal, items = _Images(images, path), {}, []
     for i, e in enumerate(_data_list(path, "TextVQA")):
@@ -108,7 +113,7 @@ def read_textvqa(path: Path, images: Path) -> list[Item]:
 _TRAILING_NUMBER = re.compile(r"([0-9]+)$")
 
 
-def read_vizwiz(path: Path, images: Path) -> list[Item]:
+def read_vizwiz(path: Path, images: Path | None) -> list[Item]:
     """VizWiz VQA (module docstring): one item per image's question, its human answers."""
     entries = load_json(path)
     if not isinstance(entries, list):
@@ -130,7 +135,7 @@ def read_vizwiz(path: Path, images: Path) -> list[Item]:
     return _unique(items, path, "image number")
 
 
-def read_gqa(path: Path, images: Path) -> list[Item]:
+def read_gqa(path: Path, images: Path | None) -> list[Item]:
     """GQA questions (module docstring): one item per question, its one answer; ``answer_type`` is the
     structural type (query, verify, logical, choose, compare), ``question_type`` the detailed one."""
     questions = load_json(path)
@@ -152,7 +157,7 @@ def read_gqa(path: Path, images: Path) -> list[Item]:
     return _unique(items, path, "question id")
 
 
-def read_textcaps(path: Path, images: Path) -> list[Item]:
+def read_textcaps(path: Path, images: Path | None) -> list[Item]:
     """TextCaps 0.1 (module docstring): one item per image, the captions of its entries as references."""
     captions: dict[str, list[str]] = {}
     for i, e in enumerate(_data_list(path, "TextCaps")):
@@ -167,7 +172,7 @@ def read_textcaps(path: Path, images: Path) -> list[Item]:
     ]  # fmt: skip
 
 
-def read_nocaps(path: Path, images: Path) -> list[Item]:
+def read_nocaps(path: Path, images: Path | None) -> list[Item]:
     """NoCaps (module docstring): the COCO caption reader's items, each with its image's domain."""
     obj = load_json(path)
     if problem := check_fields(obj, {"images": list}):
@@ -179,11 +184,15 @@ def read_nocaps(path: Path, images: Path) -> list[Item]:
         if entry["domain"] not in NOCAPS_DOMAINS:
             _fail(path, f"images[{i}]", f"domain {entry['domain']!r} is not one of {list(NOCAPS_DOMAINS)}")
         domains[entry["id"]] = entry["domain"]
-    bench = read_coco_captions(path, images)
+    if images is None:  # scoring: the references alone
+        references, pictures = read_coco_references(path), {}
+    else:
+        bench = read_coco_captions(path, images)
+        references, pictures = bench.references, bench.images
     return [
-        Item(key=i, image_id=i, image=bench.images[i], question=None, targets=tuple(bench.references[i]),
+        Item(key=i, image_id=i, image=pictures.get(i, b""), question=None, targets=tuple(references[i]),
              domain=domains[i])
-        for i in sorted(bench.images)
+        for i in sorted(references)
     ]  # fmt: skip
 
 
@@ -198,7 +207,7 @@ def _unique(items: list[Item], path: Path, what: str) -> list[Item]:
 
 READERS = {"textvqa": read_textvqa, "vizwiz": read_vizwiz, "gqa": read_gqa, "textcaps": read_textcaps,
            "nocaps": read_nocaps}  # fmt: skip
-"""format -> reader(JSON path, image folder) of the formats this module reads."""
+"""format -> reader(JSON path, image folder or None: no image read) of the formats this module reads."""
 
 DEFAULT_IMAGES: dict[str, tuple[str, ...]] = {
     "textvqa": ("train_images",),

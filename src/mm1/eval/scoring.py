@@ -5,6 +5,9 @@
     VQA       [{"question_id": int, "answer": str}, ...]   VQAv2 results, scored with VQA accuracy
                                                             against VQAv2 questions + annotations JSONs
 
+    official  the val files of TextCaps / NoCaps (captions) and TextVQA / VizWiz / GQA (VQA), read by
+              mm1.eval.official, with the ids ``mm1 eval run`` gives their items (score_official)
+
 As the official tools require, there must be exactly one prediction per benchmark id: none missing,
 none extra. Other fields of an entry are ignored. Only the JSON files are read, never the images.
 Scores are on the paper's scale (x 100). Every problem with a file raises FormatError naming the
@@ -23,7 +26,7 @@ from mm1.data.formats._common import FormatError, check_fields, dump_json, load_
 from mm1.data.formats.coco import read_coco_references
 from mm1.data.formats.vqa import read_vqa_answers
 from mm1.eval.cider import cider_d, resolve_tokenizer
-from mm1.eval.vqa_metric import VQAReference, vqa_scores
+from mm1.eval.vqa_metric import VQAReference, answer_scores, vqa_scores
 
 _SHOWN = 5
 """How many offending ids an error message lists."""
@@ -78,6 +81,51 @@ def score_vqa(
     _check_ids(pred_path, preds, questions_path, items, "question_id")
     refs = {qid: VQAReference(it.answers, it.answer_type, it.question_type) for qid, it in items.items()}
     return vqa_scores(preds, refs, always_normalize=always_normalize)
+
+
+CAPTION_FORMATS = ("textcaps", "nocaps")
+VQA_FORMATS = ("textvqa", "vizwiz", "gqa")
+
+
+def score_official(pred_path: Path, fmt: str, val_path: Path, *, tokenizer: str = "auto") -> dict[str, Any]:
+    """Score a results file against the official val file of TextCaps / NoCaps (CIDEr-D) or TextVQA /
+    VizWiz (VQA accuracy) / GQA (exact match), read by :mod:`mm1.eval.official` without its images.
+    The ids are the ones ``mm1 eval run`` writes (``Item.key``: see that module).
+
+    Captioning: ``CIDEr``, ``n_images``, ``per_image``, ``tokenizer`` and, for NoCaps, ``per_domain``
+    (each domain's images scored as a corpus of their own, as the NoCaps evaluation does). VQA: what
+    :func:`mm1.eval.vqa_metric.answer_scores` returns."""
+    from mm1.config.eval import EXACT_MATCH_FORMATS
+    from mm1.eval.official import NOCAPS_DOMAINS, READERS
+
+    if fmt not in READERS:
+        raise ValueError(f"--format {fmt!r}: not an official format mm1 reads ({', '.join(READERS)})")
+    with _reading(val=val_path):
+        items = READERS[fmt](Path(val_path), None)
+    if not items:
+        raise FormatError(f"{val_path}: no example to score against")
+    if fmt in VQA_FORMATS:
+        with _reading(pred=pred_path):
+            preds = read_vqa_predictions(pred_path)
+        truth = {it.key: (it.targets, it.answer_type) for it in items}
+        _check_ids(pred_path, preds, val_path, truth, "question_id")
+        return answer_scores(preds, truth, "exact_match" if fmt in EXACT_MATCH_FORMATS else "vqa_accuracy")
+    with _reading(pred=pred_path):
+        preds = read_caption_predictions(pred_path)
+    refs = {it.key: list(it.targets) for it in items}
+    _check_ids(pred_path, preds, val_path, refs, "image_id")
+    name = resolve_tokenizer(tokenizer)
+    score, per_image = cider_d({i: preds[i] for i in refs}, refs, tokenizer=name)
+    out = {"CIDEr": 100 * score, "n_images": len(refs), "per_image": {i: 100 * v for i, v in per_image.items()},
+           "tokenizer": name}  # fmt: skip
+    if fmt == "nocaps":
+        out["per_domain"] = {}
+        for domain in NOCAPS_DOMAINS:
+            keys = [it.key for it in items if it.domain == domain]
+            if keys:
+                corpus, _ = cider_d({i: preds[i] for i in keys}, {i: refs[i] for i in keys}, tokenizer=name)
+                out["per_domain"][domain] = 100 * corpus
+    return out
 
 
 def read_caption_predictions(path: Path) -> dict[int, str]:
