@@ -17,6 +17,8 @@
     mm1 encoder   --manifest FILE --tokenizer FILE --out DIR   (CLIP/AIM encoder pre-training)
     mm1 sft-pack  --manifest FILE --tokenizer FILE --out DIR   (SFT sequences)
     mm1 upcycle   --checkpoint DIR --out DIR --set model.moe.num_experts=N   (dense -> MoE)
+    mm1 export-hf --checkpoint DIR [--tokenizer FILE] [--parts vision,llm] --out DIR   (HF folders, safetensors)
+    mm1 import-hf [--vision DIR] [--llm DIR] --out DIR   (HF folders -> checkpoint, tokenizer, config.yaml)
     mm1 figure    --metrics FILE --scores FILE --out DIR
     mm1 compare   --id FIG --spec JSON --cell NAME=RUN_DIR ... [--meta JSON] --out DIR   (a paper figure, mean +- CI over seeds)
     mm1 power     --seeds PILOT.seeds.csv --metric M ... --effects 1,2 --study-seeds N --out DIR   (the pilot)
@@ -43,7 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mm1 import __version__, cli_args, outlock
+from mm1 import __version__, cli_args, hf_cli, outlock
 from mm1 import cli_errors as errors
 from mm1.config import ConfigError, RunConfig
 from mm1.config.load import apply_overrides, from_dict, read_yaml
@@ -330,6 +332,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             )
         if path is not None:
             init.append((path, (part,) if part else None))
+    init = [*hf_cli.init_from(cfg, args.tokenizer, ("encoder", "connector", "language_model")), *init]
     code = relaunch_if_needed(cfg.parallel, args.argv, out=args.out, resume=args.out / RESUME)
     if code is not None:
         return code
@@ -355,10 +358,11 @@ def _cmd_encoder(args: argparse.Namespace) -> int:
         check_layout(cfg)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    init = hf_cli.init_from(cfg, args.tokenizer, ("encoder",))
     code = relaunch_if_needed(cfg.parallel, args.argv, out=args.out, resume=args.out / RESUME)
     if code is not None:
         return code
-    metrics = train_encoder(cfg, args.manifest, args.tokenizer, args.out)
+    metrics = train_encoder(cfg, args.manifest, args.tokenizer, args.out, init=init[0][0] if init else None)
     if os.environ.get("RANK", "0") == "0":
         first, last = metrics["loss"][0], metrics["loss"][-1]
         print(f"encoder ({cfg.model.encoder.objective}): loss {first:.3f} -> {last:.3f} over {len(metrics)} steps")
@@ -471,6 +475,11 @@ def commands() -> list[Command]:
         table.append(Command(name, _help(run), run, cli_args.stage_inputs(name), True))
     table.append(Command("upcycle", _help(_cmd_upcycle), _cmd_upcycle, cli_args.upcycle, True))
     table.append(Command("figure", _help(_cmd_figure), _cmd_figure, cli_args.figure))
+    table.append(Command("export-hf", _help(hf_cli.cmd_export_hf), hf_cli.cmd_export_hf, hf_cli.export_args))
+    import_hf = _help(hf_cli.cmd_import_hf)
+    table.append(
+        Command("import-hf", import_hf, lambda a: hf_cli.cmd_import_hf(a, resolve(a)), hf_cli.import_args, True)
+    )
     return table
 
 

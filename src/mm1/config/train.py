@@ -183,6 +183,14 @@ class TrainConfig(Section):
     """Parts of the model that are not trained (MM1: none; everything unfrozen)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """Training precision: auto = bf16 on GPU, fp32 on CPU."""
+    init_from: str | None = None
+    """An mm1 checkpoint folder the stage starts from, before step 1 (a fresh start only; a resumed run
+    has its own weights). ``mm1 train`` (the llm, multimodal and SFT stages) loads every part it holds:
+    an ``mm1 import-hf`` checkpoint the imported ones (the decoder, the encoder), a train-stage
+    checkpoint the whole model; ``mm1 encoder`` loads its encoder. The rest keeps its initialisation;
+    ``--init*`` flags load after it. Made for ``OUT/checkpoint`` of ``mm1 import-hf`` (HF weights; use
+    its config.yaml and tokenizer.json with it). Checked before training: it must exist and match the
+    config's architecture and the tokenizer's vocabulary. None: no start."""
 
     @model_validator(mode="after")
     def _warmup(self) -> TrainConfig:

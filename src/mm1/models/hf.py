@@ -20,15 +20,30 @@ The layouts that differ:
 
 State dicts here are module-relative: the keys of ``model.encoder.state_dict()`` and of
 ``model.language_model.state_dict()`` (without megatron's ``_extra_state`` entries).
+
+transformers is an optional extra (``pip install 'mm1[hf]'``): only this module and
+:mod:`mm1.models.hf_io` import it, and only the ``mm1 export-hf`` / ``mm1 import-hf`` commands import
+them; without it, importing this module raises :class:`MissingExtraError` saying what to install.
 """
 
 from __future__ import annotations
 
 import torch
-from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
 from mm1.config import DecoderConfig, EncoderConfig
 from mm1.models.mm1_model import MM1Model, padded_vocab_size
+
+
+class MissingExtraError(ImportError):
+    """transformers (the optional extra ``mm1[hf]``) is not installed; only the HF commands need it."""
+
+
+try:
+    from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+except ImportError:
+    raise MissingExtraError(
+        "Hugging Face import/export needs the optional extra: pip install 'mm1[hf]' (transformers, safetensors)"
+    ) from None
 
 State = dict[str, torch.Tensor]
 
@@ -369,15 +384,28 @@ def load_hf_into(
 
 
 @torch.no_grad()
-def export_hf(model: MM1Model, vocab_size: int, **llama_fields) -> tuple[CLIPVisionModel, LlamaForCausalLM]:
-    """HF copies of ``model``'s encoder and decoder; ``vocab_size`` is the unpadded vocabulary
-    (mm1's own, ``<image>`` included when it has one) and ``llama_fields`` go to the LlamaConfig."""
-    _whole(model, "export_hf")
-    if model.cfg.moe.enabled:
-        raise ValueError("model.moe.num_experts > 0: a Llama has a dense decoder")
-    enc, dec = model.cfg.encoder, model.cfg.decoder
+def export_vision(model: MM1Model) -> CLIPVisionModel:
+    """A HF copy of ``model``'s encoder (the whole, unsharded model)."""
+    _whole(model, "export_vision")
+    enc = model.cfg.encoder
     vision = CLIPVisionModel(encoder_config_to_hf(enc))
     vision.load_state_dict(encoder_state_to_hf(model.encoder.state_dict(), enc))
+    return vision.eval()
+
+
+@torch.no_grad()
+def export_llm(model: MM1Model, vocab_size: int, **llama_fields) -> LlamaForCausalLM:
+    """A HF copy of ``model``'s decoder; ``vocab_size`` is the unpadded vocabulary (mm1's own,
+    ``<image>`` included when it has one) and ``llama_fields`` go to the LlamaConfig."""
+    _whole(model, "export_llm")
+    if model.cfg.moe.enabled:
+        raise ValueError("model.moe.num_experts > 0: a Llama has a dense decoder")
+    dec = model.cfg.decoder
     llm = LlamaForCausalLM(decoder_config_to_hf(dec, vocab_size, **llama_fields))
     llm.load_state_dict(decoder_state_to_hf(model.language_model.state_dict(), dec, vocab_size))
-    return vision.eval(), llm.eval()
+    return llm.eval()
+
+
+def export_hf(model: MM1Model, vocab_size: int, **llama_fields) -> tuple[CLIPVisionModel, LlamaForCausalLM]:
+    """HF copies of ``model``'s encoder and decoder (:func:`export_vision`, :func:`export_llm`)."""
+    return export_vision(model), export_llm(model, vocab_size, **llama_fields)

@@ -183,7 +183,7 @@ _STAGES = (
         command=("train",),
         reads=TRAINED,
         params=TRAINED,
-        honors=("model.decoder", "model.moe", "parallel"),
+        honors=("model.decoder", "model.moe", "parallel", "train.init_from"),
         inputs=(Input("--packed", "llm_pack", "train.parquet"), TOKENIZER),
         outputs=_trained(),
         training=True,
@@ -196,7 +196,7 @@ _STAGES = (
         command=("encoder",),
         reads=("data", "model", "parallel", "train"),
         params=("data", "model", "parallel", "train"),  # its checkpoint records the whole model section
-        honors=("model.encoder",),
+        honors=("model.encoder", "train.init_from"),
         inputs=(MANIFEST, TOKENIZER),
         outputs=_trained(Output("summary", "metrics.json", show="metric"), Output("figure", "encoder.png")),
         training=True,

@@ -113,9 +113,18 @@ def _objective(cfg: RunConfig, model, batches: EncoderBatches, rank: Rank, prefi
 
 
 def train_encoder(
-    cfg: RunConfig, manifest: Path, tokenizer_path: Path, out_dir: Path, *, stop_after: int | None = None
+    cfg: RunConfig,
+    manifest: Path,
+    tokenizer_path: Path,
+    out_dir: Path,
+    *,
+    init: Path | None = None,
+    stop_after: int | None = None,
 ) -> pl.DataFrame:
     """Pre-train the encoder on the caption pairs of ``manifest``; write checkpoint, metrics, provenance.
+
+    ``init`` (``train.init_from``: e.g. ``mm1 import-hf``'s checkpoint of a HF CLIP tower) gives the
+    ViT its starting weights on a fresh start (a resumed run has its own); the heads keep their init.
 
     Resumable checkpoints, resume and preemption as in :func:`mm1.train.trainer.train`: a preemption
     signal, or reaching step ``stop_after`` (for tests), saves and raises
@@ -130,10 +139,14 @@ def train_encoder(
     quarantine.check(cfg.data.max_bad_fraction)
     heldout = encoder_eval.heldout_captions(manifest)
     inputs = {"manifest": Path(manifest), "tokenizer": Path(tokenizer_path)}
+    inputs |= {"init_encoder": Path(init)} if init is not None else {}
     tc = cfg.train
     with TrainingRun(cfg, SECTIONS, out_dir, inputs, stop_after=stop_after) as run:  # one run per out_dir
         rank = run.rank
-        model = wrap_ddp(build_encoder_model(cfg, tok.vocab_size).to(rank.device), cfg.parallel)
+        model = build_encoder_model(cfg, tok.vocab_size)
+        if init is not None and not run.found:
+            checkpoint.load_into(model, init, ("encoder",))
+        model = wrap_ddp(model.to(rank.device), cfg.parallel)
         lr, wd = _hparams(cfg)
         optimizer, scheduler = build_optimizer(model, tc, lr, wd)
         batches = EncoderBatches.for_encoder(
