@@ -140,6 +140,7 @@ SCRIPTS = (  # full-run arguments chosen so that the whole run stays under 15 mi
     ),
     Script("stream_loader", (), 180, "~25 s: a paper-shape packed file, 0/1/2 loader workers, 8 steps"),
     Script("provenance_cost", (), 120, "~15 s: a 1 GiB sealed folder, hashed whole vs by its manifest"),
+    Script("fetch_images", (), 120, "~45 s: 400 image URLs on 8 loopback hosts at 50 ms latency, 1/16 workers"),
     Script("gpu_mfu", (), 420, "~1 min as --dry-run without CUDA; on a GPU up to its --budget-s 300", ()),
 )
 NAMES = [s.name for s in SCRIPTS]

@@ -130,6 +130,7 @@ def test_script_order_is_the_issues():
         "checksum_cost",
         "stream_loader",
         "provenance_cost",
+        "fetch_images",
         "gpu_mfu",
     ]
 
