@@ -281,7 +281,10 @@ def _cmd_acquire(args: argparse.Namespace) -> int:
             "data.sources is empty: list the datasets to acquire (name, url, sha256, format, role, licence)"
         )
     manifest = acquire(cfg.sources, args.out, cfg.max_bad_fraction, fetch_cfg=cfg.fetch)  # AcquireError: one line
-    print(f"acquire: {manifest.height} sources, {int(manifest['samples'].sum())} samples -> {args.out}")
+    print(
+        f"acquire: {manifest['name'].n_unique()} sources, {manifest.height} files, "
+        f"{int(manifest['samples'].sum())} samples -> {args.out}"
+    )
     return 0
 
 

@@ -7,12 +7,16 @@ import hashlib
 import io
 import json
 import random
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
+from urllib.parse import urlparse
 
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -22,6 +26,8 @@ from mm1.data.acquire import AcquireError, acquire
 from mm1.data.fetch_images import USER_AGENT, fetch_images
 from mm1.data.formats import FormatError, read_caption_shards, read_documents
 from mm1.data.packed_io import read_packed
+from mm1.data.quarantine import Quarantine
+from mm1.data.sources import load_pretraining_sources
 from mm1.data.stages import make_tokenizer, pack
 
 SLOW_S = 0.8
@@ -57,7 +63,7 @@ def _loopback(loopback_downloads):
 @pytest.fixture
 def server():
     """Serves ``state.files`` (path -> bytes) and the special paths below; records (path, time, UA)."""
-    state = SimpleNamespace(files={}, requests=[])
+    state = SimpleNamespace(files={}, requests=[], second=threading.Event(), overlapped=[])
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args):
@@ -68,6 +74,10 @@ def server():
             seen = sum(1 for p, _, _ in state.requests if p == self.path)
             if self.path == "/img/slow.png":
                 time.sleep(SLOW_S)
+            if self.path == "/img/second.png":
+                state.second.set()
+            if self.path == "/img/first.png":  # answered once second.png is asked for (or after 3 s)
+                state.overlapped.append(state.second.wait(3.0))
             if self.path == "/img/busy.png" and seen == 1:
                 self.send_response(429)
                 self.send_header("Retry-After", "30")  # capped at max_retry_after_s
@@ -97,7 +107,7 @@ def server():
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    for name in ("slow.png", "busy.png", "noai.png", "a.png"):
+    for name in ("slow.png", "busy.png", "noai.png", "a.png", "first.png", "second.png"):
         state.files[f"/img/{name}"] = image(len(name))
     state.files["/img/b.jpg"] = image(7, "JPEG")
     state.files["/img/bad.png"] = b"\x89PNG\r\n\x1a\n but not really"
@@ -294,3 +304,182 @@ def test_a_cache_that_cannot_be_written_and_a_table_of_the_wrong_schema_are_one_
     spec = serve(server, "/mm1.parquet", bytes_layout.getvalue(), "wrong", "obelics_urls", "interleaved")
     with pytest.raises(FormatError, match=r"not a released-OBELICS table, missing columns .*format obelics"):
         acquire([spec], tmp_path / "acquired", max_bad_fraction=0.0, fetch_cfg=FAST)
+
+
+def test_a_caption_source_larger_than_a_shard_becomes_several_shards_read_in_order(tmp_path, server):
+    u = server.url
+    for i in range(8):
+        server.files[f"/img/s{i}.png"] = image(i)
+    urls = [f"{u}/img/s{i}.png" for i in range(8)]
+    urls[3], urls[6] = f"{u}/img/gone.png", urls[0]  # a dead link; an image again, two blocks later
+    urls.insert(1, f"{u}/img/flaky.png")  # transient: tried (with its retry) in its block only, not again
+    urls.insert(7, f"{u}/img/flaky.png")
+    buf = io.BytesIO()
+    pl.DataFrame({"URL": urls, "TEXT": [f"pair {i}" for i in range(len(urls))]}).write_parquet(buf)
+    spec = serve(server, "/caps.parquet", buf.getvalue(), "caps", "url_captions", "caption")
+    cfg = FAST.model_copy(update={"block_size": 2, "shard_size": 3})
+    out = tmp_path / "acquired"
+    manifest = acquire([spec], out, max_bad_fraction=0.0, fetch_cfg=cfg)
+
+    assert manifest["path"].to_list() == [f"caps/fetched/captions-{i:06d}.tar" for i in range(3)]
+    assert manifest["name"].to_list() == ["caps"] * 3 and manifest["samples"].to_list() == [3, 3, 1]
+    assert set(zip(manifest["images"], manifest["images_missing"], strict=True)) == {(8, 2)}  # the source's, on each
+    assert sum(p == "/img/s0.png" for p, _, _ in server.requests) == 1
+    assert sum(p == "/img/flaky.png" for p, _, _ in server.requests) == 2  # 1 + 1 retry, in the first block only
+    quarantine = Quarantine()
+    pairs = load_pretraining_sources(out / "manifest.parquet", quarantine)["caption"]
+    kept = [i for i, url in enumerate(urls) if "gone" not in url and "flaky" not in url]
+    assert [s.key for s in pairs] == [f"{i:09d}" for i in kept]  # every pair once, in the table's order
+    assert [s.captions["alt"] for s in pairs] == [f"pair {i}" for i in kept]
+    assert [s.image for s in pairs] == [server.files[urlparse(urls[i]).path] for i in kept]
+    assert len(quarantine) == 0 and quarantine.accepted("caps") == 0  # files are read under their own names
+    assert sorted(p.name for p in (out / "caps" / "fetched").iterdir()) == [f"captions-{i:06d}.tar" for i in range(3)]
+
+
+def many_documents(state, n: int, size: tuple[int, int] = (8, 6), gone_every: int = 4) -> list[tuple[list, list]]:
+    """``n`` documents of two images each (every ``gone_every``-th document's second one is dead)."""
+    docs = []
+    for i in range(n):
+        for k in range(2):
+            state.files[f"/img/d{i}-{k}.png"] = noise(i * 2 + k, size) if size[0] > 16 else image(i * 2 + k, size=size)
+        second = f"{state.url}/img/gone.png" if i % gone_every == gone_every - 1 else f"{state.url}/img/d{i}-1.png"
+        docs.append(([None, f"{state.url}/img/d{i}-0.png", second], [f"Document {i} shows", None, None]))
+    return docs
+
+
+def noise(seed: int, size: tuple[int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.frombytes("L", size, random.Random(seed).randbytes(size[0] * size[1])).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_a_document_source_over_several_blocks_gives_what_one_block_gives(tmp_path, server):
+    spec = serve(
+        server, "/docs.parquet", obelics_parquet(many_documents(server, 10)), "docs", "obelics_urls", "interleaved"
+    )
+    runs = {}
+    for block in (3, 100):
+        out = tmp_path / f"block{block}"
+        cfg = FAST.model_copy(update={"block_size": block})
+        row = acquire([spec], out, max_bad_fraction=0.0, fetch_cfg=cfg).row(0, named=True)
+        assert row["path"] == "docs/fetched/documents.parquet"
+        runs[block] = (row, list(read_documents(out / row["path"])), pq.ParquetFile(out / row["path"]).num_row_groups)
+    (small, docs_small, groups_small), (large, docs_large, groups_large) = runs[3], runs[100]
+    assert (groups_small, groups_large) == (4, 1)  # one row group per block of 3 documents: 3 + 3 + 3 + 1
+    assert docs_small == docs_large and len(docs_small) == 10  # ids, order, texts, image bytes, meta
+    assert docs_small[3].images == (None, server.files["/img/d3-0.png"])  # its dead image dropped
+    for key in ("samples", "images", "images_missing", "bad_samples"):
+        assert small[key] == large[key], key
+    assert (small["images"], small["images_missing"]) == (19, 1)  # 10 + 8 distinct images + gone.png
+
+
+def test_a_run_that_fails_half_way_leaves_the_previous_files_and_no_half_file(tmp_path, server, monkeypatch):
+    from mm1.data import materialise as module
+
+    spec = serve(
+        server, "/docs.parquet", obelics_parquet(many_documents(server, 6)), "docs", "obelics_urls", "interleaved"
+    )
+    out, cfg = tmp_path / "acquired", FAST.model_copy(update={"block_size": 2})
+    first = acquire([spec], out, max_bad_fraction=0.0, fetch_cfg=cfg).row(0, named=True)
+    fetched = out / "docs" / "fetched"
+    before = {p.name: p.read_bytes() for p in fetched.iterdir()}
+    calls, document = [], module._document
+
+    def killed_half_way(doc, outcomes, src):
+        calls.append(doc.id)
+        if len(calls) == 5:
+            raise KeyboardInterrupt  # like a kill: nothing after this runs in the stage
+        return document(doc, outcomes, src)
+
+    monkeypatch.setattr(module, "_document", killed_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        acquire([spec], out, max_bad_fraction=0.0, fetch_cfg=cfg.model_copy(update={"block_size": 1}))
+    assert {p.name: p.read_bytes() for p in fetched.iterdir()} == before  # the previous complete folder
+    assert [p.name for p in (out / "docs").iterdir() if p.name.startswith(".")] == []  # no half folder left
+    monkeypatch.setattr(module, "_document", document)
+    again = acquire([spec], out, max_bad_fraction=0.0, fetch_cfg=cfg).row(0, named=True)
+    assert {k: v for k, v in again.items() if k != "fetched_at"} == {
+        k: v for k, v in first.items() if k != "fetched_at"
+    }
+
+
+MATERIALISE = """
+import json, sys
+from pathlib import Path
+from mm1.config.data import FetchConfig
+from mm1.data.materialise import materialise
+from mm1.data.quarantine import Quarantine
+
+def kib(field):  # VmRSS (now) or VmHWM (peak since the last reset), KiB
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field + ":"))
+    return int(line.split()[1])
+
+cfg, path = FetchConfig.model_validate_json(sys.argv[1]), Path(sys.argv[2])
+Path("/proc/self/clear_refs").write_text("5")  # the peak restarts here: imports are not counted
+before = kib("VmRSS")
+done = materialise("docs", "obelics_urls", path, cfg, Quarantine(), Quarantine())
+print(json.dumps({"growth_kib": kib("VmHWM") - before, "samples": sum(n for _, n in done.files)}))
+"""
+
+
+def _materialise_growth(state, n: int, folder, cfg: FetchConfig) -> tuple[int, int]:
+    """Peak RSS growth (KiB) of a fresh process that fetches and writes ``n`` documents of two 64 KiB images."""
+    path = folder / "docs.parquet"
+    folder.mkdir()
+    path.write_bytes(obelics_parquet(many_documents(state, n, size=(256, 256), gone_every=n + 1)))
+    args = [cfg.model_dump_json(), str(path)]
+    done = subprocess.run([sys.executable, "-c", MATERIALISE, *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    return got["growth_kib"], got["samples"]
+
+
+def test_materialising_peak_memory_is_flat_in_the_number_of_documents(tmp_path, server):
+    """16 and 128 documents (2 and 16 MiB of incompressible images) in blocks of 8: the peak RSS grows by
+    the same amount (within 1.3x, and by far less than the 14 MiB of images that holding them would cost)."""
+    cfg = FAST.model_copy(update={"block_size": 8, "max_image_bytes": 1 << 20, "workers": 4})
+    n, small = _materialise_growth(server, 16, tmp_path / "n", cfg)
+    eight_n, large = _materialise_growth(server, 128, tmp_path / "8n", cfg)
+    assert (small, large) == (16, 128)
+    extra_kib = (tmp_path / "8n" / "fetched" / "documents.parquet").stat().st_size / 1024 * 7 / 8
+    assert extra_kib > 112 * 2 * 64 * 0.95  # the 112 extra documents' images are all in the file
+    assert eight_n < 1.3 * n, (n, eight_n)
+    assert eight_n - n < 0.25 * extra_kib, (n, eight_n, extra_kib)
+
+
+def test_a_tsv_is_read_line_by_line_and_bytes_that_are_not_utf8_are_one_line_errors(tmp_path):
+    from mm1.data.formats import read_url_captions
+
+    path = tmp_path / "cc3m.tsv"
+    good = b"a cat\thttp://h/1.png\r\nhttp://h/2.png\ta dog\n\n" * 2000  # 80 KB: more than a read buffer
+    path.write_bytes(good + b"caf\xe9\thttp://h/3.png\n")
+    got = []
+    with pytest.raises(FormatError, match=r"cc3m\.tsv: neither parquet, jsonl nor a UTF-8 tsv"):
+        got.extend((r.url, r.caption) for r in read_url_captions(path, Quarantine(), "cc3m"))
+    assert got[:2] == [("http://h/1.png", "a cat"), ("http://h/2.png", "a dog")]
+    assert 0 < len(got) < 4000  # rows came before the damage was read, not after reading the whole file
+
+
+def test_a_url_source_left_without_images_holds_no_samples_beside_one_of_several_files(tmp_path, server):
+    u = server.url
+    tables = {}
+    for name, urls in (("dead", [f"{u}/img/gone.png"] * 2), ("live", [f"{u}/img/a.png", f"{u}/img/b.jpg"])):
+        buf = io.BytesIO()
+        pl.DataFrame({"URL": urls, "TEXT": ["a caption"] * 2}).write_parquet(buf)
+        tables[name] = serve(server, f"/{name}.parquet", buf.getvalue(), name, "url_captions", "caption")
+    cfg = FAST.model_copy(update={"shard_size": 1, "max_missing_fraction": 1.0})
+    with pytest.raises(AcquireError, match=r"sources \['dead'\] hold no samples"):
+        acquire([tables["dead"], tables["live"]], tmp_path / "acquired", max_bad_fraction=0.0, fetch_cfg=cfg)
+    assert len(list((tmp_path / "acquired" / "live" / "fetched").iterdir())) == 2  # two files, one name: not empty
+    assert list((tmp_path / "acquired" / "dead" / "fetched").iterdir()) == []
+    assert not (tmp_path / "acquired" / "manifest.parquet").exists()
+
+
+def test_the_next_block_is_fetched_while_one_is_written(tmp_path, server):
+    u = server.url
+    docs = [([None, f"{u}/img/first.png"], ["One", None]), ([None, f"{u}/img/second.png"], ["Two", None])]
+    spec = serve(server, "/docs.parquet", obelics_parquet(docs), "docs", "obelics_urls", "interleaved")
+    cfg = FAST.model_copy(update={"block_size": 1, "timeout_s": 5.0})
+    row = acquire([spec], tmp_path / "acquired", max_bad_fraction=0.0, fetch_cfg=cfg).row(0, named=True)
+    assert server.overlapped == [True]  # block 2's image was asked for before block 1's had come
+    assert (row["samples"], row["images"], row["images_missing"]) == (2, 2, 0)

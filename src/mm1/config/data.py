@@ -190,6 +190,13 @@ class FetchConfig(Section):
     max_image_bytes: int = Field(16 << 20, ge=1)
     """An image larger than this (announced or sent) is not kept: quarantined as too large (16 MiB:
     web images are rarely over a few MiB)."""
+    block_size: int = Field(1000, ge=1)
+    """Documents (or caption pairs) fetched and written per block: the images of one block are held in
+    memory at a time (1000 OBELICS documents hold ~2500 images, 353M in 141M documents: a few hundred
+    MB; lower it for large images). A document source's parquet gets one row group per block."""
+    shard_size: int = Field(10_000, ge=1)
+    """Caption pairs per webdataset shard written (img2dataset's default; ~1 GB of full-size web images):
+    a caption source becomes fetched/captions-000000.tar, captions-000001.tar..., one manifest row each."""
     max_missing_fraction: float = Field(0.5, ge=0, le=1)
     """The stage fails when more than this share of a source's image URLs cannot be fetched. Real
     link rot is large: a few years after release, tens of percent of OBELICS's and LAION's image URLs

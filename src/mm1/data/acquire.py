@@ -31,12 +31,12 @@ For each SourceSpec the file at its URL lands in ``out_dir/<name>/<file name>``:
 
 Sources of format obelics_urls (the released OBELICS parquet) and url_captions (URL + caption
 tables) hold image URLs: after the file is verified, mm1.data.fetch_images fetches the images
-(parallel, per-host rate limit, retries, resumable cache in ``<name>/images/``) and writes what came
-as ``<name>/fetched/documents.parquet`` (obelics) or ``<name>/fetched/captions-000000.tar``
-(webdataset). The manifest row points at that file, with its format and sha256, and counts the image
-URLs tried (``images``) and missing (``images_missing``); more missing than
-``data.fetch.max_missing_fraction`` raises AcquireError. Missing images are in the quarantine but are
-not bad samples.
+(parallel, per-host rate limit, retries, resumable cache in ``<name>/images/``) a block at a time and
+writes what came as ``<name>/fetched/documents.parquet`` (obelics) or ``<name>/fetched/captions-000000.tar``,
+``-000001.tar``... (webdataset). The manifest has one row per file, with its format and sha256; each
+carries the source's counts of image URLs tried (``images``) and missing (``images_missing``); more
+missing than ``data.fetch.max_missing_fraction`` raises AcquireError. Missing images are in the
+quarantine but are not bad samples.
 
 ``out_dir/quarantine.parquet`` is always written (also when a later check fails);
 ``out_dir/manifest.parquet`` only when every source is acquired, non-empty, and within
@@ -62,16 +62,16 @@ from mm1.atomic import write_with
 from mm1.config.data import FetchConfig, SourceSpec
 from mm1.data import formats
 from mm1.data.download import AcquireError, fetch, free_space_note
-from mm1.data.fetch_images import materialise
 from mm1.data.formats import safe_tar
 from mm1.data.formats._common import Sink
 from mm1.data.formats.text import json_lines
+from mm1.data.materialise import materialise
 from mm1.data.quarantine import Quarantine
 from mm1.data.sources import sha256_file
 
 log = logging.getLogger(__name__)
 
-MANIFEST_SCHEMA = {
+MANIFEST_SCHEMA = {  # one row per file; a URL source that became several files has one row per file
     "name": pl.Utf8,
     "url": pl.Utf8,
     "format": pl.Utf8,
@@ -79,12 +79,13 @@ MANIFEST_SCHEMA = {
     "licence": pl.Utf8,
     "sha256": pl.Utf8,
     "bytes": pl.Int64,
-    "samples": pl.Int64,
-    "bad_samples": pl.Int64,
+    "samples": pl.Int64,  # this file's (a source's are the sum over its rows)
+    "bad_samples": pl.Int64,  # the source's, the same on each of its rows (malformed rows of its table)
     "path": pl.Utf8,  # relative to out_dir
     "fetched_at": pl.Utf8,  # ISO 8601, UTC: when the file was written
-    "images": pl.Int64,  # image URLs tried (obelics_urls, url_captions; 0 for other formats)
-    "images_missing": pl.Int64,  # of them, not fetched (dead, opted out, not an image...)
+    "images": pl.Int64,  # the source's distinct image URLs tried (obelics_urls, url_captions; 0 for other
+    # formats), the same on each of its rows: max_missing_fraction is per source and a URL can feed several files
+    "images_missing": pl.Int64,  # of them, not fetched (dead, opted out, not an image...); the source's too
 }
 MAX_EXTRACTED_MEMBER_BYTES = 16 << 30
 """The largest member an archive source may extract (the biggest real annotation JSON is < 2 GiB)."""
@@ -113,7 +114,7 @@ def acquire(
         for spec in sources:
             path = fetch(spec, out_dir / spec.name, timeout_s)
             if spec.format in URL_FORMATS:
-                rows.append(_url_source_row(spec, path, out_dir, fetch_cfg, quarantine, missing))
+                rows.extend(_url_source_rows(spec, path, out_dir, fetch_cfg, quarantine, missing))
                 continue
             samples = count_samples(spec, path, quarantine)
             rows.append(_row(spec, out_dir, path, spec.sha256, samples, quarantine.rejected(spec.name)))
@@ -125,7 +126,7 @@ def acquire(
         raise
     _write_quarantine(out_dir, quarantine, missing)
     quarantine.check(max_bad_fraction, names)
-    empty = [r["name"] for r in rows if r["samples"] == 0]
+    empty = [n for n in names if sum(r["samples"] for r in rows if r["name"] == n) == 0]
     if empty:
         raise AcquireError(f"sources {empty} hold no samples; check their URLs and formats")
     manifest = pl.DataFrame(rows, schema=MANIFEST_SCHEMA)
@@ -148,11 +149,11 @@ def _row(spec: SourceSpec, out_dir: Path, path: Path, sha: str, samples: int, ba
     }
 
 
-def _url_source_row(
+def _url_source_rows(
     spec: SourceSpec, path: Path, out_dir: Path, cfg: FetchConfig, quarantine: Quarantine, missing: Quarantine
-) -> dict:
-    """Fetch the images of a URL source and describe the file they became (its format, not the source's,
-    so that the pipeline's readers read it); AcquireError when too many images are missing."""
+) -> list[dict]:
+    """Fetch the images of a URL source and describe the files they became, one row each (their format,
+    not the source's, so that the pipeline's readers read them); AcquireError when too many images are missing."""
     done = materialise(spec.name, spec.format, path, cfg, quarantine, missing)
     rate = done.images_missing / done.images if done.images else 0.0
     if rate > cfg.max_missing_fraction:
@@ -163,11 +164,11 @@ def _url_source_row(
             f"{out_dir / 'quarantine.parquet'} (first: {reasons[:300]}), raise data.fetch.max_missing_fraction "
             "to accept it"
         )
-    out = done.path or path  # no pair had its image: the row names the source file, with 0 samples
-    sha = sha256_file(out) if done.path else spec.sha256
     bad = quarantine.rejected(spec.name)
-    counts = {"images": done.images, "images_missing": done.images_missing}
-    return _row(spec, out_dir, out, sha, done.samples, bad, format=done.format, **counts)
+    counts = {"format": done.format, "images": done.images, "images_missing": done.images_missing}
+    if not done.files:  # no document or pair kept its image: one row names the source file, with 0 samples
+        return [_row(spec, out_dir, path, spec.sha256, 0, bad, **counts)]
+    return [_row(spec, out_dir, p, sha256_file(p), n, bad, **counts) for p, n in done.files]
 
 
 def _write_quarantine(out_dir: Path, quarantine: Quarantine, missing: Quarantine) -> None:

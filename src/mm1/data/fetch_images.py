@@ -14,10 +14,11 @@ After the source file is downloaded and verified, its image URLs are fetched the
 
 Each image lands atomically in ``<source folder>/images/<sha256 of the URL>`` and each permanent failure
 in ``<sha256 of the URL>.failed`` (its reason): a rerun, also after a kill, requests only the URLs that
-have neither. What was fetched is then written in the formats the pipeline reads
-(``<source folder>/fetched/documents.parquet``, ``fetched/captions-000000.tar``) and the manifest points
-there. Missing images are recorded in the quarantine (source, key = document id#position or the URL,
-reason) but are not bad samples: ``max_missing_fraction`` is their limit.
+have neither. The source is fetched and written ``block_size`` documents or pairs at a time (see
+mm1.data.materialise: one block's images in memory) to ``fetched/documents.parquet`` or webdataset shards
+``fetched/captions-000000.tar``...; the manifest has a row per file. Missing images are recorded in the
+quarantine (source, key = document id#position or the URL, reason) but are not bad samples:
+``max_missing_fraction`` is their limit.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
@@ -39,11 +40,6 @@ from mm1.atomic import write_bytes, write_text
 from mm1.config.data import FetchConfig
 from mm1.data.download import AcquireError, free_space_note
 from mm1.data.formats._common import image_problem
-from mm1.data.formats.obelics import write_documents
-from mm1.data.formats.url_sources import UrlCaption, UrlDoc, read_url_captions, read_url_documents
-from mm1.data.formats.webdataset import write_caption_shards
-from mm1.data.quarantine import Quarantine
-from mm1.data.records import CaptionSample, InterleavedDoc
 from mm1.progress import progress
 
 log = logging.getLogger(__name__)
@@ -120,35 +116,74 @@ class ImageCache:
         return Fetched(None, reason, permanent=True)
 
 
+class Fetcher:
+    """The image URLs of one source into the cache ``cache_dir`` a block at a time (``submit``, then
+    ``collect``: the next block fetches while one is written); one pool, per-host limiter and count of
+    distinct URLs (``tried`` / ``missing``, 64-bit digests) for the whole source."""
+
+    def __init__(self, cache_dir: Path, cfg: FetchConfig, desc: str = "images") -> None:
+        self.cache, self.limiter = ImageCache(cache_dir), HostLimiter(cfg.per_host_per_second)
+        self.cfg, self.desc = cfg, desc
+        self.missing = self.requested = 0
+        self._seen: set[int] = set()
+        self._running: dict[str, Future] = {}
+
+    def __enter__(self) -> Fetcher:
+        self.cache.folder.mkdir(parents=True, exist_ok=True)
+        self._bar = progress(desc=self.desc, unit="img")
+        self._pool = ThreadPoolExecutor(max_workers=self.cfg.workers, thread_name_prefix="mm1-fetch")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._pool.shutdown(cancel_futures=True)
+        self._bar.close()
+        if self.requested:
+            log.info("%s: %d of %d images fetched now, %d missing", self.desc, self.requested, self.tried, self.missing)
+
+    def submit(self, urls: list[str]) -> dict[str, tuple[Fetched | Future, bool]]:
+        """Start fetching the distinct URLs of ``urls`` that are neither cached nor running; for each
+        URL its outcome or future, and whether this is the source's first sight of it."""
+        block = {}
+        for url in dict.fromkeys(urls):
+            digest = int.from_bytes(hashlib.sha256(url.encode()).digest()[:8])
+            first, got = digest not in self._seen, self._running.get(url) or self.cache.known(url)
+            self._seen.add(digest)
+            if got is None and not first:  # failed for this run only, in an earlier block
+                got = Fetched(None, "not fetched earlier in this run (see its first record); a later run tries again")
+            if got is None:
+                got = self._running[url] = self._pool.submit(fetch_one, url, self.cache, self.limiter, self.cfg)
+                self.requested += 1
+            block[url] = (got, first)
+        return block
+
+    def collect(self, block: dict[str, tuple[Fetched | Future, bool]]) -> dict[str, Fetched]:
+        """{url: outcome} of a submitted block, once every one of its URLs is done."""
+        out = {}
+        try:
+            for url, (got, first) in block.items():
+                if isinstance(got, Future):
+                    got = got.result()
+                    self._running.pop(url, None)
+                out[url] = got
+                self.missing += first and got.path is None
+                self._bar.update(1)
+        except OSError as e:  # writing the cache: disk full, quota, read-only (network errors are caught per URL)
+            self._pool.shutdown(cancel_futures=True)
+            raise AcquireError(
+                f"{self.desc}: cannot write fetched images to {self.cache.folder} ({e.strerror or e}; "
+                f"{free_space_note(self.cache.folder)}); make room and run again (fetched images are kept)"
+            ) from e
+        return out
+
+    @property
+    def tried(self) -> int:
+        return len(self._seen)
+
+
 def fetch_images(urls: list[str], cache_dir: Path, cfg: FetchConfig, desc: str = "images") -> dict[str, Fetched]:
     """Fetch every distinct URL of ``urls`` into the cache ``cache_dir``; {url: outcome}."""
-    cache, limiter = ImageCache(cache_dir), HostLimiter(cfg.per_host_per_second)
-    cache.folder.mkdir(parents=True, exist_ok=True)
-    distinct = list(dict.fromkeys(urls))
-    out: dict[str, Fetched] = {}
-    todo = []
-    for url in distinct:
-        known = cache.known(url)
-        if known is not None:
-            out[url] = known
-        else:
-            todo.append(url)
-    bar = progress(total=len(distinct), initial=len(out), desc=desc, unit="img")
-    with bar, ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="mm1-fetch") as pool:
-        try:
-            for url, outcome in zip(todo, pool.map(lambda u: fetch_one(u, cache, limiter, cfg), todo), strict=True):
-                out[url] = outcome
-                bar.update(1)
-        except OSError as e:  # writing the cache: disk full, quota, read-only (network errors are caught per URL)
-            pool.shutdown(cancel_futures=True)
-            raise AcquireError(
-                f"{desc}: cannot write fetched images to {cache.folder} ({e.strerror or e}; "
-                f"{free_space_note(cache.folder)}); make room and run again (fetched images are kept)"
-            ) from e
-    if todo:
-        missing = sum(o.path is None for o in out.values())
-        log.info("%s: %d of %d images fetched now, %d missing", desc, len(todo), len(distinct), missing)
-    return out
+    with Fetcher(cache_dir, cfg, desc) as fetcher:
+        return fetcher.collect(fetcher.submit(urls))
 
 
 def fetch_one(url: str, cache: ImageCache, limiter: HostLimiter, cfg: FetchConfig) -> Fetched:
@@ -228,67 +263,3 @@ def _retry_after(value: str | None) -> float | None:
         return max(0.0, float(value)) if value else None
     except ValueError:
         return None
-
-
-# ---- materialising what was fetched ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Materialised:
-    """The files a URL source became, in a format the pipeline reads, and its image counts."""
-
-    format: str  # obelics or webdataset
-    path: Path | None  # None: no pair had its image (the source then holds no samples)
-    samples: int
-    images: int  # distinct image URLs tried
-    images_missing: int
-
-
-def materialise(
-    name: str, fmt: str, path: Path, cfg: FetchConfig, quarantine: Quarantine, missing: Quarantine
-) -> Materialised:
-    """Read the URL source ``path`` (format obelics_urls or url_captions), fetch its images and write
-    what came as ``<its folder>/fetched/documents.parquet`` or ``fetched/captions-000000.tar``.
-    Malformed rows go to ``quarantine``; missing images, and documents or pairs left without them, to
-    ``missing`` (not counted as bad samples)."""
-    folder = Path(path).parent
-    if fmt == "obelics_urls":
-        docs = list(read_url_documents(path, quarantine, name))
-        outcomes = fetch_images([u for d in docs for u in d.urls if u], folder / "images", cfg, f"{name} images")
-        kept = [d for d in (_document(d, outcomes, name, path, missing) for d in docs) if d is not None]
-        out = write_documents(kept, folder / "fetched" / "documents.parquet")
-        fmt_out = "obelics"
-    else:
-        pairs = list(read_url_captions(path, quarantine, name))
-        outcomes = fetch_images([p.url for p in pairs], folder / "images", cfg, f"{name} images")
-        kept = [s for s in (_pair(p, outcomes, name, path, missing) for p in pairs) if s is not None]
-        shards = write_caption_shards(kept, folder / "fetched", shard_size=max(1, len(kept)))  # one shard
-        out, fmt_out = (shards[0] if shards else None), "webdataset"
-    failed = sum(o.path is None for o in outcomes.values())
-    return Materialised(fmt_out, out, len(kept), len(outcomes), failed)
-
-
-def _document(doc: UrlDoc, outcomes: dict[str, Fetched], name: str, path: Path, missing: Quarantine):
-    texts, images = [], []
-    for pos, (text, url) in enumerate(zip(doc.texts, doc.urls, strict=True)):
-        if url is None:
-            texts.append(text)
-            images.append(None)
-        elif (got := outcomes[url]).path is None:
-            missing.add(name, path, f"{doc.id}#{pos} {url}", f"image not fetched: {got.reason}")
-        else:
-            texts.append(None)
-            images.append(got.path.read_bytes())
-    if all(im is None for im in images):
-        missing.add(name, path, doc.id, "document left with no image after fetching (its images are missing)")
-        return None
-    return InterleavedDoc(id=doc.id, texts=tuple(texts), images=tuple(images), meta=doc.meta)
-
-
-def _pair(pair: UrlCaption, outcomes: dict[str, Fetched], name: str, path: Path, missing: Quarantine):
-    got = outcomes[pair.url]
-    if got.path is None:
-        missing.add(name, path, pair.url, f"image not fetched: {got.reason}")
-        return None
-    meta = {**pair.meta, "url": pair.url}
-    return CaptionSample(key=pair.key, image=got.path.read_bytes(), captions={"alt": pair.caption}, meta=meta)

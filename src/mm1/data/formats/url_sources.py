@@ -13,7 +13,9 @@
                   url<TAB>caption; the field that is a URL is taken as the URL). The file's kind is
                   read from its first bytes, not its name.
 
-The readers only parse; mm1.data.fetch_images fetches the images. A row that is not a document or a
+The readers only parse; mm1.data.fetch_images fetches the images, a block of rows at a time. A parquet
+or jsonl table is read whole (text and URLs only: a few GB for a LAION part of millions of rows), a tsv
+line by line; either way rows are yielded one by one. A row that is not a document or a
 pair (lists of different lengths, a position with both or neither of text and URL, no URL, no
 caption, metadata that is not JSON) goes to the quarantine like any reader's bad sample.
 """
@@ -176,14 +178,16 @@ def _table_rows(path: Path, df: pl.DataFrame) -> Iterator[tuple[str | None, str 
 
 def _tsv_rows(path: Path) -> Iterator[tuple[str | None, str | None, dict]]:
     try:
-        lines = path.read_bytes().decode("utf-8").splitlines()
+        with open(path, encoding="utf-8") as lines:  # streamed: CC12M's tsv is over 2 GB
+            for line in lines:
+                yield _tsv_row(line.rstrip("\r\n"))
     except UnicodeDecodeError as e:
         raise FormatError(f"{path}: neither parquet, jsonl nor a UTF-8 tsv ({e})") from e
-    for line in lines:
-        fields = line.split("\t")
-        urls = [f for f in fields if "://" in f and " " not in f.strip()]
-        if len(fields) != 2 or len(urls) != 1:
-            yield None, None, {}
-            continue
-        url = urls[0].strip()
-        yield url, next(f for f in fields if f is not urls[0]), {}
+
+
+def _tsv_row(line: str) -> tuple[str | None, str | None, dict]:
+    fields = line.split("\t")
+    urls = [f for f in fields if "://" in f and " " not in f.strip()]
+    if len(fields) != 2 or len(urls) != 1:
+        return None, None, {}
+    return urls[0].strip(), next(f for f in fields if f is not urls[0]), {}

@@ -25,7 +25,7 @@ import json
 import re
 import tarfile
 from collections.abc import Iterable, Iterator
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 
 from mm1.atomic import write_with
@@ -48,12 +48,14 @@ def write_caption_shards(
     samples: Iterable[CaptionSample], out_dir: Path, shard_size: int, prefix: str = "captions"
 ) -> list[Path]:
     """Write ``samples`` as ``out_dir/{prefix}-000000.tar`` ... with ``shard_size`` samples each
-    (no shard for no samples); return the shard paths."""
+    (no shard for no samples), each published atomically; return the shard paths. Samples are taken
+    from ``samples`` as they are written: one sample is held at a time, not a shard."""
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     it, seen, paths = iter(samples), set(), []
-    while chunk := list(islice(it, shard_size)):
-        members = [m for sample in chunk for m in _members(sample, seen)]
+    while (first := next(it, None)) is not None:
+        chunk = chain([first], islice(it, shard_size - 1))
+        members = (m for sample in chunk for m in _members(sample, seen))
         path = Path(out_dir) / f"{prefix}-{len(paths):06d}.tar"
         paths.append(write_with(path, lambda tmp, members=members: _write_tar(tmp, members)))
     return paths
@@ -77,7 +79,7 @@ def _members(sample: CaptionSample, seen: set[str]) -> list[tuple[str, bytes]]:
     return [(f"{key}.{ext}", data) for ext, data in sorted(members.items())]
 
 
-def _write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
+def _write_tar(path: Path, members: Iterable[tuple[str, bytes]]) -> None:
     with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
         for name, data in members:
             info = tarfile.TarInfo(name)
