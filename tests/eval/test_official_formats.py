@@ -353,7 +353,9 @@ def test_a_checkpoint_is_evaluated_on_the_eight_official_files(tiny_run, tmp_pat
         if spec.file_format not in ("textvqa", "vizwiz", "gqa", "textcaps", "nocaps"):
             continue
         val = tmp_path / spec.val
-        again = rescored[spec.name] = score_official(out / "predictions" / f"{spec.name}_0shot.json", spec.file_format, val)
+        again = rescored[spec.name] = score_official(
+            out / "predictions" / f"{spec.name}_0shot.json", spec.file_format, val
+        )
         assert again["CIDEr" if spec.task == "captioning" else "accuracy"] == pytest.approx(
             rows[spec.name]["value"], abs=1e-9
         )
