@@ -66,7 +66,7 @@ def export_checkpoint(ckpt: Path, tokenizer: Path | None, out: Path, parts: list
     hf_io.quiet()
     meta = checkpoint.read_meta(ckpt)
     cfg: ModelConfig = meta["model"]
-    chosen, skipped = hf_io.choose_parts(ckpt, cfg, parts)
+    chosen, skipped = hf_io.choose_parts(ckpt, checkpoint_parts(ckpt), cfg, parts)
     tok = None
     if "llm" in chosen:
         if tokenizer is None:
@@ -103,6 +103,20 @@ def export_checkpoint(ckpt: Path, tokenizer: Path | None, out: Path, parts: list
     }
     atomic.write_text(out / "mm1.json", json.dumps(info, indent=2, default=str) + "\n")
     return info
+
+
+def checkpoint_parts(ckpt: Path) -> set[str]:
+    """The HF parts (``vision``, ``llm``) whose MM1Model module the checkpoint holds tensors of (an
+    encoder-stage checkpoint has no decoder; a train-stage one has both, its encoder possibly untrained).
+    The checkpoint is verified (checksums, no unsafe pickles) before megatron reads its metadata."""
+    from megatron.core import dist_checkpointing
+
+    from mm1.models.hf_io import PARTS
+    from mm1.train import safe_load
+
+    safe_load.verify(ckpt)
+    tops = {key.split(".")[0] for key in dist_checkpointing.load_tensors_metadata(str(ckpt))}
+    return {hf for hf, ours in PARTS.items() if ours in tops}
 
 
 def import_folders(vision: Path | None, llm: Path | None, out: Path, base: ModelConfig, seed: int = 0) -> dict:

@@ -41,15 +41,6 @@ CONNECTOR_NOTE = "the connector is not exported: no Hugging Face class holds mm1
 # --- export ---------------------------------------------------------------------------------------
 
 
-def checkpoint_parts(ckpt: Path) -> set[str]:
-    """The HF parts (``vision``, ``llm``) whose MM1Model module the checkpoint holds tensors of (an
-    encoder-stage checkpoint has no decoder; a train-stage one has both, its encoder possibly untrained)."""
-    from megatron.core import dist_checkpointing
-
-    tops = {key.split(".")[0] for key in dist_checkpointing.load_tensors_metadata(str(ckpt))}
-    return {hf for hf, ours in PARTS.items() if ours in tops}
-
-
 def _exportable(cfg: ModelConfig) -> dict[str, str]:
     """{part: why it cannot be exported} for the parts a HF class cannot represent."""
     why = {}
@@ -61,10 +52,12 @@ def _exportable(cfg: ModelConfig) -> dict[str, str]:
     return why
 
 
-def choose_parts(ckpt: Path, cfg: ModelConfig, asked: list[str] | None) -> tuple[list[str], dict[str, str]]:
-    """(parts to export, {part left out: why}): the ``asked`` ones (each must be present and
-    exportable), or by default every present part a HF class can represent."""
-    present, why = checkpoint_parts(ckpt), _exportable(cfg)
+def choose_parts(
+    ckpt: Path, present: set[str], cfg: ModelConfig, asked: list[str] | None
+) -> tuple[list[str], dict[str, str]]:
+    """(parts to export, {part left out: why}): the ``asked`` ones (each must be ``present`` in the
+    checkpoint ``ckpt`` and exportable), or by default every present part a HF class can represent."""
+    why = _exportable(cfg)
     skipped = {p: "the checkpoint holds no tensors of it" for p in PARTS if p not in present}
     skipped |= {p: r for p, r in why.items() if p in present}
     if asked:
