@@ -45,7 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mm1 import __version__, cli_args, hf_cli, outlock
+from mm1 import __version__, cli_args, hf_cli, outlock, provenance
 from mm1 import cli_errors as errors
 from mm1.config import ConfigError, RunConfig
 from mm1.config.load import apply_overrides, from_dict, read_yaml
@@ -281,6 +281,9 @@ def _cmd_acquire(args: argparse.Namespace) -> int:
             "data.sources is empty: list the datasets to acquire (name, url, sha256, format, role, licence)"
         )
     manifest = acquire(cfg.sources, args.out, cfg.max_bad_fraction, fetch_cfg=cfg.fetch)  # AcquireError: one line
+    files = dict(zip(manifest["path"], manifest["sha256"], strict=True))  # what it wrote (the URLs are in config)
+    provenance.record(args.out, stage="acquire", config={"data": cfg.model_dump(mode="json")}, seed=None,
+                      extra={"files_sha256": files})  # fmt: skip
     print(
         f"acquire: {manifest['name'].n_unique()} sources, {manifest.height} files, "
         f"{int(manifest['samples'].sum())} samples -> {args.out}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import subprocess
 import threading
 from pathlib import Path
@@ -59,6 +60,9 @@ def test_snakemake_packs_acquired_datasets(project: Path, served):
     assert "acquire" in dry and "rule world" not in dry
     run(["snakemake", "--cores", "2", "results/pack/base/mixture.csv", *configs], project, timeout=900)
     got = pl.read_parquet(project / "results/acquire/base/manifest.parquet")
+    record = json.loads((project / "results/acquire/base/provenance.json").read_text())
+    assert record["stage"] == "acquire" and record["files_sha256"] == dict(zip(got["path"], got["sha256"], strict=True))
+    assert [s["url"] for s in record["config"]["data"]["sources"]] == [s["url"] for s in sources]
     assert got.height == len(sources)
     assert got["sha256"].to_list() == [s["sha256"] for s in sources]
     assert got["samples"].to_list() == pretraining["samples"].to_list()

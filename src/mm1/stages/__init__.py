@@ -149,7 +149,7 @@ _STAGES = (
         params=("data",),
         honors=("data.source", "data.sources", "data.max_bad_fraction", "data.fetch"),
         inputs=(),
-        outputs=(Output("manifest", "manifest.parquet"), Output("quarantine", "quarantine.parquet")),
+        outputs=(Output("manifest", "manifest.parquet"), Output("quarantine", "quarantine.parquet"), *RECORD),
         runtime=240,
         scales_with="sources",
     ),
