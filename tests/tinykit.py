@@ -139,3 +139,46 @@ def load_conftest(folder: Path) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# --- Hugging Face side (tests/models/test_hf_cli.py, tests/workflow/test_hf_start.py) -----------------
+
+WORDS = "the a red blue cat dog sat on mat under big small house tree runs jumps quickly slowly".split()
+
+
+def words(n: int, seed: int = 0) -> list[str]:
+    """``n`` short sentences of WORDS (seeded)."""
+    import random
+
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))) + "." for _ in range(n)]
+
+
+def hf_tokenizer_folder(folder: Path, pre: str = "bytelevel"):
+    """A Llama-style tokenizer in HF's layout under ``folder`` (tokenizer.json + tokenizer_config.json):
+    <unk> <s> </s> specials, no pad, ByteLevel or Metaspace pieces, BPE trained on :func:`words`."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>" if pre == "metaspace" else None))
+    if pre == "bytelevel":
+        tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    else:
+        tok.pre_tokenizer, tok.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+        alphabet = []
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=alphabet, show_progress=False
+    )
+    tok.train_from_iterator(words(400), trainer=trainer)
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return tok

@@ -7,14 +7,13 @@ read with ``local_files_only=True``.
 from __future__ import annotations
 
 import json
-import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from mm1.cli import main
@@ -26,39 +25,7 @@ from mm1.models.init import init_weights
 from mm1.models.mm1_model import MM1Model
 from mm1.parallel.setup import distributed
 from mm1.train import checkpoint
-from tinykit import TINY_ENCODER, WORLD
-
-WORDS = "the a red blue cat dog sat on mat under big small house tree runs jumps quickly slowly".split()
-
-
-def _texts(n: int, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))) + "." for _ in range(n)]
-
-
-def _hf_tokenizer(folder: Path, pre: str) -> Tokenizer:
-    """A Llama-style tokenizer folder: <unk> <s> </s> specials, no pad, ByteLevel or Metaspace pieces."""
-    tok = Tokenizer(models.BPE(unk_token="<unk>" if pre == "metaspace" else None))
-    if pre == "bytelevel":
-        tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-        alphabet = pre_tokenizers.ByteLevel.alphabet()
-    else:
-        tok.pre_tokenizer, tok.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
-        alphabet = []
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=alphabet, show_progress=False
-    )
-    tok.train_from_iterator(_texts(400), trainer=trainer)
-    folder.mkdir(parents=True, exist_ok=True)
-    tok.save(str(folder / "tokenizer.json"))
-    config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": "<s>",
-        "eos_token": "</s>",
-        "unk_token": "<unk>",
-    }
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    return tok
+from tinykit import TINY_ENCODER, WORLD, hf_tokenizer_folder, words
 
 
 @torch.no_grad()
@@ -71,7 +38,7 @@ def _perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 def _foreign(root: Path, pre: str = "bytelevel", **llama) -> tuple[Path, Path, Tokenizer]:
     """HF folders of a random CLIP tower and a random Llama with 3 unused rows past its tokenizer."""
-    tok = _hf_tokenizer(root / "llm", pre)
+    tok = hf_tokenizer_folder(root / "llm", pre)
     cfg = dict(vocab_size=tok.get_vocab_size() + 3, hidden_size=64, intermediate_size=160, num_hidden_layers=2)
     cfg |= dict(num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, bos_token_id=1)
     cfg |= dict(eos_token_id=2, tie_word_embeddings=False) | llama
@@ -108,12 +75,12 @@ def test_import_foreign_llama_and_clip_matches_hf(tmp_path: Path) -> None:
     assert (tok.bos_id, tok.eos_id) == (hf_tok.token_to_id("<s>"), hf_tok.token_to_id("</s>"))  # renamed, same id
     assert [tok.pad_id, tok.image_id, tok.eoc_id] == [rows, rows + 1, rows + 2]  # after the model's rows
     assert tok.vocab_size == rows + 3
-    for text in _texts(20, seed=5):
+    for text in words(20, seed=5):
         assert tok.encode(text) == hf_tok.encode(text, add_special_tokens=False).ids
 
     hf_llm = LlamaForCausalLM.from_pretrained(llm, local_files_only=True).eval()
     hf_vision = CLIPVisionModel.from_pretrained(vision, local_files_only=True).eval()
-    ids = torch.tensor([hf_tok.encode(t, add_special_tokens=False).ids[:16] for t in _texts(40, seed=7)[:2]])
+    ids = torch.tensor([hf_tok.encode(t, add_special_tokens=False).ids[:16] for t in words(40, seed=7)[:2]])
     pixels = torch.randn(2, 3, 16, 16)
     with distributed(ParallelConfig(), seed=0), torch.no_grad():
         model = _load_mm1(out / "checkpoint")
@@ -133,20 +100,20 @@ def test_import_foreign_llama_and_clip_matches_hf(tmp_path: Path) -> None:
 
 
 def test_metaspace_tokenizer_is_mapped_the_same_way(tmp_path: Path) -> None:
-    hf_tok = _hf_tokenizer(tmp_path, "metaspace")
+    hf_tok = hf_tokenizer_folder(tmp_path, "metaspace")
     size = hf_tok.get_vocab_size()
     text, done = map_tokenizer(tmp_path, size, {"pad_token_id": None})
     (tmp_path / "mapped.json").write_text(text)
     tok = TextTokenizer(tmp_path / "mapped.json")
     assert done["renamed"] == {"<s>": "<bos>", "</s>": "<eos>"}
     assert done["added"] == {PAD: size, IMAGE: size + 1, EOC: size + 2}
-    for line in _texts(20, seed=3):
+    for line in words(20, seed=3):
         assert tok.encode(line) == hf_tok.encode(line, add_special_tokens=False).ids
         assert tok.decode(tok.encode(line)) == hf_tok.decode(hf_tok.encode(line, add_special_tokens=False).ids)
 
 
 def test_a_pad_that_is_the_eos_becomes_a_token_of_its_own(tmp_path: Path) -> None:
-    hf_tok = _hf_tokenizer(tmp_path, "bytelevel")
+    hf_tok = hf_tokenizer_folder(tmp_path, "bytelevel")
     config = json.loads((tmp_path / "tokenizer_config.json").read_text()) | {"pad_token": {"content": "</s>"}}
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
     size = hf_tok.get_vocab_size()
@@ -158,7 +125,7 @@ def test_a_pad_that_is_the_eos_becomes_a_token_of_its_own(tmp_path: Path) -> Non
 
 
 def test_a_tokenizer_larger_than_the_model_names_the_field(tmp_path: Path) -> None:
-    hf_tok = _hf_tokenizer(tmp_path, "bytelevel")
+    hf_tok = hf_tokenizer_folder(tmp_path, "bytelevel")
     with pytest.raises(ValueError, match="LlamaConfig.vocab_size"):
         map_tokenizer(tmp_path, hf_tok.get_vocab_size() - 1, {})
 
@@ -176,7 +143,7 @@ def test_unrepresentable_llama_is_one_line_naming_the_field(tmp_path: Path, caps
 
 def _mm1_checkpoint(root: Path) -> tuple[Path, Path]:
     """A random mm1 checkpoint (CLIP-style encoder with a class token, a GQA decoder) and its tokenizer."""
-    tok_path = train_tokenizer(TokenizerConfig(vocab_size=300), _texts(300), root / "tokenizer.json")
+    tok_path = train_tokenizer(TokenizerConfig(vocab_size=300), words(300), root / "tokenizer.json")
     tok = TextTokenizer(tok_path)
     encoder = EncoderConfig(image_size=16, patch_size=4, hidden_size=32, num_layers=1, ffn_hidden_size=64)
     encoder = encoder.model_copy(update={"class_token": True, "activation": "quick_gelu"})
@@ -207,7 +174,7 @@ def test_export_then_import_is_bit_exact(tmp_path: Path) -> None:
     fast = PreTrainedTokenizerFast.from_pretrained(hf / "llm", local_files_only=True)
     tok = TextTokenizer(tok_path)
     assert (fast.bos_token_id, fast.eos_token_id, fast.pad_token_id) == (tok.bos_id, tok.eos_id, tok.pad_id)
-    line = _texts(1, seed=9)[0]
+    line = words(1, seed=9)[0]
     assert fast.encode(line, add_special_tokens=False) == tok.encode(line)
 
     args = ["import-hf", "--vision", str(hf / "vision"), "--llm", str(hf / "llm"), "--out", str(back)]
@@ -217,7 +184,7 @@ def test_export_then_import_is_bit_exact(tmp_path: Path) -> None:
     assert [getattr(again_tok, a) for a in specials] == [getattr(tok, a) for a in specials]
     hf_llm = LlamaForCausalLM.from_pretrained(hf / "llm", local_files_only=True).eval()
     hf_vision = CLIPVisionModel.from_pretrained(hf / "vision", local_files_only=True).eval()
-    ids = torch.tensor([tok.encode(t)[:12] for t in _texts(2, seed=11)])
+    ids = torch.tensor([tok.encode(t)[:12] for t in words(2, seed=11)])
     with distributed(ParallelConfig(), seed=0), torch.no_grad():
         original, again = _load_mm1(ckpt), _load_mm1(back / "checkpoint")
         for part in ("encoder", "language_model"):

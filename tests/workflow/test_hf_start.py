@@ -9,41 +9,24 @@ shape and ``tokenizer.path``) and ``study.stages.llm: {train.init_from: ...}``.
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer
 
 from conftest import SMOKE, run
+from tinykit import hf_tokenizer_folder
 
 pytestmark = pytest.mark.slow
-
-WORDS = "a red blue green cat dog square circle sat on under big small the of and is".split()
 
 
 def _hf_llama(folder: Path) -> None:
     """A random LlamaForCausalLM with a ByteLevel BPE tokenizer, in HF's on-disk layout."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    rng = random.Random(0)
-    texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))) for _ in range(400)]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<unk>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)  # fmt: skip
-    tok.train_from_iterator(texts, trainer=trainer)
-    folder.mkdir(parents=True)
-    tok.save(str(folder / "tokenizer.json"))
-    special = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": "<s>",
-        "eos_token": "</s>",
-        "unk_token": "<unk>",
-    }
-    (folder / "tokenizer_config.json").write_text(json.dumps(special))
+    tok = hf_tokenizer_folder(folder)
     config = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=160, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                          bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)  # fmt: skip
@@ -57,15 +40,16 @@ def test_snakemake_trains_the_llm_stage_from_imported_hf_weights(project: Path) 
     imported = yaml.safe_load((project / "imported" / "config.yaml").read_text())
     assert imported["tokenizer"]["path"].endswith("imported/tokenizer.json")
     start = project / "start.yaml"
-    start.write_text(yaml.safe_dump({"study": {"stages": {"llm": {"train.init_from": "imported/checkpoint"}}}}))
+    llm = {"train.init_from": "imported/checkpoint", "train.steps": 2, "train.warmup_steps": 0}  # a start is enough
+    start.write_text(yaml.safe_dump({"study": {"stages": {"llm": llm}}}))
     configs = ["--configfile", str(SMOKE), "imported/config.yaml", str(start)]
     run(["snakemake", "--cores", "2", "results/llm/base/checkpoint", *configs], project, timeout=900)
 
-    llm = project / "results" / "llm" / "base"
-    inputs = json.loads((llm / "provenance.json").read_text())["inputs"]
+    out = project / "results" / "llm" / "base"
+    inputs = json.loads((out / "provenance.json").read_text())["inputs"]
     assert any(k.startswith("init_") and "imported/checkpoint" in str(v) for k, v in inputs.items()), inputs
     copied = project / "results" / "tokenizer" / "base" / "tokenizer.json"
     assert copied.read_bytes() == (project / "imported" / "tokenizer.json").read_bytes()
     hf_vocab = Tokenizer.from_file(str(project / "hf-llama" / "tokenizer.json")).get_vocab_size()
-    saved = json.loads((llm / "checkpoint" / "model.json").read_text())
+    saved = json.loads((out / "checkpoint" / "model.json").read_text())
     assert saved["vocab_size"] == hf_vocab + 3  # <s> -> <bos>, </s> -> <eos>; <pad> <image> <eoc> added
