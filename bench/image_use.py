@@ -19,12 +19,18 @@ Writes bench/results/image_use.json.
 
     python bench/image_use.py                         # abl at 60, 600 and 2000 steps (~6 min on 2 cores)
     python bench/image_use.py --steps 60,300 --exp res-48
+    python bench/image_use.py --steps 300,600 --arm 'train.lr_mult={encoder: 1}' --arm 'train.lr_mult={encoder: 0.1}'
+
+Each ``--arm`` is a set of ``KEY=VALUE`` overrides (``;``-separated) applied to the training on top
+of the experiment's config; every arm runs at every step count on the same packed data.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -87,24 +93,26 @@ def caption_loss(ckpt: Path, packed: Path, tokenizer: Path) -> dict[str, float]:
     return out
 
 
-def measure(st: Study, exp: str, steps: int, scratch: Path) -> dict:
+def measure(st: Study, exp: str, steps: int, scratch: Path, arm: str = "") -> dict:
     inputs = json.loads((ROOT / f"results/train/{exp}/provenance.json").read_text())["inputs"]
     tokenizer = inputs["tokenizer"]["path"]
     sets = ["--set", f"train.steps={steps}", "--set", f"train.warmup_steps={max(1, steps // 10)}"]
     folder = scratch / f"{exp}-{steps}"
+    extra = [x for kv in arm.split(";") if kv.strip() for x in ("--set", kv.strip())]
+    run = folder / ("train" + (f"-{hashlib.sha256(arm.encode()).hexdigest()[:8]}" if arm else ""))
     manifest = json.loads((ROOT / inputs["packed"]["path"]).with_name("provenance.json").read_text())
-    pack_s = mm1("pack", "--config-json", st.stage_json("pack", exp), *sets, "--manifest",
+    pack_s = 0.0 if (folder / "pack/train.parquet").exists() else mm1("pack", "--config-json", st.stage_json("pack", exp), *sets, "--manifest",
                  manifest["inputs"]["manifest"]["path"], "--tokenizer", tokenizer, "--out", str(folder / "pack"))  # fmt: skip
-    train_s = mm1("train", "--config-json", st.stage_json("train", exp), *sets,
+    train_s = mm1("train", "--config-json", st.stage_json("train", exp), *sets, *extra,
                   "--init-encoder", inputs["init_encoder"]["path"], "--init-decoder", inputs["init_language_model"]["path"],
-                  "--packed", str(folder / "pack/train.parquet"), "--tokenizer", tokenizer, "--out", str(folder / "train"))  # fmt: skip
+                  "--packed", str(folder / "pack/train.parquet"), "--tokenizer", tokenizer, "--out", str(run))  # fmt: skip
     eval_s = mm1("eval", "run", "--config-json", st.stage_json("eval", exp), "--set", "eval.num_examples=1",
                  "--data", str(Path(manifest["inputs"]["manifest"]["path"]).parent), "--tokenizer", tokenizer,
-                 "--checkpoint", str(folder / "train/checkpoint"), "--out", str(folder / "eval"))  # fmt: skip
-    zero = json.loads((folder / "eval/metrics.json").read_text())["0shot"]
-    loss = caption_loss(folder / "train/checkpoint", folder / "pack/train.parquet", ROOT / tokenizer)
+                 "--checkpoint", str(run / "checkpoint"), "--out", str(run / "eval"))  # fmt: skip
+    zero = json.loads((run / "eval/metrics.json").read_text())["0shot"]
+    loss = caption_loss(run / "checkpoint", folder / "pack/train.parquet", ROOT / tokenizer)
     return {
-        "experiment": exp, "steps": steps, "pack_s": pack_s, "train_s": train_s, "eval_s": eval_s,
+        "experiment": exp, "arm": arm, "steps": steps, "pack_s": pack_s, "train_s": train_s, "eval_s": eval_s,
         "average_ll": zero["average_ll"], "average_ll_shuffled": zero["average_ll_shuffled"],
         "image_gain": zero["image_gain"], "caption_loss": loss,
         "caption_loss_gap": loss["shuffled"] - loss["real"],
@@ -115,24 +123,36 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", default="60,600,2000", help="comma-separated step counts")
     ap.add_argument("--exp", default="abl", help="the study experiment whose config and upstream runs are used")
+    ap.add_argument(
+        "--arm",
+        action="append",
+        default=[],
+        help="training overrides KEY=VALUE;KEY=VALUE of one arm (repeatable; default: the config as is)",
+    )
     ap.add_argument("--scratch", type=Path, default=ROOT / "build/image_use", help="where the runs go")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/image_use.json")
     args = ap.parse_args()
     st = study()
-    results = [measure(st, args.exp, int(n), args.scratch) for n in args.steps.split(",")]
+    arms = args.arm or [""]
+    shutil.rmtree(args.scratch, ignore_errors=True)  # every pack below is this run's (arms share it)
+    results = [measure(st, args.exp, int(n), args.scratch, arm) for n in args.steps.split(",") for arm in arms]
     for r in results:
-        print(f"{r['steps']:>5} steps: image gain {r['image_gain']:+.2f} points (ll {r['average_ll']:.2f}), "
+        print(f"{r['arm'] or 'as configured'}: {r['steps']:>5} steps: image gain {r['image_gain']:+.2f} points (ll {r['average_ll']:.2f}), "
               f"caption loss gap {r['caption_loss_gap']:+.3f} nats; train {r['train_s']:.0f} s")  # fmt: skip
     base = results[0]
+
+    def arm(r: dict) -> str:
+        return f" [{r['arm']}]" if r["arm"] else ""
+
     headline = [
-        row(f"image gain at {r['steps']} steps (0-shot ll points; shuffled-image control in the same eval)",
+        row(f"image gain at {r['steps']} steps{arm(r)} (0-shot ll points; shuffled-image control in the same eval)",
             r["image_gain"], "points") for r in results
     ] + [
-        row(f"caption loss gap at {r['steps']} steps (shuffled - real images, training captions)",
+        row(f"caption loss gap at {r['steps']} steps{arm(r)} (shuffled - real images, training captions)",
             r["caption_loss_gap"], "nats") for r in results
     ] + [
-        row(f"train time at {r['steps']} steps vs {base['steps']}", r["train_s"], "s", baseline=base["train_s"])
-        for r in results[1:]
+        row(f"train time at {r['steps']} steps{arm(r)} vs {base['steps']}{arm(base)}", r["train_s"], "s",
+            baseline=base["train_s"]) for r in results[1:]
     ]  # fmt: skip
     write(args.out, report("image_use", False, {"runs": results}, headline))
     print(f"wrote {args.out}")

@@ -115,6 +115,30 @@ def test_freezing_everything_or_an_unknown_part_is_an_error() -> None:
         freeze(torch.nn.Module(), ["vision"])
 
 
+def test_lr_mult_scales_one_parts_updates_and_leaves_the_others() -> None:
+    # Adam's first update is lr x (m / sqrt(v)) plus the decay lr x wd x w: linear in the LR, so the
+    # encoder moves 0.1 x as far as with the run's LR and every other weight moves exactly as far.
+    _, before, plain, _ = train(config(), steps=1)
+    _, _, scaled, optimizer = train(config("train.lr_mult={encoder: 0.1}"), steps=1)
+    moved = 0
+    for name, old in before.items():
+        if name.startswith(PARTS["encoder"]):
+            torch.testing.assert_close(scaled[name] - old, 0.1 * (plain[name] - old), rtol=1e-3, atol=1e-9, msg=name)
+            moved += int(not torch.equal(scaled[name], old))
+        else:
+            assert torch.equal(scaled[name], plain[name]), f"{name} is not in the scaled part but moved differently"
+    assert moved > 0
+    lrs = sorted({g["max_lr"] for o in optimizer.chained_optimizers for g in o.param_groups})
+    assert lrs == pytest.approx([1e-4, 1e-3])
+
+
+def test_lr_mult_must_be_positive_and_name_a_part() -> None:
+    with pytest.raises(ValueError, match="lr_mult"):
+        config("train.lr_mult={encoder: 0}")
+    with pytest.raises(ValueError, match="lr_mult"):
+        config("train.lr_mult={vision: 0.1}")
+
+
 def test_distributed_optimizer_on_one_rank_trains_like_the_plain_one() -> None:
     plain, _, plain_w, plain_opt = train(config(), steps=3)
     dist, _, dist_w, dist_opt = train(config("parallel.distributed_optimizer=true"), steps=3)

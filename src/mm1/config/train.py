@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -181,6 +181,10 @@ class TrainConfig(Section):
     layout); false starts over and deletes that folder."""
     freeze: list[Literal["encoder", "connector", "decoder"]] = []
     """Parts of the model that are not trained (MM1: none; everything unfrozen)."""
+    lr_mult: dict[Literal["encoder", "connector", "decoder"], Annotated[float, Field(gt=0)]] = {}
+    """Peak and final LR of a part as a multiple of the run's (``{encoder: 0.1}``, > 0; ``freeze``
+    stops a part); a part not named trains at the run's LR. MM1 is silent on per-part LRs; the study uses it to keep the image
+    encoder's LR below its own pre-training LR, as MM1's law does at paper scale (docs/models.md)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """Training precision: auto = bf16 on GPU, fp32 on CPU."""
     init_from: str | None = None

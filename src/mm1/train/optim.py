@@ -15,7 +15,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
     from megatron.core.distributed.finalize_model_grads import finalize_model_grads
-    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer, get_standard_config_overrides
+    from megatron.core.optimizer.optimizer_config import ParamKey, ParamWithNamePredicate
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 # train.freeze names -> the MM1Model attribute holding that part (absent on later pipeline stages)
@@ -74,9 +75,22 @@ def wrap_ddp(model: torch.nn.Module, parallel: ParallelConfig) -> DistributedDat
     return ddp
 
 
-def _megatron_optimizer(opt_cfg: OptimizerConfig, model: DistributedDataParallel):
+def _part_lrs(opt_cfg: OptimizerConfig, lr_mult: dict[str, float]) -> dict:
+    """megatron's standard param-group overrides (no weight decay on biases and norms) plus one
+    group per ``train.lr_mult`` part whose peak and final LR are that multiple of the run's."""
+    overrides = get_standard_config_overrides(opt_cfg)
+    for part, mult in sorted(lr_mult.items()):
+        if mult == 1.0:
+            continue
+        prefix = f"module.{PARTS[part]}."  # names under the DDP wrapper
+        match = ParamWithNamePredicate(name=f"lr_mult_{part}", fn=lambda _p, name, pre=prefix: name.startswith(pre))
+        overrides[ParamKey(with_name_predicate=match)] = {"max_lr": opt_cfg.lr * mult, "min_lr": opt_cfg.min_lr * mult}
+    return overrides
+
+
+def _megatron_optimizer(opt_cfg: OptimizerConfig, model: DistributedDataParallel, lr_mult: dict[str, float]):
     with compat.cuda_tensor_types():  # compat patch 8
-        return get_megatron_optimizer(opt_cfg, [model])
+        return get_megatron_optimizer(opt_cfg, [model], config_overrides=_part_lrs(opt_cfg, lr_mult))
 
 
 def build_optimizer(model: DistributedDataParallel, cfg: TrainConfig, lr: float, weight_decay: float):
@@ -88,7 +102,8 @@ def build_optimizer(model: DistributedDataParallel, cfg: TrainConfig, lr: float,
     not decayed); the scheduler keeps it constant, so the shrink follows the LR schedule, and
     ``weight_decay=0.1`` is MM1's decoupled lambda = 0.1 x peak LR. Precision and the distributed
     optimizer follow ``model`` (its config's ``bf16``, its DDP config), so the two cannot disagree.
-    Frozen parameters (``requires_grad=False``) are left out.
+    Frozen parameters (``requires_grad=False``) are left out; ``train.lr_mult`` scales a part's
+    peak and final LR (the schedule's shape is the same for every part).
     """
     bf16 = model.config.bf16
     opt_cfg = OptimizerConfig(
@@ -104,7 +119,7 @@ def build_optimizer(model: DistributedDataParallel, cfg: TrainConfig, lr: float,
         params_dtype=torch.bfloat16 if bf16 else torch.float32,
         use_distributed_optimizer=model.ddp_config.use_distributed_optimizer,
     )
-    optimizer = _megatron_optimizer(opt_cfg, model)
+    optimizer = _megatron_optimizer(opt_cfg, model, cfg.lr_mult)
     scheduler = OptimizerParamScheduler(
         optimizer,
         init_lr=0.0,
