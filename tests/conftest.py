@@ -50,31 +50,45 @@ def tiny_model(tiny_tokenizer: TextTokenizer) -> Callable[..., MM1Model]:
 # --- running on two cores: pytest-xdist ------------------------------------------------------------
 # `make test` runs the suite in two pytest-xdist workers (`-n 2 --dist loadgroup --no-loadscope-reorder`):
 # much of it waits on subprocesses (Snakemake, SLURM's polls, torchrun start-up), so a second worker
-# fills the idle core. The hook below makes each test module one unit of work, so a module's fixtures
-# are built once, and puts every SLURM test in one unit, since they share the one-node cluster and its 2 CPUs.
-# It also orders the units longest first, so the long end-to-end runs start at once and the many short
-# tests fill the other worker around them.
+# fills the idle core. The scheduler below makes each test module one unit of work, so a module's
+# fixtures are built once, and puts every SLURM test (tests/slurm/) in one unit, since they share the
+# one-node cluster and its 2 CPUs. The collection hook orders the units longest first, so the long
+# end-to-end runs start at once and the many short tests fill the other worker around them.
+# (xdist_group markers did this until pytest 9: xdist 3.8 still writes the group into `item._nodeid`,
+# which pytest 9 no longer reads, so every module was split over both workers and its fixtures built
+# twice.)
 LONGEST_FIRST = ("tests/workflow/test_snakemake.py", "slurm")
 """Work units by measured length (`--durations`), longest first; then modules with slow tests, then the rest."""
 
 
-def _unit(item: pytest.Item) -> str:
-    return "slurm" if item.get_closest_marker("slurm") else item.nodeid.split("::")[0]
+def _unit(nodeid: str) -> str:
+    """The unit of work a test belongs to: its module, or "slurm" for every test of tests/slurm/."""
+    path = nodeid.split("::")[0]
+    return "slurm" if path.startswith("tests/slurm/") else path
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group markers
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Under ``--dist loadgroup``: xdist's load-scope scheduler with :func:`_unit` as the scope."""
+    if config.getoption("dist", "no") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleUnits(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid)
+
+    return ModuleUnits(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    slow = {_unit(i) for i in items if i.get_closest_marker("slow")}
+    slow = {_unit(i.nodeid) for i in items if i.get_closest_marker("slow")}
 
     def rank(item: pytest.Item) -> tuple[int, int]:
-        unit = _unit(item)
+        unit = _unit(item.nodeid)
         first = LONGEST_FIRST.index(unit) if unit in LONGEST_FIRST else len(LONGEST_FIRST)
         return first, unit not in slow
 
     items.sort(key=rank)  # stable: tests keep their order inside a unit
-    if config.pluginmanager.hasplugin("xdist") and config.getoption("dist", "no") == "loadgroup":
-        for item in items:
-            item.add_marker(pytest.mark.xdist_group(_unit(item)))
 
 
 # --- the fault suite's table (issue 10) ------------------------------------------------------------
