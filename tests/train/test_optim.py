@@ -68,7 +68,7 @@ def train(cfg: RunConfig, steps: int) -> tuple[list[float], dict[str, torch.Tens
     """(losses, weights before, weights after, the megatron optimizer) of ``steps`` steps on one batch."""
     with distributed(cfg.parallel, cfg.train.seed):
         model = wrap_ddp(build(cfg, TOK), cfg.parallel)
-        optimizer, scheduler = build_optimizer(model, cfg.train, lr=1e-3, weight_decay=0.01)
+        optimizer, scheduler = build_optimizer(model, cfg.train, lr=1e-3, weight_decay=0.01, lr_mult=cfg.train.lr_mult)
         before = weights(model)
         losses = []
         for _ in range(steps):

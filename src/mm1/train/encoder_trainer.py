@@ -148,8 +148,7 @@ def train_encoder(
             checkpoint.load_into(model, init, ("encoder",))
         model = wrap_ddp(model.to(rank.device), cfg.parallel)
         lr, wd = _hparams(cfg)
-        # train.lr_mult is the multimodal stages' (the encoder there, next to a decoder); here the encoder is the run
-        optimizer, scheduler = build_optimizer(model, tc.model_copy(update={"lr_mult": {}}), lr, wd)
+        optimizer, scheduler = build_optimizer(model, tc, lr, wd)
         batches = EncoderBatches.for_encoder(
             cfg.model.encoder, samples, tc.seed, tok, cfg.data.mixture.synthetic_captions
         )

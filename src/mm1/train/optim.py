@@ -93,7 +93,13 @@ def _megatron_optimizer(opt_cfg: OptimizerConfig, model: DistributedDataParallel
         return get_megatron_optimizer(opt_cfg, [model], config_overrides=_part_lrs(opt_cfg, lr_mult))
 
 
-def build_optimizer(model: DistributedDataParallel, cfg: TrainConfig, lr: float, weight_decay: float):
+def build_optimizer(
+    model: DistributedDataParallel,
+    cfg: TrainConfig,
+    lr: float,
+    weight_decay: float,
+    lr_mult: dict[str, float] | None = None,
+):
     """AdamW (torch's, through megatron's optimizer) + a warm-up/decay scheduler.
 
     ``lr`` and ``weight_decay`` are the resolved values (:func:`mm1.models.size.optimizer_hparams`:
@@ -102,8 +108,9 @@ def build_optimizer(model: DistributedDataParallel, cfg: TrainConfig, lr: float,
     not decayed); the scheduler keeps it constant, so the shrink follows the LR schedule, and
     ``weight_decay=0.1`` is MM1's decoupled lambda = 0.1 x peak LR. Precision and the distributed
     optimizer follow ``model`` (its config's ``bf16``, its DDP config), so the two cannot disagree.
-    Frozen parameters (``requires_grad=False``) are left out; ``train.lr_mult`` scales a part's
-    peak and final LR (the schedule's shape is the same for every part).
+    Frozen parameters (``requires_grad=False``) are left out. ``lr_mult`` (``train.lr_mult``, which the
+    multimodal and SFT trainer passes; the encoder stage, whose whole model is the encoder, does not)
+    scales a part's peak and final LR; the schedule's shape is the same for every part.
     """
     bf16 = model.config.bf16
     opt_cfg = OptimizerConfig(
@@ -119,7 +126,7 @@ def build_optimizer(model: DistributedDataParallel, cfg: TrainConfig, lr: float,
         params_dtype=torch.bfloat16 if bf16 else torch.float32,
         use_distributed_optimizer=model.ddp_config.use_distributed_optimizer,
     )
-    optimizer = _megatron_optimizer(opt_cfg, model, cfg.lr_mult)
+    optimizer = _megatron_optimizer(opt_cfg, model, lr_mult or {})
     scheduler = OptimizerParamScheduler(
         optimizer,
         init_lr=0.0,

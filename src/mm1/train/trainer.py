@@ -229,7 +229,7 @@ def train(
         loader = StepLoader(batches, tc.steps, _loader_workers(cfg))
         model = wrap_ddp(build(cfg, tok, None if found else init).to(rank.device), cfg.parallel)
         lr, weight_decay = optimizer_hparams(cfg, vocab_size=tok.vocab_size)  # config, or MM1's law
-        optimizer, scheduler = build_optimizer(model, tc, lr, weight_decay)
+        optimizer, scheduler = build_optimizer(model, tc, lr, weight_decay, lr_mult=tc.lr_mult)
         run.restore(model, optimizer, scheduler)
         try:
             done = run.train(_objective(cfg, loader, model, rank))
