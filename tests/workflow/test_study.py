@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mm1.config import ConfigError
 from mm1.study import Study
@@ -344,3 +345,25 @@ def test_a_bad_sft_only_override_names_the_field(sft_only, words):
         Study({"study": {"experiments": {"hi": {"sft_only": sft_only}}}})
     for word in words:
         assert word in str(err.value), (word, str(err.value))
+
+
+def test_the_600_step_lessons_config_trains_every_lesson_cell_at_600_steps_with_the_planned_seeds():
+    """config/lessons-600.yaml over the study: the runs `snakemake lessons` needs, as the docs count them."""
+    from mm1.pipeline import FIGURES_DIR, Pipeline, assemble
+
+    root = Path(__file__).resolve().parents[2]
+    given = {"study": yaml.safe_load((root / "config/lessons-600.yaml").read_text())["study"]}
+    s = Study(assemble(given, root).config, "config/lessons-600.yaml")
+    runs, _ = Pipeline(s).closure([f"{FIGURES_DIR}/lessons.md"])
+    trained = [run for stage, run in runs if stage == "train"]
+    assert len(trained) == len(set(trained)) == 76  # 56 (lessons 1, 3-6) + 20 more for fig4's 12 cells x 2
+    assert {s.stage_config("train", run).train.steps for run in trained} == {600}
+    encoders = sorted(run for stage, run in runs if stage == "encoder")
+    assert encoders == ["base", "enc-wide", "res-48"]  # abl shares the base encoder
+    per_exp = {}
+    for run in trained:
+        exp = run.rsplit("-s", 1)[0] if run.rsplit("-s", 1)[-1].isdigit() else run
+        per_exp[exp] = per_exp.get(exp, 0) + 1
+    assert per_exp["abl"] == per_exp["syn-0"] == per_exp["enc-wide"] == 5  # paired figures
+    assert per_exp["mix-c0"] == per_exp["mix-111"] == 4  # Welch figures
+    assert per_exp["conn-cabs-t4-r48"] == 2 and "enc-aim" not in per_exp  # factorial; table1 cut to its checks
